@@ -1,0 +1,493 @@
+"""The desired-state model (pydantic v2), in Azure's own vocabulary.
+
+The models accept both the flat shape of docs/desired-state.md and Azure's nested REST/ARM
+shape (``{"name": ..., "properties": {...}}``); read-only Azure fields (``id``, ``etag``,
+``provisioningState`` ...) are accepted and ignored. Field-level checks live here; checks that
+need the whole file (references, uniqueness, overlaps, limits) live in ``agent.validate``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from agent.policy import Access, Direction, Protocol
+
+# --- limits (Azure subscription limits, validated by agent.validate) ----------------------
+MAX_RULES_PER_NSG = 1000
+MAX_PREFIXES_PER_SIDE = 4000
+MAX_ASGS_PER_RULE_SIDE = 10
+MAX_ASGS_PER_NSG = 100
+MAX_ASGS_PER_NIC = 20
+MAX_IPCONFIGS_PER_ASG = 4000
+
+PRIORITY_MIN, PRIORITY_MAX = 100, 4096
+
+# Azure: up to 80 characters, begins with a word character, ends with a word character or
+# '_', and may contain word characters, '.', '-' and '_'.
+NAME_RE = re.compile(r"^\w(?:[\w.\-]{0,78}\w)?$|^\w(?:[\w.\-]{0,78}_)$")
+
+TEMPLATE_EXPRESSION_RE = re.compile(r"^\s*\[(?!\[).*\]\s*$", re.S)
+
+# Built-in tags that are not in Microsoft's published file. Canonical spelling -> aliases.
+BUILTIN_TAGS = {
+    "VirtualNetwork": ("virtual_network",),
+    "AzureLoadBalancer": ("azure_loadbalancer",),
+    "Internet": (),
+    "AzurePlatformDNS": (),
+    "AzurePlatformIMDS": (),
+    "AzurePlatformLKM": (),
+}
+_BUILTIN_BY_KEY = {}
+for _canon, _aliases in BUILTIN_TAGS.items():
+    _BUILTIN_BY_KEY[_canon.lower()] = _canon
+    for _a in _aliases:
+        _BUILTIN_BY_KEY[_a] = _canon
+
+
+def canonical_builtin_tag(name: str) -> str | None:
+    """'INTERNET' -> 'Internet', 'VIRTUAL_NETWORK' -> 'VirtualNetwork'; None if not built in."""
+    return _BUILTIN_BY_KEY.get(name.lower())
+
+
+class TemplateExpressionError(ValueError):
+    """An ARM template expression such as ``[parameters('x')]`` where a value is needed."""
+
+
+def _reject_expression(value: Any) -> Any:
+    if isinstance(value, str) and TEMPLATE_EXPRESSION_RE.match(value):
+        raise ValueError(
+            f"ARM template expression {value!r}: template expressions are not evaluated; "
+            "export the deployed resource (az network nsg show) or substitute the value"
+        )
+    return value
+
+
+def _enum_ci(enum_cls):
+    """A before-validator matching an enum's values in any letter case."""
+
+    by_key = {m.value.lower(): m for m in enum_cls}
+
+    def parse(value: Any) -> Any:
+        _reject_expression(value)
+        if isinstance(value, str):
+            member = by_key.get(value.strip().lower())
+            if member is None and enum_cls is Protocol and value.strip().lower() in ("any", "all"):
+                member = Protocol.ANY
+            if member is None:
+                allowed = ", ".join(m.value for m in enum_cls)
+                raise ValueError(f"{value!r} is not one of: {allowed}")
+            return member
+        return value
+
+    return BeforeValidator(parse)
+
+
+CIDirection = Annotated[Direction, _enum_ci(Direction)]
+CIAccess = Annotated[Access, _enum_ci(Access)]
+CIProtocol = Annotated[Protocol, _enum_ci(Protocol)]
+
+
+def _ref_name(value: Any) -> Any:
+    """A reference by name or by Azure id ({"id": ".../name"}): the last path segment."""
+    if isinstance(value, dict) and "id" in value:
+        value = value["id"]
+    if isinstance(value, str):
+        _reject_expression(value)
+        return value.rstrip("/").rsplit("/", 1)[-1]
+    return value
+
+
+RefName = Annotated[str, BeforeValidator(_ref_name)]
+
+
+def flatten_properties(data: Any) -> Any:
+    """Azure's nested shape -> flat: merge ``properties`` into the object itself."""
+    if isinstance(data, dict) and isinstance(data.get("properties"), dict):
+        merged = {k: v for k, v in data.items() if k != "properties"}
+        for k, v in data["properties"].items():
+            merged.setdefault(k, v)
+        return merged
+    return data
+
+
+# --- port and address syntax ---------------------------------------------------------------
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """'*' -> (0, 65535); '80' -> (80, 80); '1000-1005' -> (1000, 1005)."""
+    s = text.strip()
+    if s == "*":
+        return (0, 65535)
+    m = re.fullmatch(r"(\d{1,5})(?:\s*-\s*(\d{1,5}))?", s)
+    if not m:
+        raise ValueError(f"port {text!r} is not '*', a port or a range like 10000-10005")
+    lo = int(m.group(1))
+    hi = int(m.group(2)) if m.group(2) is not None else lo
+    for p in (lo, hi):
+        if p > 65535:
+            raise ValueError(f"port {p} in {text!r} is outside 0-65535")
+    if lo > hi:
+        raise ValueError(f"port range {text!r} is reversed")
+    return (lo, hi)
+
+
+def parse_prefix(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An IP or CIDR. Host bits set in a CIDR are an error, as in Azure."""
+    s = text.strip()
+    try:
+        return ipaddress.ip_network(s, strict=True)
+    except ValueError as e:
+        if "/" in s:
+            try:
+                ipaddress.ip_network(s, strict=False)
+            except ValueError:
+                pass
+            else:
+                net = ipaddress.ip_network(s, strict=False)
+                raise ValueError(f"{text!r} has host bits set (did you mean {net}?)") from None
+        raise ValueError(f"{text!r} is not an IP address or CIDR prefix ({e})") from None
+
+
+def looks_like_address(text: str) -> bool:
+    s = text.strip()
+    return bool(re.fullmatch(r"[0-9.]+(/\d+)?", s)) or ":" in s
+
+
+class _Base(BaseModel):
+    # Azure objects carry many read-only fields; accept them and keep going.
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nested(cls, data: Any) -> Any:
+        return flatten_properties(data)
+
+
+def _name_check(value: str) -> str:
+    _reject_expression(value)
+    if not NAME_RE.match(value):
+        raise ValueError(
+            f"name {value!r} must be 1-80 characters, start with a letter, digit or '_', "
+            "end with a letter, digit or '_', and contain only those, '.' and '-'"
+        )
+    return value
+
+
+def _as_list(value: Any) -> Any:
+    if value is None:
+        return []
+    return value
+
+
+StrList = Annotated[list[str], BeforeValidator(_as_list)]
+RefList = Annotated[list[RefName], BeforeValidator(_as_list)]
+
+
+class SecurityRule(_Base):
+    name: str
+    description: str | None = Field(default=None, max_length=140)
+    priority: int
+    direction: CIDirection
+    access: CIAccess
+    protocol: CIProtocol
+    sourceAddressPrefix: str | None = None
+    sourceAddressPrefixes: StrList = []
+    sourceApplicationSecurityGroups: RefList = []
+    sourcePortRange: str | None = None
+    sourcePortRanges: StrList = []
+    destinationAddressPrefix: str | None = None
+    destinationAddressPrefixes: StrList = []
+    destinationApplicationSecurityGroups: RefList = []
+    destinationPortRange: str | None = None
+    destinationPortRanges: StrList = []
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _name_check(v)))
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority(cls, v: Any) -> Any:
+        _reject_expression(v)
+        if isinstance(v, bool):
+            raise ValueError("priority must be an integer")
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if isinstance(v, int) and not PRIORITY_MIN <= v <= PRIORITY_MAX:
+            raise ValueError(f"priority {v} is outside {PRIORITY_MIN}..{PRIORITY_MAX}")
+        return v
+
+    @field_validator(
+        "sourceAddressPrefix", "destinationAddressPrefix", "sourcePortRange",
+        "destinationPortRange", mode="before",
+    )
+    @classmethod
+    def _singular(cls, v: Any) -> Any:
+        _reject_expression(v)
+        if v == "":
+            return None
+        return v
+
+    @field_validator("sourcePortRanges", "destinationPortRanges", mode="after")
+    @classmethod
+    def _port_list(cls, v: list[str]) -> list[str]:
+        for item in v:
+            _reject_expression(item)
+            parse_port_range(item)
+        return v
+
+    @field_validator("sourcePortRange", "destinationPortRange", mode="after")
+    @classmethod
+    def _port(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_port_range(v)
+        return v
+
+    @field_validator("sourceAddressPrefixes", "destinationAddressPrefixes", mode="after")
+    @classmethod
+    def _prefix_list(cls, v: list[str]) -> list[str]:
+        for item in v:
+            _reject_expression(item)
+            if item.strip() == "*":
+                raise ValueError("'*' is only allowed in the singular field (…AddressPrefix)")
+            if not looks_like_address(item):
+                raise ValueError(
+                    f"{item!r}: a service tag is only allowed in the singular field "
+                    "(…AddressPrefix), not in the list (…AddressPrefixes)"
+                )
+            parse_prefix(item)
+        return v
+
+    @field_validator("sourceAddressPrefix", "destinationAddressPrefix", mode="after")
+    @classmethod
+    def _prefix(cls, v: str | None) -> str | None:
+        if v is not None and v.strip() != "*" and looks_like_address(v):
+            parse_prefix(v)
+        return v
+
+    @model_validator(mode="after")
+    def _sides(self) -> "SecurityRule":
+        for side in ("source", "destination"):
+            single = getattr(self, f"{side}AddressPrefix")
+            plural = getattr(self, f"{side}AddressPrefixes")
+            asgs = getattr(self, f"{side}ApplicationSecurityGroups")
+            given = [n for n, val in (("AddressPrefix", single), ("AddressPrefixes", plural),
+                                      ("ApplicationSecurityGroups", asgs)) if val]
+            if len(given) > 1:
+                raise ValueError(
+                    f"{side}: give one of {side}AddressPrefix, {side}AddressPrefixes or "
+                    f"{side}ApplicationSecurityGroups, not " + " and ".join(side + g for g in given)
+                )
+            if not given:
+                raise ValueError(
+                    f"{side}: one of {side}AddressPrefix, {side}AddressPrefixes or "
+                    f"{side}ApplicationSecurityGroups is required ('*' for any)"
+                )
+            if len(asgs) > MAX_ASGS_PER_RULE_SIDE:
+                raise ValueError(
+                    f"{side}ApplicationSecurityGroups has {len(asgs)} groups; Azure allows "
+                    f"at most {MAX_ASGS_PER_RULE_SIDE}"
+                )
+            if len(plural) > MAX_PREFIXES_PER_SIDE:
+                raise ValueError(
+                    f"{side}AddressPrefixes has {len(plural)} entries; Azure allows at most "
+                    f"{MAX_PREFIXES_PER_SIDE}"
+                )
+            if getattr(self, f"{side}PortRange") and getattr(self, f"{side}PortRanges"):
+                raise ValueError(f"{side}: give {side}PortRange or {side}PortRanges, not both")
+        return self
+
+    # Convenience views used by the semantics engine.
+    def address_items(self, side: str) -> list[str]:
+        single = getattr(self, f"{side}AddressPrefix")
+        return [single] if single else list(getattr(self, f"{side}AddressPrefixes"))
+
+    def port_items(self, side: str) -> list[str]:
+        single = getattr(self, f"{side}PortRange")
+        plural = getattr(self, f"{side}PortRanges")
+        return [single] if single else (list(plural) or ["*"])
+
+
+class NetworkSecurityGroup(_Base):
+    name: str
+    securityRules: Annotated[list[SecurityRule], BeforeValidator(_as_list)] = []
+    flushConnection: bool = False
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _name_check(v)))
+
+    @field_validator("flushConnection", mode="before")
+    @classmethod
+    def _flush(cls, v: Any) -> Any:
+        return False if v is None else v
+
+
+class Subnet(_Base):
+    name: str
+    addressPrefix: str
+    networkSecurityGroup: RefName | None = None
+
+    @field_validator("addressPrefix")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        _reject_expression(v)
+        parse_prefix(v)
+        return v
+
+    @property
+    def network(self):
+        return parse_prefix(self.addressPrefix)
+
+
+class VirtualNetwork(_Base):
+    name: str
+    addressSpace: Annotated[list[str], BeforeValidator(_as_list)]
+    subnets: Annotated[list[Subnet], BeforeValidator(_as_list)] = []
+    peerings: RefList = []
+    onPremisesPrefixes: StrList = []
+
+    @field_validator("addressSpace", mode="before")
+    @classmethod
+    def _space(cls, v: Any) -> Any:
+        # Azure nests it: "addressSpace": {"addressPrefixes": [...]}
+        if isinstance(v, dict):
+            v = v.get("addressPrefixes", [])
+        if isinstance(v, str):
+            v = [v]
+        return v
+
+    @field_validator("addressSpace", "onPremisesPrefixes", mode="after")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for item in v:
+            _reject_expression(item)
+            parse_prefix(item)
+        return v
+
+    @field_validator("peerings", mode="before")
+    @classmethod
+    def _peerings(cls, v: Any) -> Any:
+        # Azure: [{"name": ..., "properties": {"remoteVirtualNetwork": {"id": ...}}}]
+        out = []
+        for item in v or []:
+            item = flatten_properties(item)
+            if isinstance(item, dict) and "remoteVirtualNetwork" in item:
+                item = item["remoteVirtualNetwork"]
+            out.append(item)
+        return out
+
+
+class NetworkInterface(_Base):
+    name: str
+    subnet: str  # "vnet/subnet"
+    ipAddresses: Annotated[list[str], BeforeValidator(_as_list)]
+    networkSecurityGroup: RefName | None = None
+    applicationSecurityGroups: RefList = []
+    interface: str | None = Field(default=None, max_length=15)
+
+    @field_validator("ipAddresses", mode="before")
+    @classmethod
+    def _ips(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        return v
+
+    @field_validator("ipAddresses", mode="after")
+    @classmethod
+    def _ip_syntax(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("a NIC needs at least one IP address")
+        for item in v:
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address") from None
+        return v
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet_ref(cls, v: str) -> str:
+        # Accept an Azure subnet id: .../virtualNetworks/<vnet>/subnets/<subnet>
+        m = re.search(r"virtualNetworks/([^/]+)/subnets/([^/]+)/?$", v, re.I)
+        if m:
+            return f"{m.group(1)}/{m.group(2)}"
+        if v.count("/") != 1:
+            raise ValueError(f"subnet {v!r} must be written 'vnet/subnet'")
+        return v
+
+    @property
+    def addresses(self):
+        return tuple(ipaddress.ip_address(a) for a in self.ipAddresses)
+
+
+class ApplicationSecurityGroup(_Base):
+    name: str
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _name_check(v)))
+
+
+class ServiceTagFiles(_Base):
+    files: StrList = []
+
+
+class Platform(_Base):
+    outboundSmtp: str = "blocked"
+    platformExemption: bool = True  # 168.63.129.16 / 169.254.169.254 exempt from NSGs
+
+    @field_validator("outboundSmtp")
+    @classmethod
+    def _smtp(cls, v: str) -> str:
+        if v.lower() not in ("blocked", "allowed"):
+            raise ValueError(f"outboundSmtp {v!r} must be 'blocked' or 'allowed'")
+        return v.lower()
+
+
+class ExternalHost(_Base):
+    name: str
+    address: str
+
+    @field_validator("address")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+
+class Lab(_Base):
+    externalHosts: Annotated[list[ExternalHost], BeforeValidator(_as_list)] = []
+
+
+class DesiredState(_Base):
+    virtualNetworks: Annotated[list[VirtualNetwork], BeforeValidator(_as_list)] = []
+    networkInterfaces: Annotated[list[NetworkInterface], BeforeValidator(_as_list)] = []
+    applicationSecurityGroups: Annotated[list[ApplicationSecurityGroup], BeforeValidator(_as_list)] = []
+    networkSecurityGroups: Annotated[list[NetworkSecurityGroup], BeforeValidator(_as_list)] = []
+    serviceTags: ServiceTagFiles = ServiceTagFiles()
+    platform: Platform = Platform()
+    lab: Lab = Lab()
+
+    # lookups ---------------------------------------------------------------------------
+    def nsg(self, name: str) -> NetworkSecurityGroup | None:
+        return next((n for n in self.networkSecurityGroups if n.name.lower() == name.lower()), None)
+
+    def vnet(self, name: str) -> VirtualNetwork | None:
+        return next((v for v in self.virtualNetworks if v.name.lower() == name.lower()), None)
+
+    def subnet(self, ref: str) -> tuple[VirtualNetwork, Subnet] | None:
+        vname, _, sname = ref.partition("/")
+        vnet = self.vnet(vname)
+        if vnet is None:
+            return None
+        sub = next((s for s in vnet.subnets if s.name.lower() == sname.lower()), None)
+        return (vnet, sub) if sub else None
+
+    def nic(self, name: str) -> NetworkInterface | None:
+        return next((n for n in self.networkInterfaces if n.name.lower() == name.lower()), None)

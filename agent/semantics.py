@@ -1,0 +1,298 @@
+"""Azure NSG semantics as pure functions: resolve a desired state into a Policy, and
+evaluate a flow against it (Network Watcher's "IP flow verify").
+
+Choices the docs leave open, made here and tested:
+- Protocol ``*`` matches every IP protocol (TCP, UDP, ICMP, ESP, AH and any other).
+- A rule whose port term is not ``*`` matches only TCP and UDP packets.
+- VirtualNetwork = the VNet's address space + its on-premises prefixes + the address space of
+  every VNet peered with it (a peering listed on either side counts) + 168.63.129.16/32.
+- Internet = everything outside the NIC's VirtualNetwork prefixes (per address family).
+- Platform exemption (on by default): outbound flows to 168.63.129.16 and 169.254.169.254 are
+  not subject to NSGs, except rules using AzurePlatformDNS / AzurePlatformIMDS /
+  AzurePlatformLKM, which are evaluated for them in Azure's level order.
+- Outbound SMTP (TCP 25) to Internet is blocked by the platform when
+  ``platform.outboundSmtp`` is ``blocked`` (the default, as for pay-as-you-go subscriptions).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+
+from agent.model import (
+    DesiredState,
+    NetworkSecurityGroup,
+    SecurityRule,
+    canonical_builtin_tag,
+    looks_like_address,
+    parse_port_range,
+    parse_prefix,
+)
+from agent.policy import (
+    ANY_ADDRESS,
+    ANY_PORT,
+    Access,
+    AddressTerm,
+    Direction,
+    Flow,
+    IPNetwork,
+    Level,
+    LevelDecision,
+    LevelKind,
+    NicPolicy,
+    Policy,
+    PortTerm,
+    Protocol,
+    ResolvedRule,
+    Verdict,
+    collapse,
+    exclude,
+)
+from agent.servicetags import ServiceTagIndex
+
+HOST_VIP = ipaddress.ip_network("168.63.129.16/32")
+IMDS = ipaddress.ip_network("169.254.169.254/32")
+# Azure's KMS endpoints (azkms.core.windows.net, kms.core.windows.net) for AzurePlatformLKM.
+LKM = tuple(ipaddress.ip_network(p) for p in ("20.118.99.224/32", "40.83.235.53/32", "23.102.135.246/32"))
+PLATFORM_TAGS = {"AzurePlatformDNS": (HOST_VIP,), "AzurePlatformIMDS": (IMDS,), "AzurePlatformLKM": LKM}
+ALL_V4 = ipaddress.ip_network("0.0.0.0/0")
+ALL_V6 = ipaddress.ip_network("::/0")
+
+
+def _default_rules(nsg: str) -> list[tuple[str, int, Direction, str, str, Access]]:
+    return [
+        ("AllowVNetInBound", 65000, Direction.INBOUND, "VirtualNetwork", "VirtualNetwork", Access.ALLOW),
+        ("AllowAzureLoadBalancerInBound", 65001, Direction.INBOUND, "AzureLoadBalancer", "*", Access.ALLOW),
+        ("DenyAllInBound", 65500, Direction.INBOUND, "*", "*", Access.DENY),
+        ("AllowVnetOutBound", 65000, Direction.OUTBOUND, "VirtualNetwork", "VirtualNetwork", Access.ALLOW),
+        ("AllowInternetOutBound", 65001, Direction.OUTBOUND, "*", "Internet", Access.ALLOW),
+        ("DenyAllOutBound", 65500, Direction.OUTBOUND, "*", "*", Access.DENY),
+    ]
+
+
+class Resolver:
+    """Expands tags and ASGs for one desired state. Cheap to build; caches per VNet."""
+
+    def __init__(self, state: DesiredState, tags: ServiceTagIndex | None = None):
+        self.state = state
+        self.tags = tags or ServiceTagIndex()
+        self._asg_members: dict[str, list[IPNetwork]] = {}
+        for nic in state.networkInterfaces:
+            for g in nic.applicationSecurityGroups:
+                self._asg_members.setdefault(g.lower(), []).extend(
+                    ipaddress.ip_network(a) for a in nic.addresses)
+        self._vnet_cache: dict[str, tuple[IPNetwork, ...]] = {}
+        self._rule_cache: dict[tuple[str, str], tuple[ResolvedRule, ...]] = {}
+
+    # tags ---------------------------------------------------------------------------------
+    def virtual_network(self, vnet_name: str) -> tuple[IPNetwork, ...]:
+        key = vnet_name.lower()
+        if key not in self._vnet_cache:
+            vnet = self.state.vnet(vnet_name)
+            prefixes: list[IPNetwork] = [HOST_VIP]
+            if vnet is not None:
+                prefixes += [parse_prefix(p) for p in vnet.addressSpace + vnet.onPremisesPrefixes]
+                peers = {p.lower() for p in vnet.peerings}
+                peers |= {v.name.lower() for v in self.state.virtualNetworks
+                          if key in {p.lower() for p in v.peerings}}
+                for peer in sorted(peers):
+                    other = self.state.vnet(peer)
+                    if other is not None:
+                        prefixes += [parse_prefix(p) for p in other.addressSpace]
+            self._vnet_cache[key] = collapse(prefixes)
+        return self._vnet_cache[key]
+
+    def internet(self, vnet_name: str) -> tuple[IPNetwork, ...]:
+        return exclude((ALL_V4, ALL_V6), self.virtual_network(vnet_name))
+
+    def address_term(self, rule: SecurityRule, side: str, vnet_name: str) -> AddressTerm:
+        groups = getattr(rule, f"{side}ApplicationSecurityGroups")
+        if groups:
+            members = [m for g in groups for m in self._asg_members.get(g.lower(), [])]
+            return AddressTerm.of(",".join(f"asg:{g}" for g in groups), members)
+        items = rule.address_items(side)
+        if items == ["*"] or not items:
+            return ANY_ADDRESS
+        if len(items) == 1 and not looks_like_address(items[0]):
+            return self.tag_term(items[0], vnet_name)
+        return AddressTerm.of(",".join(items), [parse_prefix(i) for i in items])
+
+    def tag_term(self, tag: str, vnet_name: str) -> AddressTerm:
+        canon = canonical_builtin_tag(tag)
+        if canon == "VirtualNetwork":
+            return AddressTerm.of(canon, self.virtual_network(vnet_name))
+        if canon == "Internet":
+            return AddressTerm.of(canon, self.internet(vnet_name))
+        if canon == "AzureLoadBalancer":
+            return AddressTerm.of(canon, (HOST_VIP,))
+        if canon in PLATFORM_TAGS:
+            return AddressTerm.of(canon, PLATFORM_TAGS[canon])
+        found = self.tags.get(tag)
+        if found is None:  # validate.check refuses these; be safe for direct API users
+            raise KeyError(f"unknown service tag {tag!r}")
+        return AddressTerm.of(found.name, found.prefixes)
+
+    # rules --------------------------------------------------------------------------------
+    def rules(self, nsg: NetworkSecurityGroup, vnet_name: str) -> tuple[ResolvedRule, ...]:
+        """All rules of ``nsg`` (both directions, defaults included) resolved for a NIC in
+        ``vnet_name``, sorted by direction then priority."""
+        key = (nsg.name.lower(), vnet_name.lower())
+        if key not in self._rule_cache:
+            out = [self._resolve_rule(nsg.name, r, vnet_name) for r in nsg.securityRules]
+            for name, prio, direction, src, dst, access in _default_rules(nsg.name):
+                out.append(ResolvedRule(
+                    nsg=nsg.name, name=name, priority=prio, direction=direction, access=access,
+                    protocol=Protocol.ANY,
+                    source=ANY_ADDRESS if src == "*" else self.tag_term(src, vnet_name),
+                    source_ports=ANY_PORT,
+                    destination=ANY_ADDRESS if dst == "*" else self.tag_term(dst, vnet_name),
+                    destination_ports=ANY_PORT, default=True))
+            out.sort(key=lambda r: (r.direction.value, r.priority))
+            self._rule_cache[key] = tuple(out)
+        return self._rule_cache[key]
+
+    def _resolve_rule(self, nsg_name: str, rule: SecurityRule, vnet_name: str) -> ResolvedRule:
+        return ResolvedRule(
+            nsg=nsg_name, name=rule.name, priority=rule.priority, direction=rule.direction,
+            access=rule.access, protocol=rule.protocol,
+            source=self.address_term(rule, "source", vnet_name),
+            source_ports=port_term(rule.port_items("source")),
+            destination=self.address_term(rule, "destination", vnet_name),
+            destination_ports=port_term(rule.port_items("destination")),
+        )
+
+    def level(self, kind: LevelKind, nsg_name: str | None, direction: Direction,
+              vnet_name: str) -> Level | None:
+        if not nsg_name:
+            return None
+        nsg = self.state.nsg(nsg_name)
+        if nsg is None:
+            return None
+        rules = tuple(r for r in self.rules(nsg, vnet_name) if r.direction is direction)
+        return Level(kind=kind, nsg=nsg.name, rules=rules)
+
+
+def port_term(items: list[str]) -> PortTerm:
+    ranges = sorted(parse_port_range(i) for i in items)
+    merged: list[tuple[int, int]] = []
+    for lo, hi in ranges:
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return PortTerm(tuple(merged))
+
+
+def _platform_tag_rule(rule: ResolvedRule) -> bool:
+    return rule.destination.label in PLATFORM_TAGS
+
+
+def resolve(state: DesiredState, tags: ServiceTagIndex | None = None) -> Policy:
+    """The whole desired state as a Policy: one NicPolicy per NIC."""
+    r = Resolver(state, tags)
+    nics: dict[str, NicPolicy] = {}
+    smtp_blocked = state.platform.outboundSmtp == "blocked"
+    for nic in state.networkInterfaces:
+        vnet_name, _, _ = nic.subnet.partition("/")
+        found = state.subnet(nic.subnet)
+        subnet_nsg = found[1].networkSecurityGroup if found else None
+        inbound = tuple(lv for lv in (
+            r.level(LevelKind.SUBNET, subnet_nsg, Direction.INBOUND, vnet_name),
+            r.level(LevelKind.NIC, nic.networkSecurityGroup, Direction.INBOUND, vnet_name)) if lv)
+        outbound = tuple(lv for lv in (
+            r.level(LevelKind.NIC, nic.networkSecurityGroup, Direction.OUTBOUND, vnet_name),
+            r.level(LevelKind.SUBNET, subnet_nsg, Direction.OUTBOUND, vnet_name)) if lv)
+        platform_levels = tuple(
+            Level(lv.kind, lv.nsg, tuple(x for x in lv.rules if _platform_tag_rule(x)))
+            for lv in outbound)
+        flush = any(state.nsg(n).flushConnection for n in (subnet_nsg, nic.networkSecurityGroup)
+                    if n and state.nsg(n) is not None)
+        nics[nic.name] = NicPolicy(
+            nic=nic.name, vnet=(state.vnet(vnet_name).name if state.vnet(vnet_name) else vnet_name),
+            subnet=nic.subnet, addresses=nic.addresses, interface=nic.interface,
+            inbound=inbound, outbound=outbound,
+            outbound_platform=tuple(lv for lv in platform_levels if lv.rules),
+            platform_exempt=(AddressTerm.of("AzurePlatform", (HOST_VIP, IMDS))
+                             if state.platform.platformExemption else None),
+            smtp_block=(AddressTerm.of("Internet", r.internet(vnet_name)) if smtp_blocked else None),
+            flush_connection=flush,
+        )
+    return Policy(nics=nics)
+
+
+SMTP_RULE = ResolvedRule(
+    nsg="", name="BlockOutboundSmtp", priority=0, direction=Direction.OUTBOUND,
+    access=Access.DENY, protocol=Protocol.TCP, source=ANY_ADDRESS, source_ports=ANY_PORT,
+    destination=AddressTerm(label="Internet", any=True), destination_ports=PortTerm(((25, 25),)),
+    platform=True)
+EXEMPTION_RULE = ResolvedRule(
+    nsg="", name="PlatformExemption", priority=0, direction=Direction.OUTBOUND,
+    access=Access.ALLOW, protocol=Protocol.ANY, source=ANY_ADDRESS, source_ports=ANY_PORT,
+    destination=AddressTerm(label="AzurePlatform", any=True), destination_ports=ANY_PORT,
+    platform=True)
+
+
+def evaluate(nic: NicPolicy, flow: Flow) -> Verdict:
+    """IP flow verify: Allow or Deny, with the decision taken at each level, in order."""
+    path: list[LevelDecision] = []
+    if flow.direction is Direction.OUTBOUND:
+        if (nic.smtp_block is not None and flow.protocol == 6 and flow.remote_port == 25
+                and nic.smtp_block.contains(flow.remote)):
+            return Verdict(Access.DENY, (LevelDecision(None, None, SMTP_RULE, Access.DENY),))
+        if nic.platform_exempt is not None and nic.platform_exempt.contains(flow.remote):
+            for lv in nic.outbound_platform:
+                rule = lv.first_match(flow)
+                if rule is not None:
+                    path.append(LevelDecision(lv.kind, lv.nsg, rule, rule.access))
+                    if rule.access is Access.DENY:
+                        return Verdict(Access.DENY, tuple(path))
+            path.append(LevelDecision(None, None, EXEMPTION_RULE, Access.ALLOW))
+            return Verdict(Access.ALLOW, tuple(path))
+    levels = nic.levels(flow.direction)
+    present = {lv.kind for lv in levels}
+    order = ((LevelKind.SUBNET, LevelKind.NIC) if flow.direction is Direction.INBOUND
+             else (LevelKind.NIC, LevelKind.SUBNET))
+    by_kind = {lv.kind: lv for lv in levels}
+    for kind in order:
+        if kind not in present:
+            path.append(LevelDecision(kind, None, None, Access.ALLOW))
+            continue
+        lv = by_kind[kind]
+        rule = lv.first_match(flow)
+        # Every NSG ends in DenyAll*, so a rule always matches; stay safe for hand-built levels.
+        access = rule.access if rule is not None else Access.DENY
+        path.append(LevelDecision(kind, lv.nsg, rule, access))
+        if access is Access.DENY:
+            return Verdict(Access.DENY, tuple(path))
+    return Verdict(Access.ALLOW, tuple(path))
+
+
+def verify(policy: Policy, nic_name: str, flow: Flow) -> Verdict:
+    nic = find_nic(policy, nic_name)
+    return evaluate(nic, flow)
+
+
+def find_nic(policy: Policy, name: str) -> NicPolicy:
+    if name in policy.nics:
+        return policy.nics[name]
+    for key, nic in policy.nics.items():
+        if key.lower() == name.lower():
+            return nic
+    raise KeyError(f"no NIC named {name!r} (known: {', '.join(sorted(policy.nics)) or 'none'})")
+
+
+def effective_rules(nic: NicPolicy, direction: Direction) -> list[tuple[Level, ResolvedRule]]:
+    """The aggregate rule list of a NIC for one direction, level by level in Azure's order."""
+    return [(lv, rule) for lv in nic.levels(direction) for rule in lv.rules]
+
+
+@lru_cache(maxsize=None)
+def protocol_number(name: str) -> int:
+    """'tcp' / 'TCP' / '6' -> 6."""
+    from agent.policy import PROTOCOL_NUMBERS_BY_NAME
+    s = name.strip().lower()
+    if s.isdigit() and 0 <= int(s) <= 255:
+        return int(s)
+    if s in PROTOCOL_NUMBERS_BY_NAME:
+        return PROTOCOL_NUMBERS_BY_NAME[s]
+    raise ValueError(f"unknown protocol {name!r} (use tcp, udp, icmp, esp, ah or a number 0-255)")
