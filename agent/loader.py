@@ -84,9 +84,9 @@ class LineMap:
         return cls(lines)
 
     def line(self, loc: Loc, doc: Any = None) -> int | None:
-        """The line of ``loc``; looks inside Azure's ``properties`` when the flat path is
-        not in the document, and falls back to the nearest enclosing field."""
-        actual = resolve_original_loc(doc, loc) if doc is not None else loc
+        """The line of ``loc``; with ``doc``, ``loc`` is first translated from the flat shape
+        (see resolve_original_loc). Falls back to the nearest enclosing field."""
+        actual = resolve_original_loc(doc, loc) if doc is not None else tuple(loc)
         while actual:
             if actual in self._lines:
                 return self._lines[actual]
@@ -95,14 +95,17 @@ class LineMap:
 
 
 def resolve_original_loc(doc: Any, loc: Loc) -> Loc:
-    """Translate a path in the flat shape to the path in the document as written."""
+    """Translate a path in the flat shape to the path in the document as written: a field
+    that the document keeps under Azure's ``properties`` gets that segment inserted (also a
+    missing field, when the object uses the nested shape: that is where it belongs)."""
     out: list = []
     node = doc
     for part in loc:
         if isinstance(node, dict) and isinstance(part, str):
-            if part not in node and isinstance(node.get("properties"), dict) and part in node["properties"]:
+            props = node.get("properties")
+            if part not in node and isinstance(props, dict) and (part in props or part != "name"):
                 out.append("properties")
-                node = node["properties"]
+                node = props
             out.append(part)
             node = node.get(part) if isinstance(node, dict) else None
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
@@ -112,6 +115,13 @@ def resolve_original_loc(doc: Any, loc: Loc) -> Loc:
             out.append(part)
             node = None
     return tuple(out)
+
+
+def _problem(filename: str, loc: Loc, msg: str, doc: Any, lines: "LineMap") -> Problem:
+    """A Problem at ``loc`` (a path in the document as written, before ``properties`` is
+    re-inserted): the reported path is the one a user sees in their file."""
+    actual = resolve_original_loc(doc, _strip_validator_names(tuple(loc)))
+    return Problem(filename, format_loc(actual), msg, lines.line(actual))
 
 
 # --- parsing -----------------------------------------------------------------------------
@@ -137,15 +147,15 @@ def pydantic_problems(err: ValidationError, filename: str, doc: Any, lines: Line
                       translate: Callable[[Loc], Loc] = lambda loc: loc) -> list[Problem]:
     problems = []
     for e in err.errors(include_url=False):
-        loc = translate(tuple(e["loc"]))
+        loc = translate(_strip_validator_names(tuple(e["loc"])))
         msg = e["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         if e["type"] == "missing":
             msg = "required field is missing"
-        problems.append(Problem(filename, format_loc(_strip_validator_names(loc)), msg,
-                                lines.line(loc, doc)))
-    return problems
+        problems.append(_problem(filename, loc, msg, doc, lines))
+    # pydantic reports per model; a reader wants them in file order.
+    return sorted(problems, key=lambda p: p.line if p.line is not None else 1 << 30)
 
 
 def _strip_validator_names(loc: Loc) -> Loc:
@@ -176,13 +186,12 @@ def load_bytes(raw: bytes, path: Path) -> LoadedState:
 
     imported = importers.detect(doc, filename)
     if imported.problems:
-        raise LoadError([Problem(filename, format_loc(loc), msg, lines.line(loc, doc))
-                         for loc, msg in imported.problems])
+        raise LoadError([_problem(filename, loc, msg, doc, lines) for loc, msg in imported.problems])
     digest = hashlib.sha256(raw).hexdigest()
     if imported.kind == "service-tags":
         index, tag_problems = parse_service_tags(doc, filename)
         if tag_problems:
-            raise LoadError([Problem(filename, p, m, lines.line(_loc_of(p), doc)) for p, m in tag_problems])
+            raise LoadError([_problem(filename, _loc_of(p), m, doc, lines) for p, m in tag_problems])
         return LoadedState(DesiredState(), index, path, digest, "service-tags", (path,))
 
     try:
@@ -191,17 +200,14 @@ def load_bytes(raw: bytes, path: Path) -> LoadedState:
         raise LoadError(pydantic_problems(err, filename, doc, lines, imported.translate)) from None
 
     tags, files, problems = _load_tag_files(state, path)
-    problems += [
-        Problem(filename, format_loc(_strip_validator_names(imported.translate(loc))), msg,
-                lines.line(imported.translate(loc), doc))
-        for loc, msg in validate.check(state, tags)
-    ]
+    problems += [_problem(filename, imported.translate(_strip_validator_names(loc)), msg, doc, lines)
+                 for loc, msg in validate.check(state, tags)]
     if problems:
         raise LoadError(problems)
     warnings = tuple(
-        Problem(filename, format_loc(imported.translate(loc)), msg, lines.line(imported.translate(loc), doc))
-        for loc, msg in validate.warnings(state, tags)
-    )
+        [_problem(filename, loc, msg, doc, lines) for loc, msg in imported.warnings]
+        + [_problem(filename, imported.translate(loc), msg, doc, lines)
+           for loc, msg in validate.warnings(state, tags)])
     return LoadedState(state, tags, path, digest, imported.kind, (path, *files), warnings)
 
 

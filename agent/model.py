@@ -187,6 +187,7 @@ def _name_check(value: str) -> str:
 def _as_list(value: Any) -> Any:
     if value is None:
         return []
+    _reject_expression(value)  # "securityRules": "[variables('securityRules')]"
     return value
 
 
