@@ -258,9 +258,13 @@ class Verdict:
 
     @property
     def deciding(self) -> LevelDecision | None:
-        """The decision that settled the verdict: the first deny, else the last allow."""
+        """The decision that settled the verdict: the first deny; else the last allow taken
+        by a rule (a level without an NSG decides nothing); else the last decision."""
         for d in self.path:
             if d.access is Access.DENY:
+                return d
+        for d in reversed(self.path):
+            if d.rule is not None:
                 return d
         return self.path[-1] if self.path else None
 

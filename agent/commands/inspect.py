@@ -482,6 +482,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
               f"{_endpoint_text(dst, dport)} at NIC {nic.nic}")
         for i, d in enumerate(verdict.path, 1):
             print(f"  {i}. {_decision_text(d)}")
+        decided = {(d.kind, d.nsg) for d in verdict.path}
+        for lv in nic.levels(flow.direction):
+            if (lv.kind, lv.nsg) not in decided and not verdict.allowed:
+                print(f"     ({LEVEL_TITLE[lv.kind]} {lv.nsg} not evaluated: already denied)")
     return EXIT_OK if verdict.allowed else EXIT_DENY
 
 
