@@ -1,0 +1,333 @@
+"""Enforcement commands: ``plan``, ``apply``, ``status``, ``remove`` and ``run`` (the daemon).
+
+Every command acts on one network namespace (``--netns NAME``; default: the namespace the
+command runs in) and its status file under ``--state-dir`` (default /run/nsg-agent).
+
+Exit codes (see agent.cli): 0 ok, 2 invalid input, 3 the kernel refused / namespace missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from typing import Any
+
+from agent.errors import LoadError
+from agent.state import DEFAULT_STATE_DIR, Plan, Status, StatusStore, describe_commands, make_plan
+
+EXIT_OK, EXIT_INVALID, EXIT_FAILED = 0, 2, 3
+MODES = ("classify", "simple")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--netns", metavar="NAME", default=None,
+                   help="act in the named network namespace (/run/netns/NAME); default: this one")
+    p.add_argument("--state-dir", metavar="DIR", default=os.environ.get("NSG_AGENT_STATE_DIR", DEFAULT_STATE_DIR),
+                   help=f"where status files live (default {DEFAULT_STATE_DIR}; one sub-directory per namespace)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "plan", help="show what applying FILE would change",
+        description="Compile FILE and compare it with what was last applied (the status file) "
+                    "and with the kernel (is the table there, has it drifted): rules added, "
+                    "removed and changed by comment, and set sizes. Changes nothing.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--mode", choices=MODES, default="classify")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    _common(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = subparsers.add_parser(
+        "apply", help="apply FILE once (dry-run check, then one atomic transaction)",
+        description="Load, compile and apply FILE: the kernel checks the batch first, then the "
+                    "table inet nsg_agent is replaced in one transaction. Records the commit in "
+                    "the status file. With flushConnection on an NSG, live flows the new policy "
+                    "denies are cut.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--mode", choices=MODES, default="classify")
+    _common(p)
+    p.set_defaults(func=cmd_apply)
+
+    p = subparsers.add_parser(
+        "status", help="what is enforced: source, hash, time, counts, per-rule hit counters",
+        description="Print the last commit (source file, sha256, time, counts), the last error, "
+                    "whether the kernel still holds the committed table, and per-rule packet and "
+                    "byte counters read from the kernel.")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--all", action="store_true", help="also list rules that have no hits")
+    _common(p)
+    p.set_defaults(func=cmd_status)
+
+    p = subparsers.add_parser("remove", help="delete the table inet nsg_agent",
+                              description="Delete the agent's table (nothing else) and forget the commit.")
+    _common(p)
+    p.set_defaults(func=cmd_remove)
+
+    p = subparsers.add_parser(
+        "run", help="the daemon: keep the kernel equal to the file",
+        description="Watch --config and its service-tag files, apply every good edit, keep the "
+                    "last good state on bad input, repair drift every --resync seconds. SIGHUP "
+                    "reloads, SIGTERM exits leaving the rules in place. See docs/daemon.md.")
+    p.add_argument("--config", required=True, metavar="FILE")
+    p.add_argument("--mode", choices=MODES, default="classify")
+    p.add_argument("--resync", type=float, default=5.0, metavar="SECONDS",
+                   help="how often to check the kernel for drift (default 5)")
+    p.add_argument("--debounce", type=float, default=0.15, metavar="SECONDS",
+                   help="quiet time after a file event before reconciling (default 0.15)")
+    p.add_argument("--remove-on-exit", action="store_true", help="delete the table on SIGTERM")
+    p.add_argument("--no-link-events", action="store_true", help="do not watch link events")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    _common(p)
+    p.set_defaults(func=cmd_run)
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _failed(message: str) -> Exception:
+    from agent.cli import CommandFailed
+
+    return CommandFailed(message)
+
+
+def _backend(netns: str | None):
+    from agent.netns import NetnsError
+    from agent.nft import NftBackend
+
+    try:
+        return NftBackend(netns)
+    except NetnsError as e:
+        raise _failed(str(e)) from None
+    except OSError as e:  # libnftables missing or not permitted
+        raise _failed(f"cannot use libnftables: {e}") from None
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _quiet_logging() -> None:
+    from agent.logging import configure
+
+    configure("warning")
+
+
+# --- plan ----------------------------------------------------------------------------------
+
+
+def build_plan(file: str, mode: str, store: StatusStore, backend: Any | None) -> tuple[Plan, dict]:
+    """Compile ``file`` and diff it against the remembered commit and the kernel."""
+    from agent import loader, semantics
+    from agent.daemon import compile_host, host_interfaces
+
+    loaded = loader.load(file)
+    policy = semantics.resolve(loaded.state, loaded.tags)
+    rs = compile_host(policy, host_interfaces(policy), mode)
+    rules, sets = describe_commands(rs.commands)
+    commit = store.read().commit
+    plan = make_plan(commit, rules, sets)
+    if backend is not None:
+        fingerprint = backend.fingerprint()
+        plan.table_present = fingerprint is not None
+        plan.drift = commit is not None and fingerprint != commit.kernel_fingerprint
+        if commit is None and fingerprint is None:
+            plan.drift = False
+    return plan, dict(rs.summary)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    store = StatusStore(args.state_dir, args.netns)
+    backend = None
+    if os.geteuid() == 0:
+        backend = _backend(args.netns)
+    plan, summary = build_plan(args.file, args.mode, store, backend)
+    if args.json:
+        print(json.dumps({"plan": plan.as_dict(), "summary": {k: summary.get(k) for k in
+                          ("chains", "rules", "sets", "set_elements", "modes_used")}}, indent=2))
+        return EXIT_OK
+    print(render_plan(plan, summary))
+    return EXIT_OK
+
+
+def render_plan(plan: Plan, summary: dict) -> str:
+    lines = []
+    if plan.table_present is False:
+        lines.append("kernel: table inet nsg_agent is absent (applying creates it)")
+    elif plan.table_present and plan.drift:
+        lines.append("kernel: the table differs from the last commit (drift): applying repairs it")
+    elif plan.table_present is None:
+        lines.append("kernel: not checked (needs root)")
+    for title, names in (("+", plan.added), ("-", plan.removed), ("~", plan.changed)):
+        lines += [f"  {title} {n}" for n in names]
+    for name, (old, new) in plan.sets.items():
+        if old != new:
+            lines.append(f"  set {name}: {'-' if old is None else old} -> {'-' if new is None else new} elements")
+    lines.append(f"{len(plan.added)} added, {len(plan.removed)} removed, {len(plan.changed)} changed, "
+                 f"{plan.unchanged} unchanged; new ruleset: {summary.get('rules')} rules, "
+                 f"{summary.get('sets')} sets, {summary.get('set_elements')} elements")
+    if plan.empty:
+        lines.append("no changes")
+    return "\n".join(lines)
+
+
+# --- apply / remove --------------------------------------------------------------------------
+
+
+def _reconciler(file: str, args: argparse.Namespace, backend: Any, **kw: Any):
+    from agent import conntrack
+    from agent.daemon import Reconciler
+
+    store = StatusStore(args.state_dir, args.netns)
+    flusher = (lambda policy: conntrack.flush_denied(backend.runner, policy)) if hasattr(backend, "runner") else None
+    previous = store.read()
+    rec = Reconciler(file, backend, store, mode=args.mode, flusher=flusher, **kw)
+    rec.status.last_error = None
+    if previous.commit is not None:
+        rec.status.commit = previous.commit
+    return rec
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    _quiet_logging()
+    backend = _backend(args.netns)
+    try:
+        rec = _reconciler(args.file, args, backend)
+        if rec.reconcile("apply"):
+            c = rec.status.commit
+            s = c.summary
+            print(f"applied {args.file} (sha256 {c.sha256[:12]}) to {args.netns or 'this namespace'}: "
+                  f"{s.get('chains')} chains, {s.get('rules')} rules, {s.get('sets')} sets, "
+                  f"{s.get('set_elements')} elements")
+            return EXIT_OK
+        err = rec.status.last_error or {}
+        if err.get("kind") == "config":
+            raise LoadError([_problem(p) for p in err.get("problems", [])])
+        raise _failed(err.get("message", "apply failed"))
+    finally:
+        backend.close()
+
+
+def _problem(d: dict):
+    from agent.errors import Problem
+
+    return Problem(d.get("file", ""), d.get("path", ""), d.get("message", ""), d.get("line"))
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    backend = _backend(args.netns)
+    try:
+        existed = backend.delete_table()
+    finally:
+        backend.close()
+    store = StatusStore(args.state_dir, args.netns)
+    status = store.read()
+    status.commit = None
+    if store.path.exists():
+        store.write(status)
+    print(f"table inet nsg_agent {'deleted' if existed else 'was not present'} in {args.netns or 'this namespace'}")
+    return EXIT_OK
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+def collect_status(store: StatusStore, backend: Any | None) -> dict:
+    status: Status = store.read()
+    out: dict[str, Any] = {"netns": store.netns or "host", "status_file": str(store.path)}
+    c = status.commit
+    out["commit"] = None if c is None else {
+        "source": c.source, "sha256": c.sha256, "files": c.files, "applied_at": c.applied_at,
+        "applied": _when(c.applied_at), "mode": c.mode, "ruleset_sha256": c.ruleset_sha256,
+        "counts": {k: c.summary.get(k) for k in ("chains", "rules", "sets", "set_elements", "modes_used")},
+    }
+    out["last_error"] = status.last_error
+    out["kernel"] = None
+    if backend is not None:
+        fingerprint = backend.fingerprint()
+        counters = backend.counters() if fingerprint is not None else {}
+        index = c.rule_index if c else {}
+        rules = []
+        for (chain, comment), ctr in sorted(counters.items()):
+            ref = index.get(f"{chain}|{comment}", {})
+            rules.append({"chain": chain, "comment": comment, "packets": ctr.packets, "bytes": ctr.bytes,
+                          **({"nsg": ref.get("nsg"), "rule": ref.get("rule"), "direction": ref.get("direction")}
+                             if isinstance(ref, dict) else {})})
+        out["kernel"] = {
+            "table_present": fingerprint is not None,
+            "matches_commit": c is not None and fingerprint == c.kernel_fingerprint,
+            "rules": rules,
+        }
+    return out
+
+
+def render_status(data: dict, show_all: bool = False) -> str:
+    lines = [f"namespace: {data['netns']}"]
+    c = data["commit"]
+    if c is None:
+        lines.append("enforcing: nothing (no commit recorded)")
+    else:
+        n = c["counts"]
+        lines += [f"source:    {c['source']}", f"sha256:    {c['sha256']}",
+                  f"applied:   {c['applied']}  (mode {c['mode']}, {', '.join(n.get('modes_used') or [])})",
+                  f"counts:    {n.get('chains')} chains, {n.get('rules')} rules, {n.get('sets')} sets, "
+                  f"{n.get('set_elements')} elements"]
+    err = data["last_error"]
+    if err:
+        lines.append(f"last error ({err.get('kind')}, {_when(err.get('time'))}): {err.get('message')}")
+    else:
+        lines.append("last error: none")
+    k = data["kernel"]
+    if k is None:
+        lines.append("kernel:    not read (needs root)")
+    else:
+        state = ("absent" if not k["table_present"] else
+                 "matches the commit" if k["matches_commit"] else "DIFFERS from the commit (drift)")
+        lines.append(f"kernel:    table inet nsg_agent {state}")
+        shown = [r for r in k["rules"] if show_all or r["packets"]]
+        if shown:
+            lines.append(f"  {'packets':>10} {'bytes':>12}  chain / rule")
+            lines += [f"  {r['packets']:>10} {r['bytes']:>12}  {r['chain']}  {r['comment']}" for r in shown]
+        lines.append(f"  ({len(k['rules'])} counted rules, {len([r for r in k['rules'] if r['packets']])} with hits)")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    store = StatusStore(args.state_dir, args.netns)
+    backend = _backend(args.netns) if os.geteuid() == 0 else None
+    try:
+        data = collect_status(store, backend)
+    finally:
+        if backend is not None:
+            backend.close()
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(render_status(data, args.all))
+    return EXIT_OK
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.daemon import Daemon
+    from agent.logging import configure
+    from agent.notify import Notifier
+
+    configure(args.log_level, sys.stderr)
+    notifier = Notifier()
+    backend = _backend(args.netns)
+    try:
+        rec = _reconciler(args.config, args, backend, notifier=notifier,
+                          debounce=args.debounce, resync=args.resync)
+        daemon = Daemon(rec, netns=args.netns, notifier=notifier, remove_on_exit=args.remove_on_exit,
+                        watch_links=not args.no_link_events)
+        return daemon.run()
+    finally:
+        backend.close()

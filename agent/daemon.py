@@ -1,0 +1,471 @@
+"""The reconciling daemon: keep one namespace's ``inet nsg_agent`` equal to the file.
+
+Two layers, so the logic is testable without root, threads or a real clock:
+
+- :class:`Reconciler` holds the state machine. Events only mark it *dirty*; ``tick()`` (called
+  by the loop with the current time) does at most one full load + resolve + compile + apply
+  once the debounce delay has passed, re-applies the last good ruleset when the periodic
+  resync finds the kernel table missing or different, and retries failed applies with
+  backoff. Bad input never touches the kernel: the last good state stays enforced and the
+  error goes to the log (``config.invalid``) and the status file.
+- :class:`Daemon` is the I/O shell: watchdog observers on the directories of the config file
+  and of every service-tag file (editors replace files by rename, so the directory is
+  watched, not the file), a pyroute2 link monitor, signal handlers (SIGHUP reload, SIGTERM
+  stop), systemd notifications, and the loop that calls ``tick()``.
+
+Event names are stable and documented in docs/daemon.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from agent import loader, semantics
+from agent.errors import LoadError
+from agent.logging import get_logger
+from agent.nft import Backend, NftError
+from agent.notify import Notifier
+from agent.policy import Policy
+from agent.state import Commit, Status, StatusStore, describe_commands, ruleset_sha256
+
+DEFAULT_DEBOUNCE = 0.15
+DEFAULT_RESYNC = 5.0
+MAX_BACKOFF = 30.0
+
+
+class CompiledRuleset(Protocol):
+    commands: list[dict]
+    summary: dict
+    rule_index: dict
+
+
+CompileFn = Callable[[Policy, dict[str, str], str], CompiledRuleset]
+Flusher = Callable[[Policy], list]  # returns the cuts made
+
+
+def compile_host(policy: Policy, interfaces: dict[str, str], mode: str) -> CompiledRuleset:
+    """The real compiler in host placement (imported lazily: the daemon's tests use fakes)."""
+    from agent.compiler import HostPlacement, compile_ruleset
+
+    return compile_ruleset(policy, HostPlacement(interfaces=interfaces), mode=mode)
+
+
+def host_interfaces(policy: Policy) -> dict[str, str]:
+    """NIC name -> Linux interface, for NICs that name one (host mode)."""
+    return {name: nic.interface for name, nic in sorted(policy.nics.items()) if nic.interface}
+
+
+def rule_index_json(index: dict) -> dict[str, Any]:
+    """The compiler's rule index in a JSON-friendly shape: "<chain>|<comment>" -> fields."""
+    out: dict[str, Any] = {}
+    for key, ref in index.items():
+        k = "|".join(key) if isinstance(key, tuple) else str(key)
+        if is_dataclass(ref):
+            out[k] = asdict(ref)
+        elif isinstance(ref, tuple):
+            out[k] = list(ref)
+        else:
+            out[k] = ref
+    return out
+
+
+def file_digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+@dataclass
+class Desired:
+    """A loaded, resolved and compiled desired state, ready to apply."""
+
+    loaded: loader.LoadedState
+    policy: Policy
+    commands: list[dict]
+    summary: dict
+    rule_index: dict
+    sha256: str  # of the compiled commands
+    files: dict[str, str]  # file -> sha256 at load time
+
+
+class Reconciler:
+    """See the module docstring. All public methods are safe to call from any thread."""
+
+    def __init__(self, config: str | os.PathLike, backend: Backend, store: StatusStore, *,
+                 mode: str = "classify", debounce: float = DEFAULT_DEBOUNCE,
+                 resync: float = DEFAULT_RESYNC, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time, compile_fn: CompileFn = compile_host,
+                 flusher: Flusher | None = None, notifier: Notifier | None = None, log: Any = None):
+        self.config = Path(config)
+        self.backend = backend
+        self.store = store
+        self.mode = mode
+        self.debounce = debounce
+        self.resync_interval = resync
+        self.clock = clock
+        self.wall = wall
+        self.compile_fn = compile_fn
+        self.flusher = flusher
+        self.notifier = notifier or Notifier({})
+        self.log = log or get_logger(netns=store.netns or "host")
+        self._lock = threading.RLock()
+        self.last_good: Desired | None = None
+        self.kernel_fingerprint: str | None = None
+        self.ready = False
+        self.dirty_reasons: list[str] = []
+        self.dirty_at: float | None = None  # when the pending reconcile may run
+        self.retry_at: float | None = None
+        self.failures = 0
+        self.next_resync = self.clock() + resync
+        self.seen_files: dict[str, str | None] = {}  # last attempt: file -> sha256
+        self.status = Status(netns=store.netns, pid=os.getpid())
+        self.applies = 0
+
+    # events ----------------------------------------------------------------------------------
+    def mark_dirty(self, reason: str, *, immediate: bool = False) -> None:
+        """Ask for a full reconcile after the debounce delay (a burst collapses into one)."""
+        with self._lock:
+            now = self.clock()
+            self.dirty_reasons.append(reason)
+            due = now if immediate else now + self.debounce
+            # Each new event pushes the deadline out: a burst of editor events yields one run.
+            self.dirty_at = due if self.dirty_at is None or immediate else max(self.dirty_at, due)
+
+    def watched_files(self) -> set[Path]:
+        files = {self.config.absolute()}
+        if self.last_good is not None:
+            files |= {Path(f).absolute() for f in self.last_good.files}
+        return files
+
+    def next_deadline(self) -> float:
+        with self._lock:
+            times = [self.next_resync]
+            if self.dirty_at is not None:
+                times.append(self.dirty_at)
+            if self.retry_at is not None:
+                times.append(self.retry_at)
+            return min(times)
+
+    def tick(self) -> None:
+        """Do whatever is due at ``clock()``: a debounced reconcile, a retry, a resync."""
+        with self._lock:
+            now = self.clock()
+            if self.dirty_at is not None and now >= self.dirty_at:
+                reasons, self.dirty_reasons, self.dirty_at = self.dirty_reasons, [], None
+                self.reconcile(",".join(dict.fromkeys(reasons)) or "dirty")
+            elif self.retry_at is not None and now >= self.retry_at:
+                self.retry_at = None
+                self.reconcile("retry")
+            if now >= self.next_resync:
+                self.next_resync = now + self.resync_interval
+                self.resync()
+
+    # the work ------------------------------------------------------------------------------
+    def load(self) -> Desired:
+        loaded = loader.load(self.config)
+        policy = semantics.resolve(loaded.state, loaded.tags)
+        rs = self.compile_fn(policy, host_interfaces(policy), self.mode)
+        files = {str(Path(p).absolute()): (file_digest(Path(p)) or "") for p in loaded.files}
+        files[str(loaded.path.absolute())] = loaded.sha256
+        return Desired(loaded, policy, list(rs.commands), dict(rs.summary),
+                       rule_index_json(rs.rule_index), ruleset_sha256(rs.commands), files)
+
+    def reconcile(self, reason: str) -> bool:
+        """One full load + resolve + compile + apply. True when the kernel now enforces the
+        file; False when the file is bad or the apply failed (the last good state stays)."""
+        with self._lock:
+            self.log.info("reconcile.start", reason=reason)
+            self.seen_files = {str(p): file_digest(p) for p in self.watched_files()}
+            try:
+                desired = self.load()
+            except LoadError as e:
+                problems = [p.as_dict() for p in e.problems]
+                self.log.error("config.invalid", file=str(self.config), problems=problems,
+                               enforcing=self.last_good.loaded.sha256 if self.last_good else None)
+                self._record_error("config", str(e), problems)
+                self.notifier.status(f"config invalid ({len(problems)} problems); "
+                                     + ("enforcing the last good state" if self.last_good else "nothing enforced"))
+                return False
+            except Exception as e:  # noqa: BLE001 - compile/resolve bugs must not kill the daemon
+                self.log.exception("compile.failed", file=str(self.config), error=str(e))
+                self._record_error("compile", f"{type(e).__name__}: {e}")
+                return False
+            self.seen_files = dict(desired.files)
+            committed = self.status.commit
+            if (committed is not None and desired.sha256 == committed.ruleset_sha256
+                    and committed.kernel_fingerprint is not None
+                    and self._kernel_fingerprint() == committed.kernel_fingerprint):
+                # The kernel already holds exactly this ruleset (an edit that changes nothing,
+                # a link event, or a restart of the daemon): keep it, and its counters.
+                self.last_good = desired
+                self.kernel_fingerprint = committed.kernel_fingerprint
+                self.status.last_error = None
+                self._write_commit(desired, applied_at=None)
+                self.log.info("config.unchanged", reason=reason, file=str(self.config),
+                              sha256=desired.loaded.sha256, ruleset_sha256=desired.sha256)
+                self._announce(desired)
+                return True
+            return self._apply(desired, reason)
+
+    def resync(self) -> None:
+        """Repair drift: re-apply the last good ruleset if the kernel table is missing or
+        differs from what was committed; notice file changes the watcher missed."""
+        with self._lock:
+            current = {str(p): file_digest(p) for p in self.watched_files()}
+            changed = sorted(k for k in current if current[k] != self.seen_files.get(k))
+            if changed and self.dirty_at is None:
+                self.log.info("config.changed", files=changed, via="resync")
+                self.mark_dirty("resync:file-changed", immediate=True)
+            if self.last_good is None or self.retry_at is not None:
+                return
+            try:
+                found = self._kernel_fingerprint()
+            except Exception as e:  # noqa: BLE001
+                self.log.error("resync.failed", error=str(e))
+                return
+            if found == self.kernel_fingerprint:
+                return
+            self.log.warning("drift.detected", table="missing" if found is None else "changed",
+                             expected=self.kernel_fingerprint, found=found)
+            if self._apply(self.last_good, "drift"):
+                self.log.info("drift.repaired", ruleset_sha256=self.last_good.sha256)
+
+    def remove(self) -> bool:
+        with self._lock:
+            removed = self.backend.delete_table()
+            self.kernel_fingerprint = None
+            self.log.info("table.removed", existed=removed)
+            return removed
+
+    # helpers ---------------------------------------------------------------------------------
+    def _kernel_fingerprint(self) -> str | None:
+        return self.backend.fingerprint()
+
+    def _apply(self, desired: Desired, reason: str) -> bool:
+        try:
+            self.backend.check(desired.commands)
+            self.backend.replace(desired.commands)
+            fingerprint = self._kernel_fingerprint()
+        except Exception as e:  # noqa: BLE001 - NftError, NetnsError, ...: keep running, retry
+            self.failures += 1
+            delay = min(MAX_BACKOFF, max(self.debounce, 0.5) * (2 ** (self.failures - 1)),
+                        max(self.resync_interval, 0.5))
+            self.retry_at = self.clock() + delay
+            detail = e.as_dict() if isinstance(e, NftError) else {"message": f"{type(e).__name__}: {e}"}
+            self.log.error("apply.failed", reason=reason, error=str(e), retry_in=round(delay, 3),
+                           failures=self.failures, enforcing=self.last_good.sha256 if self.last_good else None)
+            self._record_error("apply", str(e), [detail])
+            return False
+        self.failures = 0
+        self.retry_at = None
+        self.kernel_fingerprint = fingerprint
+        self.last_good = desired
+        self.applies += 1
+        self.status.last_error = None
+        self._write_commit(desired, applied_at=self.wall())
+        s = desired.summary
+        self.log.info("config.applied", reason=reason, file=str(desired.loaded.path),
+                      sha256=desired.loaded.sha256, ruleset_sha256=desired.sha256,
+                      chains=s.get("chains"), rules=s.get("rules"), sets=s.get("sets"),
+                      set_elements=s.get("set_elements"), modes=s.get("modes_used"))
+        self._announce(desired)
+        self._flush(desired)
+        return True
+
+    def _announce(self, desired: Desired) -> None:
+        s = desired.summary
+        text = (f"enforcing {desired.loaded.path.name} sha256={desired.loaded.sha256[:12]} "
+                f"rules={s.get('rules')} elements={s.get('set_elements')}")
+        if not self.ready:
+            self.ready = True
+            self.notifier.ready(text)
+            self.log.info("agent.ready")
+        else:
+            self.notifier.status(text)
+
+    def _flush(self, desired: Desired) -> None:
+        if self.flusher is None or not any(n.flush_connection for n in desired.policy.nics.values()):
+            return
+        try:
+            cuts = self.flusher(desired.policy)
+        except Exception as e:  # noqa: BLE001
+            self.log.error("conntrack.flush_failed", error=str(e))
+            return
+        self.log.info("conntrack.flushed", count=len(cuts),
+                      flows=[c.as_log() if hasattr(c, "as_log") else str(c) for c in cuts[:50]])
+
+    def _write_commit(self, desired: Desired, applied_at: float | None) -> None:
+        rules, sets = describe_commands(desired.commands)
+        prev = self.status.commit
+        self.status.commit = Commit(
+            source=str(desired.loaded.path.absolute()), sha256=desired.loaded.sha256, files=desired.files,
+            applied_at=applied_at if applied_at is not None else (prev.applied_at if prev else self.wall()),
+            mode=self.mode, ruleset_sha256=desired.sha256, summary=desired.summary,
+            rule_index=desired.rule_index, rules=rules, sets=sets,
+            kernel_fingerprint=self.kernel_fingerprint)
+        self._write_status()
+
+    def _record_error(self, kind: str, message: str, problems: list | None = None) -> None:
+        self.status.last_error = {"time": self.wall(), "kind": kind, "message": message,
+                                  "problems": problems or []}
+        self._write_status()
+
+    def _write_status(self) -> None:
+        try:
+            self.store.write(self.status)
+        except OSError as e:
+            self.log.error("status.write_failed", path=str(self.store.path), error=str(e))
+
+
+# --- the I/O shell ----------------------------------------------------------------------------
+
+_WATCH_EVENTS = {"created", "modified", "moved", "deleted", "closed"}  # not opened/closed_no_write
+
+
+class _FileEvents:
+    """watchdog handler: marks the reconciler dirty when a watched file is touched."""
+
+    def __init__(self, daemon: "Daemon"):
+        self.daemon = daemon
+
+    def dispatch(self, event: Any) -> None:
+        if event.event_type not in _WATCH_EVENTS or event.is_directory:
+            return
+        watched = self.daemon.reconciler.watched_files()
+        for p in (getattr(event, "src_path", None), getattr(event, "dest_path", None)):
+            if p and Path(os.fsdecode(p)).absolute() in watched:
+                self.daemon.on_file_event(event.event_type, os.fsdecode(p))
+                return
+
+
+class Daemon:
+    """Runs a Reconciler until SIGTERM/SIGINT. See the module docstring."""
+
+    def __init__(self, reconciler: Reconciler, *, netns: str | None = None,
+                 notifier: Notifier | None = None, remove_on_exit: bool = False,
+                 watch_links: bool = True, watch_files: bool = True, log: Any = None):
+        self.reconciler = reconciler
+        self.netns = netns
+        self.notifier = notifier or reconciler.notifier
+        self.remove_on_exit = remove_on_exit
+        self.watch_links = watch_links
+        self.watch_files = watch_files
+        self.log = log or reconciler.log
+        self._wake = threading.Event()
+        self._stop = False
+        self._observer = None
+        self._watches: dict[str, Any] = {}
+        self._links = None
+        self.next_watchdog: float | None = None
+
+    # callbacks (any thread) ------------------------------------------------------------------
+    def on_file_event(self, kind: str, path: str) -> None:
+        self.log.info("config.changed", event=kind, path=path)
+        self.reconciler.mark_dirty(f"file:{Path(path).name}")
+        self._wake.set()
+
+    def on_link(self, event: str, ifname: str) -> None:
+        self.log.info(f"link.{event}", interface=ifname, netns=self.netns or "host")
+        self.reconciler.mark_dirty(f"link:{event}:{ifname}")
+        self._wake.set()
+
+    def on_link_error(self, error: BaseException) -> None:
+        self.log.error("link.monitor_failed", error=str(error))
+
+    def handle_sighup(self, signum: int = signal.SIGHUP, frame: Any = None) -> None:
+        self.log.info("signal.reload", signal="SIGHUP")
+        self.reconciler.mark_dirty("sighup", immediate=True)
+        self._wake.set()
+
+    def handle_stop(self, signum: int = signal.SIGTERM, frame: Any = None) -> None:
+        self.log.info("signal.stop", signal=signal.Signals(signum).name)
+        self._stop = True
+        self._wake.set()
+
+    # lifecycle -------------------------------------------------------------------------------
+    def _update_watches(self) -> None:
+        if self._observer is None:
+            return
+        dirs = {str(p.parent) for p in self.reconciler.watched_files()}
+        for d in set(self._watches) - dirs:
+            self._observer.unschedule(self._watches.pop(d))
+        for d in sorted(dirs - set(self._watches)):
+            if os.path.isdir(d):
+                self._watches[d] = self._observer.schedule(_FileEvents(self), d, recursive=False)
+                self.log.debug("watch.added", directory=d)
+
+    def start(self) -> None:
+        self.log.info("agent.starting", config=str(self.reconciler.config), netns=self.netns or "host",
+                      mode=self.reconciler.mode, resync=self.reconciler.resync_interval, pid=os.getpid())
+        if self.watch_files:
+            from watchdog.observers import Observer
+
+            self._observer = Observer()
+            self._update_watches()
+            self._observer.start()
+        if self.watch_links:
+            from agent.links import LinkMonitor
+
+            self._links = LinkMonitor(self.netns, self.on_link, self.on_link_error).start()
+        if self.notifier.watchdog_interval:
+            self.next_watchdog = self.reconciler.clock()
+        self.reconciler.mark_dirty("startup", immediate=True)
+
+    def step(self, max_wait: float = 1.0) -> None:
+        """Wait until something is due (or an event arrives), then do it."""
+        now = self.reconciler.clock()
+        deadline = self.reconciler.next_deadline()
+        if self.next_watchdog is not None:
+            deadline = min(deadline, self.next_watchdog)
+        timeout = max(0.0, min(deadline - now, max_wait))
+        if timeout > 0:
+            self._wake.wait(timeout)
+        self._wake.clear()
+        if self._stop:
+            return
+        self.reconciler.tick()
+        self._update_watches()
+        now = self.reconciler.clock()
+        if self.next_watchdog is not None and now >= self.next_watchdog:
+            self.notifier.watchdog()
+            self.next_watchdog = now + (self.notifier.watchdog_interval or 1.0)
+
+    def stop(self) -> None:
+        self.notifier.stopping()
+        if self._links is not None:
+            self._links.stop()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(5)
+        if self.remove_on_exit:
+            try:
+                self.reconciler.remove()
+            except Exception as e:  # noqa: BLE001
+                self.log.error("table.remove_failed", error=str(e))
+        else:
+            self.log.info("table.kept", reason="rules stay in force after exit (use --remove-on-exit to remove)")
+        self.log.info("agent.stopped")
+
+    def run(self) -> int:
+        previous = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+        signal.signal(signal.SIGHUP, self.handle_sighup)
+        signal.signal(signal.SIGTERM, self.handle_stop)
+        signal.signal(signal.SIGINT, self.handle_stop)
+        try:
+            self.start()
+            while not self._stop:
+                # Short waits keep signal handling prompt (handlers run between bytecodes).
+                self.step(max_wait=0.2)
+        finally:
+            self.stop()
+            for s, h in previous.items():
+                signal.signal(s, h)
+        return 0

@@ -1,0 +1,419 @@
+"""The one module that talks to libnftables (``import nftables``).
+
+Everything the agent writes to the kernel is one batch of libnftables JSON commands that
+replaces the agent's own table (``inet nsg_agent``) in a single transaction. This module
+is the single choke point for that batch:
+
+- :meth:`NftBackend.check` runs the batch in dry-run mode (the kernel validates it, nothing
+  changes) and, when it fails, finds the first failing command by bisection, so the error
+  names the command and not just the batch;
+- :meth:`NftBackend.replace` runs the whole batch in ONE ``json_cmd`` (one netlink
+  transaction: the old table stays in force until the new one is complete);
+- it refuses any command that would touch another table or the whole ruleset (``flush
+  ruleset``, another family or table name), so a compiler bug cannot hurt the rest of the
+  machine's firewall.
+
+:class:`FakeBackend` implements the same protocol in memory for reconcile tests without
+root: it keeps the table as nft would list it, can inject failures and dumps sorted text.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol
+
+from agent.netns import NetnsRunner
+
+TABLE_FAMILY = "inet"
+TABLE_NAME = "nsg_agent"  # the same value as agent.compiler.TABLE_NAME (checked in tests)
+SCHEMA = {"metainfo": {"json_schema_version": 1}}
+_OBJECTS = ("table", "chain", "rule", "set", "map", "element", "counter", "flowtable", "quota",
+            "limit", "ct helper", "ct timeout", "ct expectation", "secmark", "synproxy")
+
+
+class NftError(Exception):
+    """libnftables refused a command. ``command`` is the failing command when known."""
+
+    def __init__(self, message: str, *, error: str = "", command: dict | None = None,
+                 index: int | None = None):
+        self.error = error.strip()
+        self.command = command
+        self.index = index
+        detail = f": {self.error}" if self.error else ""
+        where = ""
+        if command is not None:
+            where = f" (command #{index}: {json.dumps(command, sort_keys=True)[:300]})"
+        super().__init__(f"{message}{detail}{where}")
+
+    def as_dict(self) -> dict:
+        return {"message": str(self), "error": self.error, "index": self.index,
+                "command": self.command}
+
+
+@dataclass(frozen=True)
+class RuleCounter:
+    packets: int = 0
+    bytes: int = 0
+
+
+class Backend(Protocol):
+    """What the reconciler needs from the kernel (or from a fake)."""
+
+    def check(self, commands: list[dict]) -> None: ...
+    def replace(self, commands: list[dict]) -> None: ...
+    def delete_table(self) -> bool: ...
+    def list_table(self, *, terse: bool = False) -> dict | None: ...
+    def counters(self) -> dict[tuple[str, str], RuleCounter]: ...
+    def fingerprint(self) -> str | None: ...
+
+
+# --- pure helpers shared by the real and the fake backend ---------------------------------
+
+
+def assert_own_table(commands: Iterable[dict]) -> None:
+    """Raise NftError if a command would touch anything but ``inet nsg_agent``."""
+    for i, cmd in enumerate(commands):
+        if not isinstance(cmd, dict) or len(cmd) != 1:
+            raise NftError("refusing a malformed command", command=cmd, index=i)
+        verb, body = next(iter(cmd.items()))
+        if verb == "metainfo":
+            continue
+        if verb not in ("add", "create", "insert", "replace", "delete", "flush", "list", "reset"):
+            raise NftError(f"refusing the verb {verb!r}", command=cmd, index=i)
+        if not isinstance(body, dict) or len(body) != 1:
+            raise NftError("refusing a malformed command", command=cmd, index=i)
+        kind, obj = next(iter(body.items()))
+        if kind == "ruleset" or kind not in _OBJECTS or not isinstance(obj, dict):
+            raise NftError(f"refusing to {verb} {kind!r}: the agent only touches its own table",
+                           command=cmd, index=i)
+        table = obj.get("name") if kind == "table" else obj.get("table")
+        if obj.get("family") != TABLE_FAMILY or table != TABLE_NAME:
+            raise NftError(
+                f"refusing to touch {obj.get('family')} {table}: the agent owns only "
+                f"{TABLE_FAMILY} {TABLE_NAME}", command=cmd, index=i)
+
+
+def table_counters(listing: dict | None) -> dict[tuple[str, str], RuleCounter]:
+    """Per-rule counters from a table listing, keyed by (chain, rule comment) like the
+    compiler's ``rule_index`` (summed when several kernel rules of one chain carry the same
+    comment, e.g. an IPv4 and an IPv6 variant)."""
+    out: dict[tuple[str, str], RuleCounter] = {}
+    for item in (listing or {}).get("nftables", []):
+        rule = item.get("rule")
+        if not rule or not rule.get("comment"):
+            continue
+        packets = nbytes = 0
+        for expr in rule.get("expr", []):
+            c = expr.get("counter") if isinstance(expr, dict) else None
+            if isinstance(c, dict):
+                packets += int(c.get("packets", 0))
+                nbytes += int(c.get("bytes", 0))
+        key = (rule.get("chain", ""), rule["comment"])
+        prev = out.get(key, RuleCounter())
+        out[key] = RuleCounter(prev.packets + packets, prev.bytes + nbytes)
+    return out
+
+
+def _strip_counters(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: (None if k == "counter" else _strip_counters(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strip_counters(v) for v in obj]
+    return obj
+
+
+def listing_fingerprint(listing: dict | None) -> str | None:
+    """A digest of a (terse) table listing that changes when anyone re-creates the table or
+    adds, deletes or edits a chain, set or rule (handles included), but not when counters
+    move. None when the table does not exist."""
+    if listing is None:
+        return None
+    items = [i for i in listing.get("nftables", []) if "metainfo" not in i]
+    if not any("table" in i for i in items):
+        return None
+    canon = json.dumps(_strip_counters(items), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+# --- the real backend ----------------------------------------------------------------------
+
+
+class NftBackend:
+    """libnftables in one network namespace (``netns=None``: the current one)."""
+
+    def __init__(self, netns: str | None = None, runner: NetnsRunner | None = None):
+        self.runner = runner or NetnsRunner(netns, thread_name=f"nft-{netns or 'host'}")
+        self._own_runner = runner is None
+        self._ctx = self.runner.call(self._make_ctx)
+
+    @staticmethod
+    def _make_ctx() -> Any:
+        import nftables  # the only import of libnftables in the agent
+
+        ctx = nftables.Nftables()
+        ctx.set_json_output(True)
+        ctx.set_handle_output(True)
+        return ctx
+
+    def close(self) -> None:
+        if self._own_runner:
+            self.runner.close()
+
+    # all of these run in the namespace thread
+    def _run(self, commands: list[dict], *, dry_run: bool = False, terse: bool = False) -> tuple[int, Any, str]:
+        def go() -> tuple[int, Any, str]:
+            self._ctx.set_dry_run(dry_run)
+            self._ctx.set_terse_output(terse)
+            try:
+                return self._ctx.json_cmd({"nftables": [SCHEMA, *commands]})
+            finally:
+                self._ctx.set_dry_run(False)
+                self._ctx.set_terse_output(False)
+
+        return self.runner.call(go)
+
+    def check(self, commands: list[dict]) -> None:
+        assert_own_table(commands)
+        rc, _, err = self._run(commands, dry_run=True)
+        if rc == 0:
+            return
+        index = self._first_failing(commands)
+        raise NftError("the kernel refused the ruleset (dry run)", error=err,
+                       command=commands[index] if index is not None else None, index=index)
+
+    def _first_failing(self, commands: list[dict]) -> int | None:
+        """Smallest k such that commands[:k+1] fails in a dry run (bisection)."""
+        lo, hi = 0, len(commands) - 1
+        if hi < 0:
+            return None
+        found = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            rc, _, _ = self._run(commands[: mid + 1], dry_run=True)
+            if rc != 0:
+                found, hi = mid, mid - 1
+            else:
+                lo = mid + 1
+        return found
+
+    def replace(self, commands: list[dict]) -> None:
+        assert_own_table(commands)
+        rc, _, err = self._run(commands)
+        if rc != 0:
+            raise NftError("the kernel refused the ruleset; the previous table stays in force",
+                           error=err)
+
+    def delete_table(self) -> bool:
+        cmd = {"delete": {"table": {"family": TABLE_FAMILY, "name": TABLE_NAME}}}
+        rc, _, err = self._run([cmd])
+        if rc == 0:
+            return True
+        if "No such file or directory" in err:
+            return False
+        raise NftError("cannot delete the table", error=err, command=cmd, index=0)
+
+    def list_table(self, *, terse: bool = False) -> dict | None:
+        cmd = {"list": {"table": {"family": TABLE_FAMILY, "name": TABLE_NAME}}}
+        rc, out, err = self._run([cmd], terse=terse)
+        if rc != 0:
+            if "No such file or directory" in err:
+                return None
+            raise NftError("cannot list the table", error=err, command=cmd, index=0)
+        return out or None
+
+    def counters(self) -> dict[tuple[str, str], RuleCounter]:
+        return table_counters(self.list_table(terse=True))
+
+    def fingerprint(self) -> str | None:
+        return listing_fingerprint(self.list_table(terse=True))
+
+
+# --- the fake ------------------------------------------------------------------------------
+
+
+@dataclass
+class _FakeTable:
+    handle: int
+    chains: dict[str, dict] = field(default_factory=dict)
+    sets: dict[str, dict] = field(default_factory=dict)  # sets and maps, elements in "elem"
+    rules: list[dict] = field(default_factory=list)
+
+
+class FakeBackend:
+    """An in-memory ``inet nsg_agent`` that applies the same JSON commands.
+
+    Only what the agent's batches use is modelled: add/delete table, add chain, add
+    set/map (with elements), add element, add rule. Commands are applied to a copy and
+    committed only when the whole batch succeeds, like a kernel transaction.
+
+    Fault injection: ``fail_next("replace", "message", times=1)`` makes the next calls of
+    that operation raise NftError. ``hit(comment, packets, bytes)`` bumps a rule's counter.
+    """
+
+    def __init__(self) -> None:
+        self.table: _FakeTable | None = None
+        self._next_handle = 1
+        self._failures: dict[str, list[str]] = {}
+        self.calls: list[str] = []
+        self.batches: list[list[dict]] = []
+        self._lock = threading.Lock()
+
+    # fault injection and probes
+    def fail_next(self, op: str, message: str = "injected failure", times: int = 1) -> None:
+        self._failures.setdefault(op, []).extend([message] * times)
+
+    def _maybe_fail(self, op: str) -> None:
+        self.calls.append(op)
+        pending = self._failures.get(op)
+        if pending:
+            raise NftError(f"fake {op} failed", error=pending.pop(0))
+
+    def hit(self, comment: str, packets: int = 1, nbytes: int = 64) -> None:
+        assert self.table is not None
+        for rule in self.table.rules:
+            if rule.get("comment") == comment:
+                for expr in rule["expr"]:
+                    if "counter" in expr:
+                        c = expr["counter"] or {"packets": 0, "bytes": 0}
+                        expr["counter"] = {"packets": c["packets"] + packets,
+                                           "bytes": c["bytes"] + nbytes}
+                return
+        raise KeyError(comment)
+
+    def tamper(self) -> None:
+        """Someone else edits the agent's table: the last rule disappears."""
+        assert self.table is not None and self.table.rules
+        self.table.rules.pop()
+
+    # protocol
+    def check(self, commands: list[dict]) -> None:
+        self._maybe_fail("check")
+        assert_own_table(commands)
+        self._apply(copy.deepcopy(self.table), commands)
+
+    def replace(self, commands: list[dict]) -> None:
+        with self._lock:
+            self._maybe_fail("replace")
+            assert_own_table(commands)
+            self.table = self._apply(copy.deepcopy(self.table), commands)
+            self.batches.append(copy.deepcopy(commands))
+
+    def delete_table(self) -> bool:
+        with self._lock:
+            self._maybe_fail("delete_table")
+            existed = self.table is not None
+            self.table = None
+            return existed
+
+    def list_table(self, *, terse: bool = False) -> dict | None:
+        with self._lock:
+            self._maybe_fail("list_table")
+            t = self.table
+            if t is None:
+                return None
+            items: list[dict] = [{"metainfo": {"json_schema_version": 1}},
+                                 {"table": {"family": TABLE_FAMILY, "name": TABLE_NAME, "handle": t.handle}}]
+            for name in sorted(t.sets):
+                s = copy.deepcopy(t.sets[name])
+                kind = s.pop("_kind")
+                if terse:
+                    s.pop("elem", None)
+                items.append({kind: s})
+            items += [{"chain": copy.deepcopy(c)} for _, c in sorted(t.chains.items())]
+            items += [{"rule": copy.deepcopy(r)} for r in t.rules]
+            return {"nftables": items}
+
+    def counters(self) -> dict[tuple[str, str], RuleCounter]:
+        return table_counters(self.list_table(terse=True))
+
+    def fingerprint(self) -> str | None:
+        return listing_fingerprint(self.list_table(terse=True))
+
+    def dump(self) -> str:
+        """Sorted, nft-like text of the table (empty string when absent)."""
+        t = self.table
+        if t is None:
+            return ""
+        lines = [f"table {TABLE_FAMILY} {TABLE_NAME}"]
+        for name, s in sorted(t.sets.items()):
+            elems = s.get("elem", [])
+            lines.append(f"  {s['_kind']} {name} type {s.get('type')} elements={len(elems)} "
+                         + json.dumps(elems, sort_keys=True))
+        for name in sorted(t.chains):
+            lines.append(f"  chain {name}")
+            for r in t.rules:
+                if r["chain"] == name:
+                    lines.append(f"    {json.dumps(r['expr'], sort_keys=True)} comment {r.get('comment', '')!r}")
+        return "\n".join(lines) + "\n"
+
+    # command interpreter
+    def _apply(self, table: _FakeTable | None, commands: list[dict]) -> _FakeTable | None:
+        for i, cmd in enumerate(commands):
+            verb, body = next(iter(cmd.items()))
+            kind, obj = next(iter(body.items()))
+            try:
+                table = self._apply_one(table, verb, kind, obj)
+            except NftError as e:
+                raise NftError("fake: command failed", error=e.error, command=cmd, index=i) from None
+        return table
+
+    def _apply_one(self, table: _FakeTable | None, verb: str, kind: str, obj: dict) -> _FakeTable | None:
+        enoent = NftError("fake", error="Error: No such file or directory")
+        if kind == "table":
+            if verb in ("add", "create"):
+                if table is None:
+                    table = _FakeTable(handle=self._new_handle())
+                elif verb == "create":
+                    raise NftError("fake", error="Error: File exists")
+                return table
+            if verb == "delete":
+                if table is None:
+                    raise enoent
+                return None
+            if verb == "flush":
+                if table is None:
+                    raise enoent
+                table.rules.clear()
+                for s in table.sets.values():
+                    s["elem"] = []
+                return table
+        if table is None:
+            raise enoent
+        if kind == "chain" and verb in ("add", "create"):
+            c = {k: v for k, v in obj.items()}
+            c.setdefault("handle", self._new_handle())
+            table.chains.setdefault(obj["name"], c)
+            return table
+        if kind in ("set", "map") and verb in ("add", "create"):
+            s = {k: v for k, v in obj.items()}
+            s["_kind"] = kind
+            s.setdefault("handle", self._new_handle())
+            s["elem"] = list(obj.get("elem", []))
+            if obj["name"] in table.sets:
+                table.sets[obj["name"]]["elem"] += s["elem"]
+            else:
+                table.sets[obj["name"]] = s
+            return table
+        if kind == "element" and verb in ("add", "create"):
+            if obj["name"] not in table.sets:
+                raise enoent
+            table.sets[obj["name"]]["elem"] += list(obj.get("elem", []))
+            return table
+        if kind == "rule" and verb in ("add", "insert"):
+            if obj["chain"] not in table.chains:
+                raise NftError("fake", error="Error: Could not process rule: No such file or directory")
+            r = {k: v for k, v in obj.items() if k != "index"}
+            r["handle"] = self._new_handle()
+            r["expr"] = [({"counter": {"packets": 0, "bytes": 0}} if "counter" in e else e)
+                         for e in copy.deepcopy(obj.get("expr", []))]
+            table.rules.append(r)
+            return table
+        raise NftError("fake", error=f"Error: the fake does not model {verb} {kind}")
+
+    def _new_handle(self) -> int:
+        self._next_handle += 1
+        return self._next_handle

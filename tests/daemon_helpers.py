@@ -1,0 +1,122 @@
+"""Helpers for the reconcile tests: a fake clock, a tiny stand-in compiler, policy files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.nft import TABLE_FAMILY, TABLE_NAME
+from agent.policy import Policy
+
+TABLE = {"family": TABLE_FAMILY, "name": TABLE_NAME}
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, start: float = 1000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class FakeRuleset:
+    commands: list[dict]
+    summary: dict
+    rule_index: dict = field(default_factory=dict)
+
+
+def fake_compile(policy: Policy, interfaces: dict[str, str], mode: str) -> FakeRuleset:
+    """One chain per NIC with one counted, commented rule per NSG rule: enough structure for
+    the reconciler (the real compiler has its own tests)."""
+    commands: list[dict] = [{"add": {"table": TABLE}}, {"delete": {"table": TABLE}}, {"add": {"table": TABLE}}]
+    rules = 0
+    index = {}
+    for nic_name in sorted(interfaces):
+        nic = policy.nics[nic_name]
+        chain = f"nic_{nic_name}"
+        commands.append({"add": {"chain": {"family": "inet", "table": TABLE_NAME, "name": chain}}})
+        for level in nic.inbound + nic.outbound:
+            for rule in level.rules:
+                comment = f"{level.nsg}: {rule.log_name}"
+                verdict = {"accept": None} if rule.access.value == "Allow" else {"drop": None}
+                commands.append({"add": {"rule": {
+                    "family": "inet", "table": TABLE_NAME, "chain": chain, "comment": comment,
+                    "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}},
+                                        "right": interfaces[nic_name]}},
+                             {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}},
+                                        "right": rule.protocol.value}},
+                             {"counter": None}, verdict]}}})
+                index[(chain, comment)] = (level.nsg, rule.log_name)
+                rules += 1
+    summary = {"chains": len(interfaces), "rules": rules, "sets": 0, "set_elements": 0,
+               "modes_used": [mode]}
+    return FakeRuleset(commands, summary, index)
+
+
+def policy_text(*, extra_rule: str = "", flush: bool = False, interface: str = "eth-srv") -> str:
+    """A one-NIC desired state; ``extra_rule`` is YAML for one more inbound rule."""
+    return f"""\
+virtualNetworks:
+  - name: vnet
+    addressSpace: [10.50.0.0/16]
+    subnets:
+      - name: web
+        addressPrefix: 10.50.1.0/24
+networkInterfaces:
+  - name: srv
+    subnet: vnet/web
+    ipAddresses: [10.50.1.4]
+    networkSecurityGroup: srv-nsg
+    interface: {interface}
+networkSecurityGroups:
+  - name: srv-nsg
+    flushConnection: {str(flush).lower()}
+    securityRules:
+      - name: allow-http
+        priority: 100
+        direction: Inbound
+        access: Allow
+        protocol: Tcp
+        sourceAddressPrefix: Internet
+        sourcePortRange: "*"
+        destinationAddressPrefix: "*"
+        destinationPortRange: "8080"
+{extra_rule}"""
+
+
+DENY_SSH = """\
+      - name: deny-ssh
+        priority: 110
+        direction: Inbound
+        access: Deny
+        protocol: Tcp
+        sourceAddressPrefix: "*"
+        sourcePortRange: "*"
+        destinationAddressPrefix: "*"
+        destinationPortRange: "22"
+"""
+
+BAD_PRIORITY = """\
+      - name: broken
+        priority: 5
+        direction: Inbound
+        access: Allow
+        protocol: Tcp
+        sourceAddressPrefix: "*"
+        sourcePortRange: "*"
+        destinationAddressPrefix: "*"
+        destinationPortRange: "22"
+"""
+
+
+def write(path: Path, text: str) -> None:
+    """Replace the file the way editors do: write a temporary file, then rename it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

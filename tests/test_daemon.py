@@ -1,0 +1,311 @@
+"""The reconciler without root: FakeBackend, a fake clock and a stand-in compiler."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from agent.daemon import Daemon, Reconciler, compile_host
+from agent.nft import FakeBackend
+from agent.notify import Notifier
+from agent.state import StatusStore
+from daemon_helpers import BAD_PRIORITY, DENY_SSH, FakeClock, fake_compile, policy_text, write
+
+
+class RecordingNotifier(Notifier):
+    """Collects sd_notify messages instead of sending them."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.sent: list[tuple[str, ...]] = []
+
+    def notify(self, *fields: str) -> bool:
+        self.sent.append(fields)
+        return True
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    """A config file, a fake kernel, a status store, a fake clock and a reconciler."""
+    config = tmp_path / "etc" / "desired-state.yaml"
+    config.parent.mkdir()
+    write(config, policy_text())
+    backend = FakeBackend()
+    store = StatusStore(tmp_path / "run", "nsgh-test")
+    clock = FakeClock()
+    notifier = RecordingNotifier()
+    rec = Reconciler(config, backend, store, clock=clock, wall=lambda: 1_700_000_000.0,
+                     compile_fn=fake_compile, debounce=0.15, resync=2.0, notifier=notifier)
+
+    class Env:
+        pass
+
+    e = Env()
+    e.config, e.backend, e.store, e.clock, e.rec, e.notifier = config, backend, store, clock, rec, notifier
+    return e
+
+
+def comments(backend: FakeBackend) -> set[str]:
+    return {r["comment"] for r in backend.table.rules} if backend.table else set()
+
+
+def events(logs: list[dict]) -> list[str]:
+    return [entry["event"] for entry in logs]
+
+
+class TestReconcile:
+    def test_good_file_is_applied_and_recorded(self, env):
+        """A valid file ends up in the fake kernel, the status file records it, READY is sent."""
+        with capture_logs() as logs:
+            assert env.rec.reconcile("startup")
+        assert "srv-nsg: UserRule_allow-http" in comments(env.backend)
+        status = env.store.read()
+        assert status.commit is not None and status.last_error is None
+        assert status.commit.sha256 == __import__("hashlib").sha256(env.config.read_bytes()).hexdigest()
+        assert status.commit.summary["rules"] == len(env.backend.table.rules)
+        assert "config.applied" in events(logs) and "agent.ready" in events(logs)
+        assert env.notifier.sent[0][0] == "READY=1"
+
+    def test_bad_edit_keeps_last_good_state_and_reports(self, env):
+        """A bad edit leaves the kernel untouched and puts every problem in the status file."""
+        env.rec.reconcile("startup")
+        before = env.backend.dump()
+        write(env.config, policy_text(extra_rule=BAD_PRIORITY))
+        with capture_logs() as logs:
+            assert not env.rec.reconcile("file")
+        assert env.backend.dump() == before
+        invalid = [e for e in logs if e["event"] == "config.invalid"]
+        assert invalid and any("priority" in p["path"] for p in invalid[0]["problems"])
+        status = env.store.read()
+        assert status.last_error["kind"] == "config"
+        assert status.commit.sha256 != __import__("hashlib").sha256(env.config.read_bytes()).hexdigest()
+
+    def test_later_good_edit_is_applied(self, env):
+        """After a bad edit, a good one is applied and clears the error."""
+        env.rec.reconcile("startup")
+        write(env.config, policy_text(extra_rule=BAD_PRIORITY))
+        env.rec.reconcile("file")
+        write(env.config, policy_text(extra_rule=DENY_SSH))
+        assert env.rec.reconcile("file")
+        assert "srv-nsg: UserRule_deny-ssh" in comments(env.backend)
+        assert env.store.read().last_error is None
+
+    def test_bad_file_at_start_enforces_nothing_and_sends_no_ready(self, env):
+        """With no good state yet, a bad file applies nothing and READY is not sent."""
+        write(env.config, policy_text(extra_rule=BAD_PRIORITY))
+        assert not env.rec.reconcile("startup")
+        assert env.backend.table is None and env.backend.batches == []
+        assert not any(m[0] == "READY=1" for m in env.notifier.sent)
+
+    def test_unchanged_ruleset_is_not_reapplied(self, env):
+        """An edit that compiles to the same ruleset (a comment) does not touch the kernel."""
+        env.rec.reconcile("startup")
+        env.backend.hit("srv-nsg: UserRule_allow-http", packets=3)
+        write(env.config, "# a comment\n" + policy_text())
+        with capture_logs() as logs:
+            assert env.rec.reconcile("file")
+        assert "config.unchanged" in events(logs)
+        assert len(env.backend.batches) == 1
+        assert sum(c.packets for c in env.backend.counters().values()) == 3
+
+    def test_restart_adopts_the_committed_table(self, env):
+        """A new reconciler (daemon restart) keeps an identical kernel table and its counters."""
+        env.rec.reconcile("startup")
+        rec2 = Reconciler(env.config, env.backend, env.store, clock=env.clock, compile_fn=fake_compile,
+                          notifier=RecordingNotifier())
+        rec2.status.commit = env.store.read().commit
+        assert rec2.reconcile("startup")
+        assert len(env.backend.batches) == 1 and rec2.ready
+
+
+class TestDrift:
+    def test_deleted_table_is_restored_on_resync(self, env):
+        """Someone deletes the table: the next resync re-applies the last good ruleset."""
+        env.rec.reconcile("startup")
+        good = env.backend.dump()
+        env.backend.delete_table()
+        env.clock.advance(2.0)
+        with capture_logs() as logs:
+            env.rec.tick()
+        assert env.backend.dump() == good
+        drift = [e for e in logs if e["event"] == "drift.detected"]
+        assert drift and drift[0]["table"] == "missing" and "drift.repaired" in events(logs)
+
+    def test_edited_table_is_restored_on_resync(self, env):
+        """Someone removes a rule from the agent's table: resync notices and repairs it."""
+        write(env.config, policy_text(extra_rule=DENY_SSH))
+        env.rec.reconcile("startup")
+        good = env.backend.dump()
+        env.backend.tamper()
+        env.clock.advance(2.0)
+        env.rec.tick()
+        assert env.backend.dump() == good
+
+    def test_drift_repair_uses_last_good_state_not_a_bad_file(self, env):
+        """Drift is repaired with the last good ruleset even while the file is bad."""
+        env.rec.reconcile("startup")
+        good = env.backend.dump()
+        write(env.config, policy_text(extra_rule=BAD_PRIORITY))
+        env.rec.reconcile("file")
+        env.backend.delete_table()
+        env.clock.advance(2.0)
+        env.rec.tick()
+        assert env.backend.dump() == good
+
+    def test_no_drift_no_apply(self, env):
+        """A resync that finds the committed table does nothing."""
+        env.rec.reconcile("startup")
+        env.clock.advance(2.0)
+        env.rec.tick()
+        assert len(env.backend.batches) == 1
+
+
+class TestFailures:
+    def test_replace_failure_keeps_state_and_retries(self, env):
+        """A refused replace leaves the old table, records the error, and is retried later."""
+        env.rec.reconcile("startup")
+        good = env.backend.dump()
+        write(env.config, policy_text(extra_rule=DENY_SSH))
+        env.backend.fail_next("replace", "Error: Could not process rule: No buffer space available")
+        with capture_logs() as logs:
+            assert not env.rec.reconcile("file")
+        assert env.backend.dump() == good
+        assert "apply.failed" in events(logs)
+        assert env.store.read().last_error["kind"] == "apply"
+        assert "No buffer space" in env.store.read().last_error["message"]
+        env.clock.now = env.rec.next_deadline()
+        env.rec.tick()
+        assert "srv-nsg: UserRule_deny-ssh" in comments(env.backend)
+        assert env.store.read().last_error is None
+
+    def test_check_failure_never_replaces(self, env):
+        """When the dry run fails, the batch is not run for real."""
+        env.backend.fail_next("check", "Error: syntax")
+        assert not env.rec.reconcile("startup")
+        assert "replace" not in env.backend.calls and env.backend.table is None
+
+    def test_retry_backs_off(self, env):
+        """Consecutive failures push the retry further out."""
+        env.backend.fail_next("replace", times=3)
+        env.rec.reconcile("startup")
+        first = env.rec.retry_at - env.clock()
+        env.clock.now = env.rec.retry_at
+        env.rec.tick()
+        second = env.rec.retry_at - env.clock()
+        assert second > first
+
+    def test_foreign_table_commands_are_refused(self, env):
+        """A batch that touches another table is refused before it reaches the kernel."""
+        def evil(policy, interfaces, mode):
+            rs = fake_compile(policy, interfaces, mode)
+            rs.commands.append({"flush": {"ruleset": None}})
+            return rs
+
+        env.rec.compile_fn = evil
+        assert not env.rec.reconcile("startup")
+        assert env.backend.table is None
+        assert "only touches its own table" in env.store.read().last_error["message"]
+
+
+class TestDebounce:
+    def test_burst_collapses_into_one_reconcile(self, env):
+        """Ten events within the debounce window cause exactly one apply."""
+        env.rec.reconcile("startup")
+        write(env.config, policy_text(extra_rule=DENY_SSH))
+        for _ in range(10):
+            env.rec.mark_dirty("file:desired-state.yaml")
+            env.clock.advance(0.05)
+            env.rec.tick()
+        assert len(env.backend.batches) == 1  # still waiting: each event pushed the deadline
+        env.clock.advance(0.2)
+        with capture_logs() as logs:
+            env.rec.tick()
+        assert events(logs).count("reconcile.start") == 1
+        assert len(env.backend.batches) == 2
+
+    def test_nothing_happens_before_the_deadline(self, env):
+        """A dirty mark waits for the debounce delay."""
+        env.rec.mark_dirty("file")
+        env.clock.advance(0.1)
+        env.rec.tick()
+        assert env.backend.batches == []
+        env.clock.advance(0.1)
+        env.rec.tick()
+        assert len(env.backend.batches) == 1
+
+    def test_resync_notices_a_change_the_watcher_missed(self, env):
+        """If no file event arrives, the periodic resync still sees the new file hash."""
+        env.rec.reconcile("startup")
+        write(env.config, policy_text(extra_rule=DENY_SSH))
+        env.clock.advance(2.0)
+        env.rec.tick()  # resync marks dirty (immediately due)
+        env.rec.tick()
+        assert "srv-nsg: UserRule_deny-ssh" in comments(env.backend)
+
+
+class TestDaemonShell:
+    def test_sighup_handler_triggers_reload(self, env):
+        """SIGHUP marks the reconciler dirty immediately; the next step reloads."""
+        daemon = Daemon(env.rec, watch_links=False, watch_files=False)
+        env.rec.reconcile("startup")
+        write(env.config, policy_text(extra_rule=DENY_SSH))
+        with capture_logs() as logs:
+            daemon.handle_sighup(signal.SIGHUP, None)
+            daemon.step(max_wait=0)
+        assert "signal.reload" in events(logs)
+        assert "srv-nsg: UserRule_deny-ssh" in comments(env.backend)
+
+    def test_sigterm_stops_and_keeps_rules(self, env):
+        """SIGTERM ends the loop; the table stays unless --remove-on-exit."""
+        daemon = Daemon(env.rec, watch_links=False, watch_files=False)
+        env.rec.reconcile("startup")
+        daemon.handle_stop(signal.SIGTERM, None)
+        with capture_logs() as logs:
+            daemon.stop()
+        assert env.backend.table is not None
+        assert "table.kept" in events(logs) and ("STOPPING=1",) in env.notifier.sent
+
+    def test_remove_on_exit_deletes_the_table(self, env):
+        """With remove_on_exit the table is deleted when the daemon stops."""
+        daemon = Daemon(env.rec, watch_links=False, watch_files=False, remove_on_exit=True)
+        env.rec.reconcile("startup")
+        daemon.stop()
+        assert env.backend.table is None
+
+    def test_watchdog_keepalive_when_requested(self, env):
+        """With WATCHDOG_USEC set, the loop sends WATCHDOG=1 every half interval."""
+        env.notifier.watchdog_interval = 0.5
+        daemon = Daemon(env.rec, watch_links=False, watch_files=False)
+        daemon.start()
+        for _ in range(4):
+            env.clock.advance(0.5)
+            daemon.step(max_wait=0)
+        assert env.notifier.sent.count(("WATCHDOG=1",)) >= 3
+
+    def test_link_event_is_logged_and_reconciles_without_change(self, env):
+        """A new interface is logged as link.added; the reconcile it triggers changes nothing."""
+        daemon = Daemon(env.rec, watch_links=False, watch_files=False)
+        env.rec.reconcile("startup")
+        with capture_logs() as logs:
+            daemon.on_link("added", "eth-srv")
+            env.clock.advance(0.2)
+            daemon.step(max_wait=0)
+        assert "link.added" in events(logs) and "config.unchanged" in events(logs)
+        assert len(env.backend.batches) == 1
+
+
+class TestRealCompiler:
+    def test_example_compiles_and_applies_on_the_fake(self, tmp_path, examples_dir):
+        """The real compiler's batch for an example applies on the fake and is recorded."""
+        store = StatusStore(tmp_path, None)
+        backend = FakeBackend()
+        rec = Reconciler(examples_dir / "port80-subnet-nic.yaml", backend, store, compile_fn=compile_host)
+        assert rec.reconcile("startup")
+        commit = store.read().commit
+        assert commit.summary["rules"] == len(backend.table.rules)
+        assert commit.rule_index and all("|" in k for k in commit.rule_index)
+        json.dumps(commit.rule_index)
