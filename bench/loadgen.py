@@ -7,6 +7,7 @@ never runs out of ports. Every connection is new to conntrack and meets the rule
 
     python -m bench.loadgen server --port 7002 [--workers 2]
     python -m bench.loadgen client --host 10.70.0.10 --port 7002 --duration 2.5 [--workers 2]
+    python -m bench.loadgen probe --host 10.70.0.10 --ports 7001,7002,7003 [--timeout 0.5]
 
 The client prints one JSON object: connections completed, errors, seconds, rate, and connect
 latency percentiles (time for connect() to return: SYN out, SYN/ACK back) and whole-exchange
@@ -131,6 +132,27 @@ def client(host: str, port: int, duration: float, workers: int) -> dict:
     }
 
 
+def probe(host: str, ports: list[int], timeout: float) -> dict[str, str]:
+    """One TCP connect per port: "open", "refused" (allowed, nothing listening) or "timeout"
+    (dropped by the ruleset)."""
+    out = {}
+    for port in ports:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect((host, port))
+            out[str(port)] = "open"
+        except ConnectionRefusedError:
+            out[str(port)] = "refused"
+        except (socket.timeout, TimeoutError):
+            out[str(port)] = "timeout"
+        except OSError as e:
+            out[str(port)] = f"error: {e.strerror}"
+        finally:
+            s.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.loadgen")
     sub = ap.add_subparsers(dest="role", required=True)
@@ -142,7 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--port", type=int, required=True)
     c.add_argument("--duration", type=float, default=2.5)
     c.add_argument("--workers", type=int, default=2)
+    pr = sub.add_parser("probe")
+    pr.add_argument("--host", required=True)
+    pr.add_argument("--ports", required=True, help="comma-separated")
+    pr.add_argument("--timeout", type=float, default=0.5)
     args = ap.parse_args(argv)
+    if args.role == "probe":
+        print(json.dumps(probe(args.host, [int(p) for p in args.ports.split(",")], args.timeout)))
+        return 0
     if args.role == "server":
         serve(args.port, args.workers)
         return 0

@@ -1,0 +1,353 @@
+"""Control-plane measurements: compile, apply, changes, file save -> enforced, daemon RSS.
+
+Everything is applied inside throwaway ``nsgb-`` namespaces through the agent's own backend
+(agent.nft.NftBackend), the way the daemon does it: a dry-run check, then one transaction
+replacing the table. A change (ASG membership, service-tag file) is a full rebuild and swap:
+load the file, resolve, compile, check, replace; each step is timed on its own.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import copy
+import io
+import json
+import os
+import pstats
+import select
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from agent import loader, semantics
+from bench import netns
+from bench.generate import LINK_PREFIXLEN, PORT_FLIP, SERVER_NIC, Generated
+
+STEPS = ("load", "resolve", "compile", "check", "replace")
+
+
+@dataclass
+class Timings:
+    """step -> seconds per repetition."""
+
+    steps: dict[str, list[float]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, step: str, seconds: float) -> None:
+        self.steps.setdefault(step, []).append(seconds)
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def pipeline(path: Path, mode: str, interfaces: dict[str, str], backend: Any, t: Timings) -> Any:
+    """load -> resolve -> compile -> check -> replace, each step timed into ``t``."""
+    from agent.compiler import HostPlacement, compile_ruleset
+
+    loaded, s = _timed(lambda: loader.load(path))
+    t.add("load", s)
+    policy, s = _timed(lambda: semantics.resolve(loaded.state, loaded.tags))
+    t.add("resolve", s)
+    rs, s = _timed(lambda: compile_ruleset(policy, HostPlacement(interfaces=interfaces), mode=mode))
+    t.add("compile", s)
+    if backend is not None:
+        _, s = _timed(lambda: backend.check(rs.commands))
+        t.add("check", s)
+        _, s = _timed(lambda: backend.replace(rs.commands))
+        t.add("replace", s)
+    return rs
+
+
+def compile_apply(lab: netns.Lab, gen: Generated, tmpdir: Path, mode: str, reps: int,
+                  log: Callable[[str], None]) -> Timings:
+    """Full table: the first apply into an empty namespace, then ``reps`` replacements."""
+    from agent.nft import NftBackend
+
+    ifname = "nsgb-s0"
+    path = gen.write(tmpdir / f"cp-{mode}", name="max", interface=ifname)
+    ns = lab.netns(f"cp{tmpdir.name[:3]}{mode[0]}")
+    backend = NftBackend(netns=ns)
+    try:
+        first = Timings()
+        rs = pipeline(path, mode, {SERVER_NIC: ifname}, backend, first)
+        t = Timings(info={"first_apply": {k: v[0] for k, v in first.steps.items()},
+                          "summary": _summary_info(rs)})
+        for _ in range(reps):
+            pipeline(path, mode, {SERVER_NIC: ifname}, backend, t)
+        log(f"  {mode}: compile {min(t.steps['compile']):.2f} s, check+replace "
+            f"{min(a + b for a, b in zip(t.steps['check'], t.steps['replace'])):.2f} s")
+        return t
+    finally:
+        backend.close()
+
+
+def _summary_info(rs: Any) -> dict[str, Any]:
+    s = rs.summary
+    levels = {name: {k: v for k, v in lv.items() if k in ("direction", "mode", "fallback", "elements", "classes", "rules")}
+              for name, lv in s.get("levels", {}).items()}
+    return {"rules": s.get("rules"), "set_elements": s.get("set_elements"), "chains": s.get("chains"),
+            "modes_used": s.get("modes_used"), "levels": levels, "json_bytes": len(rs.to_json())}
+
+
+def change(lab: netns.Lab, gen: Generated, tmpdir: Path, kind: str, mode: str, reps: int,
+           log: Callable[[str], None]) -> Timings:
+    """An ASG membership change or a service-tag file change, as a full rebuild and swap.
+
+    Each repetition toggles the change (on, off, on, ...) so every apply changes the table."""
+    from agent.nft import NftBackend
+
+    ifname = "nsgb-s0"
+    work = tmpdir / f"change-{kind}"
+    path = gen.write(work, name="state", interface=ifname)
+    state = json.loads(path.read_text())
+    ns = lab.netns(f"ch{kind[0]}")
+    backend = NftBackend(netns=ns)
+    t = Timings()
+    try:
+        base_rs = pipeline(path, mode, {SERVER_NIC: ifname}, backend, Timings())
+        digests = {base_rs.to_json().__hash__()}
+        if kind == "asg":
+            nic, group = _asg_toggle(state)
+            t.info["change"] = f"NIC {nic['name']} joins/leaves ASG {group} (referenced by rules)"
+        else:
+            tag_path = work / state["serviceTags"]["files"][0]
+            tags = json.loads(tag_path.read_text())
+            target = _referenced_tag(gen, tags)
+            extra = "2001:db8:ffff::/48"
+            t.info["change"] = f"service tag {target['name']} gains/loses one prefix ({extra})"
+        for r in range(reps):
+            on = r % 2 == 0
+            if kind == "asg":
+                groups = [g for g in nic["applicationSecurityGroups"] if g != group]
+                nic["applicationSecurityGroups"] = sorted(groups + [group]) if on else groups
+                _atomic_write(path, json.dumps(state, indent=1))
+            else:
+                prefixes = [p for p in target["properties"]["addressPrefixes"] if p != extra]
+                target["properties"]["addressPrefixes"] = prefixes + [extra] if on else prefixes
+                _atomic_write(tag_path, json.dumps(tags, indent=1))
+            rs = pipeline(path, mode, {SERVER_NIC: ifname}, backend, t)
+            digests.add(rs.to_json().__hash__())
+        t.info["distinct_tables"] = len(digests)
+        total = [sum(t.steps[s][i] for s in ("compile", "check", "replace")) for i in range(reps)]
+        log(f"  {kind} change: compile+apply median {sorted(total)[len(total) // 2] * 1000:.0f} ms")
+        return t
+    finally:
+        backend.close()
+
+
+def _asg_toggle(state: dict) -> tuple[dict, str]:
+    rules = state["networkSecurityGroups"][0]["securityRules"]
+    used = [g for r in rules for g in r.get("sourceApplicationSecurityGroups", [])]
+    if not used:
+        raise ValueError("the policy has no ASG rules")
+    group = used[0]
+    for nic in state["networkInterfaces"]:
+        if nic["name"] != SERVER_NIC and group not in nic["applicationSecurityGroups"] \
+                and len(nic["applicationSecurityGroups"]) < 20:
+            return nic, group
+    raise ValueError("no NIC to move")
+
+
+def _referenced_tag(gen: Generated, tags: dict) -> dict:
+    used = {r["sourceAddressPrefix"].lower() for r in gen.rules if "sourceAddressPrefix" in r}
+    for v in tags["values"]:
+        if v["name"].lower() in used:
+            return v
+    raise ValueError("no service tag is referenced by a rule")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Save the way editors do: write a temporary file, then rename it over the old one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def profile_pipeline(gen: Generated, tmpdir: Path, mode: str, top: int = 12) -> str:
+    """cProfile of load + resolve + compile (no kernel): the functions where time goes."""
+    from agent.compiler import HostPlacement, compile_ruleset
+
+    path = gen.write(tmpdir / "profile", name="max", interface="nsgb-s0")
+    prof = cProfile.Profile()
+    prof.enable()
+    loaded = loader.load(path)
+    policy = semantics.resolve(loaded.state, loaded.tags)
+    compile_ruleset(policy, HostPlacement(interfaces={SERVER_NIC: "nsgb-s0"}), mode=mode)
+    prof.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("cumulative").print_stats(top)
+    text = out.getvalue()
+    out2 = io.StringIO()
+    pstats.Stats(prof, stream=out2).sort_stats("tottime").print_stats(top)
+    return _trim_profile(text) + "\n" + _trim_profile(out2.getvalue())
+
+
+def _trim_profile(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    start = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls")), 0)
+    head = [ln for ln in lines[:start] if "function calls" in ln or "Ordered by" in ln]
+    root = str(netns.ROOT) + "/"
+    return "\n".join(ln.replace(root, "") for ln in head + lines[start:])
+
+
+# --- the daemon: file save -> enforced, and peak RSS ---------------------------------------
+
+
+class Prober:
+    """A persistent TCP prober in the client namespace (bench.probeloop), driven by stdin."""
+
+    def __init__(self, lab: netns.Lab, ns: str, host: str, port: int):
+        self.proc = lab.spawn(ns, netns.python(), "-m", "bench.probeloop", host, str(port),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def wait(self, verdict: str, timeout: float) -> float | None:
+        """Monotonic time at which ``verdict`` ("Allow"/"Deny") was first seen, or None."""
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(f"{verdict} {timeout}\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout + 5)
+        if not ready:
+            return None
+        line = self.proc.stdout.readline().strip()
+        return None if line in ("", "timeout") else float(line)
+
+
+@dataclass
+class DaemonRun:
+    latencies: list[float] = field(default_factory=list)  # seconds
+    misses: int = 0
+    vmhwm_kb: int | None = None
+    vmrss_kb: int | None = None
+    startup_seconds: float | None = None
+    note: str = ""
+
+
+def _flip_rule(access: str, client: str) -> dict:
+    return {"name": "bench-flip", "priority": 100, "direction": "Inbound", "access": access,
+            "protocol": "Tcp", "sourceAddressPrefix": client, "sourcePortRange": "*",
+            "destinationAddressPrefix": "*", "destinationPortRange": str(PORT_FLIP)}
+
+
+def _with_flip(gen: Generated, interface: str, access: str, tag_files: dict | None) -> dict:
+    state = copy.deepcopy(gen.state_with_interface(interface))
+    if tag_files:
+        state["serviceTags"] = tag_files
+    rules = state["networkSecurityGroups"][0]["securityRules"]
+    state["networkSecurityGroups"][0]["securityRules"] = [_flip_rule(access, gen.client_address)] + rules
+    return state
+
+
+def _daemon_cmd(path: Path, ns: str, state_dir: Path, mode: str) -> list[str]:
+    return [netns.python(), "-m", "agent.cli", "run", "--config", str(path), "--netns", ns,
+            "--state-dir", str(state_dir), "--mode", mode, "--log-level", "info"]
+
+
+def _wait_event(proc: subprocess.Popen, event: str, timeout: float, seen: list[str]) -> bool:
+    """Read the daemon's JSON log lines (stderr) until ``event`` appears."""
+    deadline = time.monotonic() + timeout
+    assert proc.stderr is not None
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        line = proc.stderr.readline()
+        if not line:
+            return False
+        seen.append(line.rstrip())
+        if f'"{event}"' in line:
+            return True
+    return False
+
+
+def _proc_kb(pid: int, key: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def save_to_enforced(lab: netns.Lab, gen: Generated, tmpdir: Path, edits: int, index: int,
+                     mode: str, log: Callable[[str], None]) -> DaemonRun:
+    """Run the daemon on the server namespace, flip port 7100's verdict ``edits`` times by
+    saving the file, and time each save until a probe from the client sees the new verdict."""
+    pair = lab.pair(index, gen.client_address, gen.server_address, LINK_PREFIXLEN)
+    lab.spawn(pair.server_ns, netns.python(), "-m", "bench.loadgen", "server", "--port", str(PORT_FLIP),
+              "--workers", "1")
+    work = tmpdir / f"daemon-{index}"
+    work.mkdir(parents=True, exist_ok=True)
+    path = gen.write(work, name="state", interface=pair.server_if)
+    tag_files = json.loads(path.read_text()).get("serviceTags")
+    state = _with_flip(gen, pair.server_if, "Deny", tag_files)
+    _atomic_write(path, json.dumps(state, indent=1))
+    run = DaemonRun()
+    t0 = time.monotonic()
+    proc = lab.spawn(None, *_daemon_cmd(path, pair.server_ns, work / "state-dir", mode),
+                     stderr=subprocess.PIPE, text=True)
+    logs: list[str] = []
+    if not _wait_event(proc, "config.applied", 300, logs):
+        run.note = "daemon did not report config.applied: " + " | ".join(logs[-3:])[:500]
+        log("  " + run.note)
+        return run
+    run.startup_seconds = time.monotonic() - t0
+    prober = Prober(lab, pair.client_ns, pair.server_addr, PORT_FLIP)
+    if prober.wait("Deny", 10) is None:
+        run.note = "the initial Deny of the flip port was never observed"
+        return run
+    # Drain the daemon's log in the background so its pipe never fills.
+    import threading
+
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+    access = "Deny"
+    for i in range(edits):
+        access = "Allow" if access == "Deny" else "Deny"
+        state = _with_flip(gen, pair.server_if, access, tag_files)
+        text = json.dumps(state, indent=1)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        saved = time.monotonic()
+        os.replace(tmp, path)
+        seen = prober.wait(access, 20)
+        if seen is None:
+            run.misses += 1
+        else:
+            run.latencies.append(seen - saved)
+        time.sleep(0.3)
+    run.vmhwm_kb = _proc_kb(proc.pid, "VmHWM")
+    run.vmrss_kb = _proc_kb(proc.pid, "VmRSS")
+    lab.stop(proc)
+    return run
+
+
+def daemon_rss(lab: netns.Lab, gen: Generated, tmpdir: Path, mode: str, settle: float,
+               log: Callable[[str], None]) -> DaemonRun:
+    """Peak RSS (VmHWM) of the daemon enforcing ``gen`` after startup and one resync."""
+    ns = lab.netns("rss")
+    work = tmpdir / "rss"
+    path = gen.write(work, name="state", interface="nsgb-s0")
+    run = DaemonRun()
+    t0 = time.monotonic()
+    proc = lab.spawn(None, *_daemon_cmd(path, ns, work / "state-dir", mode), stderr=subprocess.PIPE, text=True)
+    logs: list[str] = []
+    ok = _wait_event(proc, "config.applied", 300, logs)
+    if not ok:
+        run.note = "daemon did not report config.applied: " + " | ".join(logs[-3:])[:500]
+        lab.stop(proc)
+        return run
+    run.startup_seconds = time.monotonic() - t0
+    import threading
+
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+    time.sleep(settle)  # at least one periodic resync (reads the table back)
+    run.vmhwm_kb = _proc_kb(proc.pid, "VmHWM")
+    run.vmrss_kb = _proc_kb(proc.pid, "VmRSS")
+    lab.stop(proc)
+    return run

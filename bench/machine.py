@@ -1,0 +1,49 @@
+"""What the benchmark ran on: CPU, cores, kernel, nft, Python, iperf3, git revision."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+from bench.netns import ROOT
+
+
+def _out(*cmd: str) -> str:
+    try:
+        return subprocess.run(list(cmd), capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def record() -> dict[str, str]:
+    mem_kb = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = line.split()[1]
+    except OSError:
+        pass
+    dirty = _out("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no")
+    return {
+        "CPU": cpu_model(),
+        "cores": str(os.cpu_count()),
+        "memory": f"{int(mem_kb) // 1024} MiB" if mem_kb else "unknown",
+        "kernel": platform.release(),
+        "nft": _out("nft", "--version") or "unknown",
+        "python": platform.python_version(),
+        "iperf3": (_out("iperf3", "--version").splitlines() or ["unknown"])[0],
+        "git": (_out("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD") or "unknown")
+               + (" (+ uncommitted changes)" if dirty else ""),
+    }

@@ -1,0 +1,73 @@
+"""A persistent TCP prober for the file save -> enforced measurement (runs in the client
+namespace; driven by bench.control.Prober).
+
+Each stdin line "Allow T" or "Deny T" makes it probe HOST:PORT with fresh connections (10 ms
+connect timeout, so the time resolution is about 10 ms) until the verdict is seen, then print
+the CLOCK_MONOTONIC time (shared by all namespaces) at which it was first seen, or "timeout"
+after T seconds. Allow = a connection completes (or is refused: the packet got through).
+Deny = three attempts in a row time out (the SYN is dropped); the time printed is the start
+of the first of them.
+
+    python -m bench.probeloop HOST PORT
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+
+ATTEMPT_TIMEOUT = 0.01
+DENY_CONFIRM = 3
+
+
+def attempt(host: str, port: int) -> bool:
+    """True if the connection got through (open or refused), False if it timed out."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(ATTEMPT_TIMEOUT)
+    try:
+        s.connect((host, port))
+        return True
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def wait_for(host: str, port: int, verdict: str, timeout: float) -> float | None:
+    deadline = time.monotonic() + timeout
+    first_drop: float | None = None
+    drops = 0
+    while time.monotonic() < deadline:
+        start = time.monotonic()
+        through = attempt(host, port)
+        if verdict == "Allow":
+            if through:
+                return time.monotonic()
+        elif through:
+            first_drop, drops = None, 0
+        else:
+            if first_drop is None:
+                first_drop = start
+            drops += 1
+            if drops >= DENY_CONFIRM:
+                return first_drop
+    return None
+
+
+def main() -> int:
+    host, port = sys.argv[1], int(sys.argv[2])
+    for line in sys.stdin:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] not in ("Allow", "Deny"):
+            print("bad command", flush=True)
+            continue
+        seen = wait_for(host, port, parts[0], min(float(parts[1]), 60.0))
+        print("timeout" if seen is None else f"{seen:.6f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
