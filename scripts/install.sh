@@ -11,7 +11,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${NSG_VENV:-$here/.venv}
-extras=${1:-test}
+extras=${1-test}  # "" installs the project without extras (scripts/provision.sh)
 
 apt_pkgs=(nftables python3-nftables libnftables1 iproute2 iperf3 conntrack python3 python3-venv
           debootstrap systemd-container procps)
@@ -36,7 +36,7 @@ ln -sfn "$binding" "$venv/nft-binding/nftables"
 echo "$venv/nft-binding" > "$site/libnftables-binding.pth"
 
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$venv/bin/python" -m pip install -q -e "$here[$extras]"
+"$venv/bin/python" -m pip install -q -e "$here${extras:+[$extras]}"
 "$venv/bin/python" -c 'import nftables, agent; nftables.Nftables()' \
   || { echo "install: the libnftables binding does not load" >&2; exit 1; }
 echo "install: ready ($venv)"
