@@ -117,10 +117,29 @@ def resolve_original_loc(doc: Any, loc: Loc) -> Loc:
     return tuple(out)
 
 
+def _node_at(doc: Any, loc: Loc) -> Any:
+    node = doc
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            return None
+    return node
+
+
 def _problem(filename: str, loc: Loc, msg: str, doc: Any, lines: "LineMap") -> Problem:
     """A Problem at ``loc`` (a path in the document as written, before ``properties`` is
     re-inserted): the reported path is the one a user sees in their file."""
     actual = resolve_original_loc(doc, _strip_validator_names(tuple(loc)))
+    if msg.startswith("ARM template expression"):
+        # A reference object ({"id": "[variables('asgId')]"}): point at the key holding it.
+        node = _node_at(doc, actual)
+        if isinstance(node, dict):
+            key = next((k for k, v in node.items() if isinstance(v, str) and repr(v) in msg), None)
+            if key is not None:
+                actual = actual + (key,)
     return Problem(filename, format_loc(actual), msg, lines.line(actual))
 
 
