@@ -94,6 +94,14 @@ def detect(doc: Any, filename: str) -> Imported:
         return _wrap_nsgs("arm-template", nsgs, warnings=warn)
     if "responses" in doc and "parameters" in doc:
         return _rest_example(doc)
+    if isinstance(doc.get("value"), list) and doc["value"] and all(
+            isinstance(v, dict) and "effectiveSecurityRules" in v for v in doc["value"]):
+        # A NetworkInterfaceEffectiveNSGList body (Azure's, or ``nsg-agent effective-rules --json``).
+        found: list[tuple[Loc, Any]] = []
+        origin: dict[Loc, Loc] = {}
+        warnings: list[tuple[Loc, str]] = []
+        _effective_nsgs([((), doc)], found, origin, warnings)
+        return _wrap_nsgs("effective-rules", found, origin, warnings)
     if _is_arm_parameters(doc):
         return _arm_parameters(doc)
     return Imported("unknown", doc, problems=[(
