@@ -86,7 +86,7 @@ def test_services_and_cells_cover_every_pair_with_a_nic(demo):
 
 
 @pytest.mark.parametrize("src, dst, svc, allowed, reason", [
-    ("client", "web1", Service("tcp", 80), True, "allow web-nic-nsg (nic, inbound at web1): UserRule_allow-http"),
+    ("client", "web1", Service("tcp", 80), True, "allow web-subnet-nsg (subnet, inbound at web1): UserRule_allow-http-to-webservers, web-nic-nsg (nic, inbound at web1): UserRule_allow-http"),
     ("client", "web2", Service("tcp", 80), True, "allow"),
     ("client", "web3", Service("tcp", 80), False,
      "deny web-subnet-nsg (subnet, inbound at web3): DefaultRule_DenyAllInBound"),

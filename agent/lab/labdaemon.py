@@ -22,7 +22,7 @@ from typing import Any, Callable
 from agent import loader, semantics
 from agent.daemon import Daemon, Desired, Reconciler, file_digest, rule_index_json
 from agent.lab import naming
-from agent.lab.reconcile import reconcile_topology
+from agent.lab.reconcile import reconcile_topology, record_rules_raw
 from agent.state import StatusStore, ruleset_sha256
 
 
@@ -71,6 +71,14 @@ class LabReconciler(Reconciler):
         files[str(loaded.path.absolute())] = loaded.sha256
         return Desired(loaded, policy, list(rs.commands), dict(rs.summary),
                        rule_index_json(rs.rule_index), ruleset_sha256(rs.commands), files)
+
+
+    def _apply(self, desired: Desired, reason: str) -> bool:
+        ok = super()._apply(desired, reason)
+        if ok:
+            record_rules_raw(self.lab, desired.loaded.sha256, self.mode, desired.summary,
+                             self.lab_state_dir)
+        return ok
 
 
 def _inode(name: str) -> int | None:

@@ -181,10 +181,12 @@ def _describe(d: LevelDecision, where: str) -> str:
 
 
 def _verdict_reason(v: Verdict, where: str) -> str:
-    d = v.deciding
-    if d is None:
-        return f"no NSG ({where})"
-    return _describe(d, where)
+    """A deny: the deciding rule. An allow: every rule that allowed it, level by level."""
+    if not v.allowed:
+        d = v.deciding
+        return _describe(d, where) if d is not None else f"no NSG ({where})"
+    ruled = [_describe(d, where) for d in v.path if d.rule is not None]
+    return ", ".join(ruled) if ruled else f"no NSG ({where})"
 
 
 def predict(policy: Policy, cell: Cell, source_port: int | None,

@@ -94,11 +94,15 @@ def apply_rules(policy: Any, fabric: str, *, mode: str = "classify", backend: An
 
 def record_rules(lab: str, loaded: Any, applied: RulesApplied,
                  state_dir: Path = naming.STATE_DIR) -> None:
+    """Note in the lab's state file which file's rules are enforced (for status and probe)."""
+    record_rules_raw(lab, getattr(loaded, "sha256", None), applied.mode, applied.summary, state_dir)
+
+
+def record_rules_raw(lab: str, sha256: str | None, mode: str, summary: dict,
+                     state_dir: Path = naming.STATE_DIR) -> None:
     record = build.read_state(lab, state_dir) or {}
-    summary = applied.summary
     record["rules"] = {
-        "time": time.time(), "mode": applied.mode,
-        "sha256": getattr(loaded, "sha256", None),
+        "time": time.time(), "mode": mode, "sha256": sha256,
         "chains": summary.get("chains"), "rules": summary.get("rules"),
         "set_elements": summary.get("set_elements"),
     }
