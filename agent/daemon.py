@@ -33,7 +33,7 @@ from agent.logging import get_logger
 from agent.nft import Backend, NftError
 from agent.notify import Notifier
 from agent.policy import Policy
-from agent.state import Commit, Status, StatusStore, describe_commands, ruleset_sha256
+from agent.state import Commit, Status, StatusStore, rule_digests, ruleset_sha256, set_sizes
 
 DEFAULT_DEBOUNCE = 0.15
 DEFAULT_RESYNC = 5.0
@@ -303,7 +303,8 @@ class Reconciler:
                       flows=[c.as_log() if hasattr(c, "as_log") else str(c) for c in cuts[:50]])
 
     def _write_commit(self, desired: Desired, applied_at: float | None) -> None:
-        rules, sets = describe_commands(desired.commands)
+        rules = rule_digests(desired.policy, host_interfaces(desired.policy))
+        sets = set_sizes(desired.commands)
         prev = self.status.commit
         self.status.commit = Commit(
             source=str(desired.loaded.path.absolute()), sha256=desired.loaded.sha256, files=desired.files,

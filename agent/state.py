@@ -19,7 +19,10 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.policy import Policy
 
 DEFAULT_STATE_DIR = "/run/nsg-agent"
 
@@ -36,7 +39,7 @@ class Commit:
     ruleset_sha256: str  # of the compiled JSON
     summary: dict[str, Any]
     rule_index: dict[str, Any]  # nft comment -> what the compiler says it is
-    rules: dict[str, str]  # nft comment -> digest of its rule(s)
+    rules: dict[str, str]  # "<nsg>: UserRule_<name>" -> digest of the resolved rule
     sets: dict[str, int]  # set/map name -> element count
     kernel_fingerprint: str | None = None
 
@@ -105,28 +108,33 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def describe_commands(commands: list[dict]) -> tuple[dict[str, str], dict[str, int]]:
-    """(rule digests by comment, element counts by set/map name) of a replace batch.
+def rule_digests(policy: "Policy", interfaces: dict[str, str]) -> dict[str, str]:
+    """A digest per NSG rule of the enforced NICs, keyed like the nft comments
+    ("<nsg>: UserRule_<name>"), over the rule as resolved (priority, access, protocol,
+    prefixes, ports) for every NIC level it serves. Independent of how the compiler lays
+    out chains and maps, so ``plan`` reports a rule as changed only when its meaning did."""
+    per_rule: dict[str, set[str]] = {}
+    for name in sorted(interfaces):
+        nic = policy.nics.get(name)
+        if nic is None:
+            continue
+        for level in nic.inbound + nic.outbound:
+            for rule in level.rules:
+                per_rule.setdefault(f"{level.nsg}: {rule.log_name}", set()).add(repr(rule))
+    return {k: _digest(sorted(v)) for k, v in per_rule.items()}
 
-    A comment that labels several kernel rules (IPv4 and IPv6 variants, several chains) gets
-    one digest over all of them, in order; rules without a comment are grouped per chain
-    under ``<chain>: (unnamed)``.
-    """
-    per_comment: dict[str, list] = {}
+
+def set_sizes(commands: list[dict]) -> dict[str, int]:
+    """Element count of every named set and map a replace batch creates."""
     sets: dict[str, int] = {}
     for cmd in commands:
         verb, body = next(iter(cmd.items()))
-        if verb not in ("add", "create", "insert"):
+        if verb not in ("add", "create"):
             continue
         kind, obj = next(iter(body.items()))
-        if kind == "rule":
-            key = obj.get("comment") or f"{obj.get('chain')}: (unnamed)"
-            per_comment.setdefault(key, []).append([obj.get("chain"), obj.get("expr")])
-        elif kind in ("set", "map"):
+        if kind in ("set", "map", "element"):
             sets[obj["name"]] = sets.get(obj["name"], 0) + len(obj.get("elem") or [])
-        elif kind == "element":
-            sets[obj["name"]] = sets.get(obj["name"], 0) + len(obj.get("elem") or [])
-    return {k: _digest(v) for k, v in per_comment.items()}, sets
+    return sets
 
 
 def ruleset_sha256(commands: list[dict]) -> str:

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from agent.errors import LoadError
-from agent.state import DEFAULT_STATE_DIR, Plan, Status, StatusStore, describe_commands, make_plan
+from agent.state import DEFAULT_STATE_DIR, Plan, Status, StatusStore, make_plan, rule_digests, set_sizes
 
 EXIT_OK, EXIT_INVALID, EXIT_FAILED = 0, 2, 3
 MODES = ("classify", "simple")
@@ -128,8 +128,9 @@ def build_plan(file: str, mode: str, store: StatusStore, backend: Any | None) ->
 
     loaded = loader.load(file)
     policy = semantics.resolve(loaded.state, loaded.tags)
-    rs = compile_host(policy, host_interfaces(policy), mode)
-    rules, sets = describe_commands(rs.commands)
+    interfaces = host_interfaces(policy)
+    rs = compile_host(policy, interfaces, mode)
+    rules, sets = rule_digests(policy, interfaces), set_sizes(rs.commands)
     commit = store.read().commit
     plan = make_plan(commit, rules, sets)
     if backend is not None:
@@ -165,9 +166,16 @@ def render_plan(plan: Plan, summary: dict) -> str:
         lines.append("kernel: not checked (needs root)")
     for title, names in (("+", plan.added), ("-", plan.removed), ("~", plan.changed)):
         lines += [f"  {title} {n}" for n in names]
+    # Level maps are named after their content, so a changed level shows as one map gone
+    # and one new: report the totals, and per map only where a name persists.
     for name, (old, new) in plan.sets.items():
-        if old != new:
-            lines.append(f"  set {name}: {'-' if old is None else old} -> {'-' if new is None else new} elements")
+        if old is not None and new is not None and old != new:
+            lines.append(f"  set {name}: {old} -> {new} elements")
+    old_sets = [v[0] for v in plan.sets.values() if v[0] is not None]
+    new_sets = [v[1] for v in plan.sets.values() if v[1] is not None]
+    if sorted(old_sets) != sorted(new_sets) or any(a != b for a, b in plan.sets.values()):
+        lines.append(f"  sets/maps: {len(old_sets)} -> {len(new_sets)}, "
+                     f"elements {sum(old_sets)} -> {sum(new_sets)}")
     lines.append(f"{len(plan.added)} added, {len(plan.removed)} removed, {len(plan.changed)} changed, "
                  f"{plan.unchanged} unchanged; new ruleset: {summary.get('rules')} rules, "
                  f"{summary.get('sets')} sets, {summary.get('set_elements')} elements")

@@ -1,0 +1,149 @@
+"""agent.nft without root: the own-table guard, counter parsing, fingerprints, the fake."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.nft import (
+    FakeBackend,
+    NftError,
+    RuleCounter,
+    TABLE_NAME,
+    assert_own_table,
+    listing_fingerprint,
+    table_counters,
+)
+
+T = {"family": "inet", "name": TABLE_NAME}
+CHAIN = {"family": "inet", "table": TABLE_NAME, "name": "input", "type": "filter", "hook": "input",
+         "prio": 0, "policy": "accept"}
+
+
+def rule(comment: str, verdict: str = "accept", chain: str = "input") -> dict:
+    return {"add": {"rule": {"family": "inet", "table": TABLE_NAME, "chain": chain, "comment": comment,
+                             "expr": [{"counter": None}, {verdict: None}]}}}
+
+
+BATCH = [{"add": {"table": T}}, {"delete": {"table": T}}, {"add": {"table": T}},
+         {"add": {"chain": CHAIN}},
+         {"add": {"set": {"family": "inet", "table": TABLE_NAME, "name": "s", "type": "ipv4_addr",
+                          "flags": ["interval"], "elem": ["10.0.0.0/8"]}}},
+         {"add": {"element": {"family": "inet", "table": TABLE_NAME, "name": "s", "elem": ["192.168.0.0/16"]}}},
+         rule("nsg: UserRule_a"), rule("nsg: DefaultRule_DenyAllInBound", "drop")]
+
+
+class TestOwnTableGuard:
+    @pytest.mark.parametrize("command", [
+        {"flush": {"ruleset": None}},
+        {"delete": {"table": {"family": "inet", "name": "filter"}}},
+        {"add": {"table": {"family": "ip", "name": TABLE_NAME}}},
+        {"add": {"rule": {"family": "inet", "table": "firewalld", "chain": "x", "expr": []}}},
+        {"add": {"chain": {"family": "bridge", "table": TABLE_NAME, "name": "x"}}},
+        {"list": {"ruleset": None}},
+        {"bogus": {"table": T}},
+        {"add": {"table": T}, "delete": {"table": T}},
+    ], ids=["flush-ruleset", "delete-other-table", "other-family", "rule-in-other-table",
+            "chain-other-family", "list-ruleset", "unknown-verb", "two-verbs-in-one"])
+    def test_refuses(self, command):
+        """Commands outside inet nsg_agent (or malformed ones) are refused with the culprit."""
+        with pytest.raises(NftError) as err:
+            assert_own_table([{"add": {"table": T}}, command])
+        assert err.value.index == 1 and err.value.command == command
+
+    def test_accepts_the_agent_batch(self):
+        """A normal replace batch passes the guard."""
+        assert_own_table(BATCH)
+
+
+class TestCountersAndFingerprint:
+    def test_counters_are_keyed_by_chain_and_comment_and_summed(self):
+        """Rules sharing chain and comment (v4/v6 twins) are summed; chains stay apart."""
+        def r(chain, comment, p, b):
+            return {"rule": {"chain": chain, "comment": comment,
+                             "expr": [{"counter": {"packets": p, "bytes": b}}, {"accept": None}]}}
+        listing = {"nftables": [{"metainfo": {}}, r("c1", "x", 1, 10), r("c1", "x", 2, 20), r("c2", "x", 5, 50),
+                                {"rule": {"chain": "c1", "expr": [{"accept": None}]}}]}
+        assert table_counters(listing) == {("c1", "x"): RuleCounter(3, 30), ("c2", "x"): RuleCounter(5, 50)}
+
+    def test_fingerprint_ignores_counters_but_not_rules(self):
+        """Traffic does not change the fingerprint; removing a rule or re-creating the table does."""
+        fake = FakeBackend()
+        fake.replace(BATCH)
+        first = fake.fingerprint()
+        fake.hit("nsg: UserRule_a", 10)
+        assert fake.fingerprint() == first
+        fake.replace(BATCH)  # new handles: a different table
+        second = fake.fingerprint()
+        assert second != first
+        fake.tamper()
+        assert fake.fingerprint() != second
+
+    def test_absent_table_has_no_fingerprint(self):
+        """No table, no fingerprint."""
+        assert listing_fingerprint(None) is None
+        assert FakeBackend().fingerprint() is None
+
+
+class TestFakeBackend:
+    def test_replace_is_all_or_nothing(self):
+        """A batch failing halfway leaves the previous table untouched."""
+        fake = FakeBackend()
+        fake.replace(BATCH)
+        before = fake.dump()
+        broken = BATCH[:-1] + [rule("nsg: UserRule_b", chain="missing-chain")]
+        with pytest.raises(NftError) as err:
+            fake.replace(broken)
+        assert err.value.index == len(broken) - 1
+        assert fake.dump() == before
+
+    def test_dump_is_sorted_text(self):
+        """dump() shows sets with element counts and chains with their commented rules."""
+        fake = FakeBackend()
+        fake.replace(BATCH)
+        text = fake.dump()
+        assert text.startswith(f"table inet {TABLE_NAME}\n")
+        assert "set s type ipv4_addr elements=2" in text
+        assert "comment 'nsg: UserRule_a'" in text
+
+    def test_injected_failures_are_consumed(self):
+        """fail_next makes exactly the requested number of calls fail."""
+        fake = FakeBackend()
+        fake.fail_next("replace", "boom", times=2)
+        for _ in range(2):
+            with pytest.raises(NftError, match="boom"):
+                fake.replace(BATCH)
+        fake.replace(BATCH)
+        assert fake.table is not None
+
+    def test_counters_follow_hits(self):
+        """hit() bumps the named rule's counter, visible through counters()."""
+        fake = FakeBackend()
+        fake.replace(BATCH)
+        fake.hit("nsg: UserRule_a", packets=2, nbytes=128)
+        assert fake.counters()[("input", "nsg: UserRule_a")] == RuleCounter(2, 128)
+        assert fake.counters()[("input", "nsg: DefaultRule_DenyAllInBound")] == RuleCounter(0, 0)
+
+    def test_delete_table(self):
+        """delete_table reports whether there was a table."""
+        fake = FakeBackend()
+        assert fake.delete_table() is False
+        fake.replace(BATCH)
+        assert fake.delete_table() is True and fake.list_table() is None
+
+
+def test_table_name_matches_the_compiler():
+    """The backend guards the same table the compiler writes."""
+    from agent.compiler import TABLE_NAME as COMPILER_TABLE
+
+    assert COMPILER_TABLE == TABLE_NAME
+
+
+def test_only_agent_nft_imports_nftables():
+    """agent/nft.py is the single module importing libnftables."""
+    from pathlib import Path
+    import re
+
+    root = Path(__file__).resolve().parent.parent / "agent"
+    importers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                       if re.search(r"^\s*(import nftables|from nftables)", p.read_text(), re.M))
+    assert importers == ["nft.py"]
