@@ -285,8 +285,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_exec(args: argparse.Namespace) -> int:
     _need_root()
     cmd = list(args.cmd)
-    if cmd and cmd[0] == "--":
-        cmd = cmd[1:]
+    # argparse's REMAINDER also swallows options given after NAME ("web1 --lab x -- cmd")
+    if "--" in cmd:
+        before, cmd = cmd[:cmd.index("--")], cmd[cmd.index("--") + 1:]
+        while before:
+            opt = before.pop(0)
+            if opt == "--lab" and before:
+                args.lab = before.pop(0)
+            elif opt.startswith("--lab="):
+                args.lab = opt.split("=", 1)[1]
+            else:
+                print(f"nsg-agent: lab exec: unexpected {opt!r} before '--'", file=sys.stderr)
+                return EXIT_INVALID
     if not cmd:
         print("nsg-agent: lab exec NAME -- CMD...: no command given", file=sys.stderr)
         return EXIT_INVALID
