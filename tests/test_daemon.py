@@ -309,3 +309,14 @@ class TestRealCompiler:
         assert commit.summary["rules"] == len(backend.table.rules)
         assert commit.rule_index and all("|" in k for k in commit.rule_index)
         json.dumps(commit.rule_index)
+
+
+def test_every_log_event_is_documented(repo_dir):
+    """Each event name the daemon emits appears in docs/daemon.md."""
+    import re
+
+    source = (repo_dir / "agent" / "daemon.py").read_text()
+    emitted = set(re.findall(r'log\.(?:info|error|warning|debug|exception)\(\s*"([a-z_.]+)"', source))
+    emitted |= {"link.added", "link.removed"}  # f"link.{event}"
+    doc = (repo_dir / "docs" / "daemon.md").read_text()
+    assert emitted and not {e for e in emitted if f"`{e}`" not in doc}
