@@ -340,11 +340,14 @@ class _FileEvents:
     def dispatch(self, event: Any) -> None:
         if event.event_type not in _WATCH_EVENTS or event.is_directory:
             return
-        watched = self.daemon.reconciler.watched_files()
-        for p in (getattr(event, "src_path", None), getattr(event, "dest_path", None)):
-            if p and Path(os.fsdecode(p)).absolute() in watched:
-                self.daemon.on_file_event(event.event_type, os.fsdecode(p))
-                return
+        try:
+            watched = self.daemon.reconciler.watched_files()
+            for p in (getattr(event, "src_path", None), getattr(event, "dest_path", None)):
+                if p and Path(os.fsdecode(p)).absolute() in watched:
+                    self.daemon.on_file_event(event.event_type, os.fsdecode(p))
+                    return
+        except Exception as e:  # noqa: BLE001 - never kill the observer thread; resync still runs
+            self.daemon.log.error("watch.failed", error=f"{type(e).__name__}: {e}")
 
 
 class Daemon:
@@ -369,7 +372,7 @@ class Daemon:
 
     # callbacks (any thread) ------------------------------------------------------------------
     def on_file_event(self, kind: str, path: str) -> None:
-        self.log.info("config.changed", event=kind, path=path)
+        self.log.info("config.changed", change=kind, path=path)
         self.reconciler.mark_dirty(f"file:{Path(path).name}")
         self._wake.set()
 

@@ -69,6 +69,9 @@ def test_daemon_follows_edits_bad_edits_and_drift(host_pair, echo_server, prober
     assert took is not None, "the edit was not enforced"
     print(f"edit enforced after {took:.2f}s (probe-polled)")
     agent.wait_for("config.applied", count=2)
+    changed = [e for e in agent.events() if e["event"] == "config.changed"]
+    assert any(e.get("change") in ("moved", "created", "modified", "closed") for e in changed), \
+        "the file watcher (not only the periodic resync) must notice the rename"
 
     # 2. a bad edit: the old rules stay, the error is logged and in the status file
     write_atomically(config, host_policy(pair, web_access="Allow", extra=BAD_RULE))

@@ -320,3 +320,42 @@ def test_every_log_event_is_documented(repo_dir):
     emitted |= {"link.added", "link.removed"}  # f"link.{event}"
     doc = (repo_dir / "docs" / "daemon.md").read_text()
     assert emitted and not {e for e in emitted if f"`{e}`" not in doc}
+
+
+class TestFileWatcher:
+    def test_rename_into_place_marks_dirty(self, env):
+        """An editor-style replace (write temp file, rename over) is seen by the watcher."""
+        import time as _time
+
+        env.rec.clock = _time.monotonic
+        daemon = Daemon(env.rec, watch_links=False, watch_files=True)
+        with capture_logs() as logs:
+            daemon.start()
+            try:
+                env.rec.dirty_at = None  # forget the startup mark; wait for the file event
+                write(env.config, policy_text(extra_rule=DENY_SSH))
+                deadline = _time.monotonic() + 5
+                while env.rec.dirty_at is None and _time.monotonic() < deadline:
+                    _time.sleep(0.02)
+            finally:
+                daemon.stop()
+        assert env.rec.dirty_at is not None
+        changed = [e for e in logs if e["event"] == "config.changed"]
+        assert changed and changed[0]["change"] in ("moved", "created", "closed", "modified")
+        assert changed[0]["path"] == str(env.config)
+
+    def test_unrelated_files_are_ignored(self, env):
+        """Other files in the same directory do not trigger a reconcile."""
+        import time as _time
+
+        env.rec.clock = _time.monotonic
+        daemon = Daemon(env.rec, watch_links=False, watch_files=True)
+        daemon.start()
+        try:
+            env.rec.dirty_at = None
+            (env.config.parent / "notes.txt").write_text("hello")
+            write(env.config.parent / "other.yaml", "x: 1\n")
+            _time.sleep(0.5)  # negative check: give inotify time to deliver (bounded)
+        finally:
+            daemon.stop()
+        assert env.rec.dirty_at is None
