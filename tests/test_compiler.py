@@ -1,0 +1,213 @@
+"""The compiler's contract: pure, deterministic, one table replaced atomically, readable
+names and comments, shared levels, fallback to the simple rendering."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.compiler import TABLE_NAME, FabricPlacement, HostPlacement, compile_ruleset
+from agent.compiler.tracer import Packet, trace
+from agent.policy import Policy
+from compiler_helpers import REPO, big_policy, policy_from_dict
+
+GOLDEN_INPUTS = Path(__file__).parent / "golden" / "inputs"
+
+
+def _policy(name: str = "webservers-asg.yaml") -> Policy:
+    from agent.loader import load
+    from agent.semantics import resolve
+
+    loaded = load(GOLDEN_INPUTS / name)
+    return resolve(loaded.state, loaded.tags)
+
+
+def _host(policy: Policy) -> HostPlacement:
+    return HostPlacement({n: nic.interface for n, nic in policy.nics.items() if nic.interface})
+
+
+def _objects(rs, kind: str) -> list[dict]:
+    return [c["add"][kind] for c in rs.commands if "add" in c and kind in c["add"]]
+
+
+def test_compiler_imports_no_io_libraries():
+    """Importing agent.compiler (and compiling) loads neither nftables, pyroute2 nor watchdog."""
+    code = ("import sys, agent.compiler, agent.compiler.tracer; "
+            "bad = [m for m in ('nftables', 'pyroute2', 'watchdog') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+class TestShape:
+    def test_replaces_one_table_atomically(self):
+        """Commands start with add/delete/add of table inet nsg_agent and touch nothing else."""
+        rs = compile_ruleset(_policy(), _host(_policy()))
+        table = {"table": {"family": "inet", "name": TABLE_NAME}}
+        assert rs.commands[:3] == [{"add": table}, {"delete": table}, {"add": table}]
+        for cmd in rs.commands[3:]:
+            (verb, obj), = cmd.items()
+            assert verb == "add"
+            (_, body), = obj.items()
+            assert (body["family"], body["table"]) == ("inet", TABLE_NAME)
+
+    def test_to_json_wraps_with_metainfo(self):
+        """to_json() is the commands under "nftables" after a schema-version metainfo."""
+        rs = compile_ruleset(_policy(), _host(_policy()))
+        doc = json.loads(rs.to_json())
+        assert doc["nftables"][0] == {"metainfo": {"json_schema_version": 1}}
+        assert doc["nftables"][1:] == rs.commands
+
+    @pytest.mark.parametrize("mode", ["classify", "simple"])
+    def test_deterministic_bytes(self, mode):
+        """The same policy compiles to the same bytes, whatever the order NICs were listed in."""
+        p = _policy()
+        reordered = Policy(nics=dict(reversed(list(p.nics.items()))))
+        a = compile_ruleset(p, _host(p), mode=mode).to_json()
+        b = compile_ruleset(_policy(), _host(p), mode=mode).to_json()
+        c = compile_ruleset(reordered, HostPlacement(dict(reversed(list(_host(p).interfaces.items())))), mode=mode).to_json()
+        assert a == b == c
+
+    def test_host_base_chains_conntrack_first(self):
+        """input/output hook chains begin with ct established,related accept and ct invalid drop."""
+        rs = compile_ruleset(_policy(), _host(_policy()))
+        chains = {c["name"]: c for c in _objects(rs, "chain")}
+        assert (chains["input"]["hook"], chains["output"]["hook"]) == ("input", "output")
+        for base in ("input", "output"):
+            rules = [r for r in _objects(rs, "rule") if r["chain"] == base]
+            assert rules[0]["comment"] == "conntrack: established,related"
+            assert rules[1]["comment"] == "conntrack: invalid"
+
+    def test_fabric_single_forward_chain(self):
+        """Fabric placement has one base chain, on the forward hook, ending in accept."""
+        rs = compile_ruleset(_policy(), FabricPlacement())
+        bases = [c for c in _objects(rs, "chain") if "hook" in c]
+        assert [(c["name"], c["hook"]) for c in bases] == [("forward", "forward")]
+        rules = [r for r in _objects(rs, "rule") if r["chain"] == "forward"]
+        assert rules[-1]["expr"] == [{"accept": None}]
+        assert rs.summary["placement"] == "fabric"
+
+    @pytest.mark.parametrize("mode", ["classify", "simple"])
+    def test_every_nsg_rule_counted_and_named(self, mode):
+        """Every rule_index entry is a rule with a counter and an Azure-vocabulary comment."""
+        rs = compile_ruleset(_policy(), _host(_policy()), mode=mode)
+        rules = {(r["chain"], r.get("comment")): r for r in _objects(rs, "rule")}
+        assert rs.rule_index
+        for (chain, comment), ref in rs.rule_index.items():
+            assert {"counter": None} in rules[(chain, comment)]["expr"]
+            assert ref.rule.split("_", 1)[0] in ("UserRule", "DefaultRule", "PlatformRule", "NoRuleMatched")
+            assert comment == (f"{ref.nsg}: {ref.rule}" if ref.nsg else ref.rule)
+        names = {ref.rule for ref in rs.rule_index.values()}
+        assert {"UserRule_allow-web", "DefaultRule_DenyAllInBound", "PlatformRule_BlockOutboundSmtp",
+                "PlatformRule_PlatformExemption"} <= names
+
+    def test_names_bounded_and_comments_short(self):
+        """Long NIC/NSG/rule names give short chain names and comments within nft's 128 bytes."""
+        long_nic, long_nsg, long_rule = "n" * 80, "g" * 80, "r" * 80
+        state = {
+            "virtualNetworks": [{"name": "v", "addressSpace": ["10.1.0.0/16"],
+                                 "subnets": [{"name": "s", "addressPrefix": "10.1.1.0/24"}]}],
+            "networkInterfaces": [{"name": long_nic, "subnet": "v/s", "ipAddresses": ["10.1.1.4"],
+                                   "networkSecurityGroup": long_nsg}],
+            "networkSecurityGroups": [{"name": long_nsg, "securityRules": [{
+                "name": long_rule, "priority": 100, "direction": "Inbound", "access": "Allow",
+                "protocol": "Tcp", "sourceAddressPrefix": "*", "sourcePortRange": "*",
+                "destinationAddressPrefix": "*", "destinationPortRange": "80"}]}],
+        }
+        rs = compile_ruleset(policy_from_dict(state), HostPlacement({long_nic: "eth0"}))
+        for obj in _objects(rs, "chain") + _objects(rs, "map"):
+            assert len(obj["name"]) <= 31
+        for r in _objects(rs, "rule"):
+            assert len(r.get("comment", "").encode()) <= 128
+
+
+class TestPlacement:
+    def test_only_listed_interfaces_are_enforced(self):
+        """A NIC without an interface in the host placement gets no chains."""
+        p = _policy()
+        rs = compile_ruleset(p, HostPlacement({"web1": "eth0"}))
+        assert sorted(rs.summary["nics"]) == ["web1"]
+        assert trace(rs.commands, Packet("input", "203.0.113.9", "10.1.2.4", 6, 1, 22, iifname="eth2")).verdict == "accept"
+        assert trace(rs.commands, Packet("input", "203.0.113.9", "10.1.1.4", 6, 1, 22, iifname="eth0")).verdict == "drop"
+
+    def test_unknown_nic_and_shared_interface_rejected(self):
+        """Placement errors are ValueErrors naming the problem, not silent mis-enforcement."""
+        p = _policy()
+        with pytest.raises(ValueError, match="nosuch"):
+            compile_ruleset(p, HostPlacement({"nosuch": "eth0"}))
+        with pytest.raises(ValueError, match="eth0"):
+            compile_ruleset(p, HostPlacement({"web1": "eth0", "web2": "eth0"}))
+        with pytest.raises(ValueError, match="mode"):
+            compile_ruleset(p, _host(p), mode="fast")
+
+    def test_fabric_subset_of_nics(self):
+        """FabricPlacement(nics=...) dispatches only the listed NICs' addresses."""
+        rs = compile_ruleset(_policy(), FabricPlacement(("db1",)))
+        assert sorted(rs.summary["nics"]) == ["db1"]
+        assert trace(rs.commands, Packet("forward", "203.0.113.9", "10.1.1.4", 6, 1, 22)).verdict == "accept"
+        assert trace(rs.commands, Packet("forward", "203.0.113.9", "10.1.2.4", 6, 1, 22)).verdict == "drop"
+
+
+class TestLevels:
+    def test_same_nsg_same_vnet_shares_one_chain_across_level_kinds(self):
+        """One NSG used as subnet NSG for one NIC and NIC NSG for another (same VNet) is one chain."""
+        state = {
+            "virtualNetworks": [{"name": "v", "addressSpace": ["10.1.0.0/16"], "subnets": [
+                {"name": "a", "addressPrefix": "10.1.1.0/24", "networkSecurityGroup": "g"},
+                {"name": "b", "addressPrefix": "10.1.2.0/24"}]}],
+            "networkInterfaces": [
+                {"name": "x", "subnet": "v/a", "ipAddresses": ["10.1.1.4"]},
+                {"name": "y", "subnet": "v/b", "ipAddresses": ["10.1.2.4"], "networkSecurityGroup": "g"}],
+            "networkSecurityGroups": [{"name": "g"}],
+        }
+        rs = compile_ruleset(policy_from_dict(state), HostPlacement({"x": "eth0", "y": "eth1"}))
+        inbound = [n for n, i in rs.summary["levels"].items() if i["direction"] == "Inbound"]
+        assert len(inbound) == 1
+        assert rs.summary["levels"][inbound[0]]["users"] == ["x/subnet", "y/nic"]
+
+    def test_virtualnetwork_differs_per_vnet(self):
+        """The same NSG in two unpeered VNets becomes two chains (VirtualNetwork differs)."""
+        p = _policy()  # app-nsg serves hub NICs and the spoke NIC tools1
+        levels = [i for i in compile_ruleset(p, _host(p)).summary["levels"].values()
+                  if i["direction"] == "Inbound"]
+        assert sorted(len(i["users"]) for i in levels) == [1, 3]
+
+    def test_fallback_to_simple_keeps_verdicts(self):
+        """Over the element bound a level renders simply, the summary says so, verdicts stay."""
+        p = _policy()
+        small = compile_ruleset(p, _host(p), max_level_elements=10)
+        normal = compile_ruleset(p, _host(p))
+        assert "simple" in small.summary["modes_used"]
+        assert any("fallback" in i for i in small.summary["levels"].values())
+        assert normal.summary["modes_used"] == ["classify"]
+        for pkt in (Packet("input", "203.0.113.9", "10.1.1.4", 6, 1, 443, iifname="eth0"),
+                    Packet("input", "10.1.1.4", "10.1.2.4", 6, 1, 1433, iifname="eth2"),
+                    Packet("input", "10.1.2.9", "10.1.2.4", 6, 1, 1433, iifname="eth2"),
+                    Packet("output", "10.1.1.4", "203.0.113.9", 6, 1, 2250, oifname="eth0")):
+            assert trace(small.commands, pkt).verdict == trace(normal.commands, pkt).verdict
+
+    def test_non_port_protocol_entries_span_all_ports(self):
+        """In stage-2 maps every non-TCP/UDP entry spans 0-65535 on both th port fields."""
+        rs = compile_ruleset(_policy(), _host(_policy()))
+        seen = 0
+        for r in _objects(rs, "rule"):
+            for stmt in r["expr"]:
+                if "vmap" in stmt and isinstance(stmt["vmap"]["data"], dict) and "concat" in stmt["vmap"]["key"]:
+                    for key, _ in stmt["vmap"]["data"]["set"]:
+                        _, proto, sport, dport = key["concat"]
+                        if proto not in (6, 17):
+                            seen += 1
+                            assert sport == dport == {"range": [0, 65535]}
+        assert seen
+
+    def test_large_policy_classifies_within_bound(self):
+        """1000 rules x 20 prefixes classify (no fallback) and report their element counts."""
+        rs = compile_ruleset(big_policy(1000, 20), HostPlacement({"nic0": "eth0"}))
+        (info,) = rs.summary["levels"].values()
+        assert info["mode"] == "classify"
+        assert info["elements"] == rs.summary["set_elements"] - 2  # all but the iif/oifname dispatch
+        assert 20_000 < info["elements"] < 150_000
