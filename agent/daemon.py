@@ -119,6 +119,9 @@ class Reconciler:
         self._lock = threading.RLock()
         self.last_good: Desired | None = None
         self.kernel_fingerprint: str | None = None
+        self.kernel_generation: int | None = None  # nft ruleset generation after our commit
+        self.full_check_every = 10  # resyncs; list the table at least this often
+        self._resyncs = 0
         self.ready = False
         self.dirty_reasons: list[str] = []
         self.dirty_at: float | None = None  # when the pending reconcile may run
@@ -207,6 +210,7 @@ class Reconciler:
                 # a link event, or a restart of the daemon): keep it, and its counters.
                 self.last_good = desired
                 self.kernel_fingerprint = committed.kernel_fingerprint
+                self.kernel_generation = self._generation()
                 self.status.last_error = None
                 self._write_commit(desired, applied_at=None)
                 self.log.info("config.unchanged", reason=reason, file=str(self.config),
@@ -226,12 +230,18 @@ class Reconciler:
                 self.mark_dirty("resync:file-changed", immediate=True)
             if self.last_good is None or self.retry_at is not None:
                 return
+            self._resyncs += 1
             try:
+                generation = self._generation()
+                if (generation is not None and generation == self.kernel_generation
+                        and self._resyncs % self.full_check_every):
+                    return  # no transaction at all since our commit: nothing can differ
                 found = self._kernel_fingerprint()
             except Exception as e:  # noqa: BLE001
                 self.log.error("resync.failed", error=str(e))
                 return
             if found == self.kernel_fingerprint:
+                self.kernel_generation = generation  # someone else's table changed, not ours
                 return
             self.log.warning("drift.detected", table="missing" if found is None else "changed",
                              expected=self.kernel_fingerprint, found=found)
@@ -249,10 +259,17 @@ class Reconciler:
     def _kernel_fingerprint(self) -> str | None:
         return self.backend.fingerprint()
 
+    def _generation(self) -> int | None:
+        read = getattr(self.backend, "generation", None)
+        return read() if read is not None else None
+
     def _apply(self, desired: Desired, reason: str) -> bool:
         try:
             self.backend.check(desired.commands)
             self.backend.replace(desired.commands)
+            # Known window: another process committing between our replace and these two
+            # reads would be taken as part of our commit (microseconds; documented).
+            generation = self._generation()
             fingerprint = self._kernel_fingerprint()
         except Exception as e:  # noqa: BLE001 - NftError, NetnsError, ...: keep running, retry
             self.failures += 1
@@ -267,6 +284,7 @@ class Reconciler:
         self.failures = 0
         self.retry_at = None
         self.kernel_fingerprint = fingerprint
+        self.kernel_generation = generation
         self.last_good = desired
         self.applies += 1
         self.status.last_error = None

@@ -101,3 +101,14 @@ def test_other_tables_are_never_touched(backend, host_pair):
     with pytest.raises(NftError, match="only touches its own table"):
         backend.replace([{"flush": {"ruleset": None}}])
     assert "inet othertable" in run("ip", "netns", "exec", host_pair.srv, "nft", "list", "tables").stdout
+
+
+def test_generation_moves_with_any_transaction(backend, host_pair):
+    """The nft generation changes with our replace and with anyone else's commit."""
+    g0 = backend.generation()
+    assert isinstance(g0, int)
+    backend.replace(batch("nsg: UserRule_a"))
+    g1 = backend.generation()
+    assert g1 != g0 and backend.generation() == g1
+    run("ip", "netns", "exec", host_pair.srv, "nft", "add table inet othertable")
+    assert backend.generation() != g1

@@ -359,3 +359,31 @@ class TestFileWatcher:
         finally:
             daemon.stop()
         assert env.rec.dirty_at is None
+
+
+class TestGenerationShortcut:
+    def test_unchanged_generation_skips_the_listing(self, env):
+        """While the nft generation has not moved, resync does not list the table."""
+        env.rec.reconcile("startup")
+        env.backend.calls.clear()
+        for _ in range(3):
+            env.clock.advance(2.0)
+            env.rec.tick()
+        assert "generation" in env.backend.calls and "list_table" not in env.backend.calls
+
+    def test_every_tenth_resync_lists_anyway(self, env):
+        """A full listing still happens periodically, whatever the generation says."""
+        env.rec.reconcile("startup")
+        env.backend.calls.clear()
+        for _ in range(env.rec.full_check_every):
+            env.clock.advance(2.0)
+            env.rec.tick()
+        assert env.backend.calls.count("list_table") == 1
+
+    def test_moved_generation_without_drift_is_accepted(self, env):
+        """Another table's change moves the generation; our table is checked and kept."""
+        env.rec.reconcile("startup")
+        env.backend.gen += 5  # someone committed elsewhere in the namespace
+        env.clock.advance(2.0)
+        env.rec.tick()
+        assert len(env.backend.batches) == 1 and env.rec.kernel_generation == env.backend.gen
