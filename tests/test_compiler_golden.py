@@ -1,0 +1,69 @@
+"""Golden files: the compiled JSON of each example and golden input, per placement and mode.
+
+Regenerate after an intended change with ``NSG_UPDATE_GOLDEN=1 pytest tests/test_compiler_golden.py``
+and review the diff like code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.compiler import FabricPlacement, compile_ruleset
+from agent.loader import load
+from agent.semantics import resolve
+from compiler_helpers import REPO, host_placement
+
+GOLDEN = Path(__file__).parent / "golden"
+INPUTS = sorted((GOLDEN / "inputs").glob("*.yaml")) + sorted((REPO / "examples").glob("*.yaml"))
+VARIANTS = [("host", "classify"), ("host", "simple"), ("fabric", "classify")]
+CASES = [(path, placement, mode) for path in INPUTS for placement, mode in VARIANTS]
+
+
+def _case_id(case) -> str:
+    path, placement, mode = case
+    origin = "inputs" if path.parent.name == "inputs" else "examples"
+    return f"{origin}/{path.stem}-{placement}-{mode}"
+
+
+def render(path: Path, placement: str, mode: str) -> str:
+    """One command per line: a changed rule or map shows up as one changed line."""
+    loaded = load(path)
+    policy = resolve(loaded.state, loaded.tags)
+    where = host_placement(policy) if placement == "host" else FabricPlacement()
+    doc = json.loads(compile_ruleset(policy, where, mode=mode).to_json())
+    lines = ",\n".join(json.dumps(c, separators=(",", ":")) for c in doc["nftables"])
+    return '{"nftables":[\n' + lines + "\n]}\n"
+
+
+def golden_path(path: Path, placement: str, mode: str) -> Path:
+    origin = "" if path.parent.name == "inputs" else "example-"
+    return GOLDEN / f"{origin}{path.stem}.{placement}-{mode}.json"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_golden(case):
+    """The compiled ruleset equals the reviewed golden file (unified diff on mismatch)."""
+    path, placement, mode = case
+    actual = render(path, placement, mode)
+    target = golden_path(path, placement, mode)
+    if os.environ.get("NSG_UPDATE_GOLDEN") == "1":
+        target.write_text(actual)
+    assert target.exists(), f"no golden file {target.name}: run with NSG_UPDATE_GOLDEN=1 and review it"
+    expected = target.read_text()
+    if actual != expected:
+        diff = "".join(difflib.unified_diff(expected.splitlines(True), actual.splitlines(True),
+                                            f"golden/{target.name}", "compiled", n=1))
+        pytest.fail(f"compiled output differs from golden/{target.name}:\n{diff[:20000]}")
+
+
+def test_golden_renders_are_valid_json_and_stable():
+    """Rendering the same input twice gives identical bytes that parse as JSON."""
+    path = INPUTS[0]
+    first, second = render(path, "host", "classify"), render(path, "host", "classify")
+    assert first == second
+    assert json.loads(first)["nftables"][0] == {"metainfo": {"json_schema_version": 1}}
