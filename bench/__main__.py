@@ -16,7 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import control, dataplane, generate, machine, naive, netns, report
+from bench import control, dataplane, fabric, generate, machine, naive, netns, report
 from bench.report import Target, fmt, fmt_summary, ms, steps_table
 from bench.stats import percentile, summarize
 
@@ -82,25 +82,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=DOC, help=f"report file (default {DOC.relative_to(netns.ROOT)})")
     ap.add_argument("--skip-dataplane", action="store_true", help="control plane only")
     ap.add_argument("--skip-control", action="store_true", help="dataplane only")
+    ap.add_argument("--skip-fabric", action="store_true", help="no measurement through the lab fabric")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("python -m bench: needs root (network namespaces)", file=sys.stderr)
         return 3
 
     quick = args.quick
-    cmd = "make bench" if os.environ.get("NSG_BENCH_VIA_MAKE") else \
-        "python -m bench" + (" --quick" if quick else "")
-    extra = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--quick"]
-    if extra and not os.environ.get("NSG_BENCH_VIA_MAKE"):
-        cmd += " " + shlex.join(extra)
+    given = argv if argv is not None else sys.argv[1:]
+    cmd = os.environ.get("NSG_BENCH_COMMAND") or shlex.join(["python", "-m", "bench", *given])
+    if os.environ.get("NSG_BENCH_COMMAND") and [a for a in given if a != "--quick"]:
+        cmd += " " + shlex.join(a for a in given if a != "--quick")
     t_start = time.monotonic()
     rep = report.Report(command=cmd, mode="quick" if quick else "full",
                         started=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                         machine=machine.record())
     cfg = {
-        "rounds": 2 if quick else 5, "conn_seconds": 1.0 if quick else 2.5, "iperf_seconds": 1 if quick else 3,
-        "reps": 1 if quick else 3, "change_reps": 2 if quick else 6, "edits_cmp": 6 if quick else 20,
-        "edits_max": 2 if quick else 4,
+        "rounds": 2 if quick else 5, "conn_seconds": 1.0 if quick else 2.0, "iperf_seconds": 1 if quick else 3,
+        "reps": 1 if quick else 2, "change_reps": 2 if quick else 4, "edits_cmp": 6 if quick else 20,
+        "edits_max": 2 if quick else 3,
     }
     cmp_scale = generate.NAIVE_COMPARISON
     max_scale = generate.QUICK_MAXIMUM if quick else generate.MAXIMUM
@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if not args.skip_dataplane:
                 run_dataplane(lab, rep, cmp_gen, max_gen, tmpdir, cfg)
+            if not args.skip_dataplane and not args.skip_fabric:
+                run_fabric(lab, rep, max_gen, tmpdir, cfg, quick)
             if not args.skip_control:
                 run_control(lab, rep, cmp_gen, max_gen, tmpdir, cfg, quick)
         except KeyboardInterrupt:
@@ -137,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             log(tb)
             rep.not_measured.append("the run stopped on an error:\n\n```\n" + tb.strip() + "\n```")
     rep.duration_s = time.monotonic() - t_start
+    rep.machine["load average at end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3]) + \
+        " (1/5/15 min; other work on this shared machine shows up as noise)"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(rep.render())
     log(f"wrote {args.out} ({rep.duration_s / 60:.1f} min)")
@@ -173,6 +177,43 @@ def run_dataplane(lab, rep, cmp_gen, max_gen, tmpdir, cfg) -> None:
     else:
         rep.targets += [Target("new conns/s at the maximum NSG", "≥ 0.9× no fw, ≥ 5× naive", "n/a", None),
                         Target("TCP throughput vs no firewall", "≥ 0.95×", "n/a", None)]
+
+
+def run_fabric(lab, rep, max_gen, tmpdir, cfg, quick) -> None:
+    from bench.stats import paired_ratio
+
+    try:
+        import agent.lab  # noqa: F401
+    except ImportError:
+        rep.not_measured.append("dataplane through the lab fabric: agent.lab is missing")
+        return
+    log("dataplane through the lab fabric")
+    try:
+        out = fabric.run(lab, max_gen, tmpdir, cfg["rounds"], cfg["conn_seconds"], log)
+    except Exception as e:  # the lab is another component; report, keep going
+        rep.not_measured.append(f"dataplane through the lab fabric: {e}")
+        return
+    rates = out["rates"]
+    ratio = paired_ratio(rates["nsg"], rates["open"])
+    lines = [
+        "## Dataplane through the lab fabric", "",
+        "`nsg-agent lab up` builds two labs from the maximum policy" + (" (quick size)" if quick else "")
+        + " (the server NIC only, the client as an external host): one with the NSG on the NIC, one with it "
+        "detached; the rules sit in the fabric namespace (fabric placement, forward hook). New TCP connections "
+        f"from the client host to the NIC, {cfg['rounds']} interleaved rounds of {cfg['conn_seconds']:g} s; "
+        "median (min–max).", "",
+        "| lab | fabric ruleset | lab up s | new conns/s | × without NSG | connect p50 µs | connect p99 µs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for k, label in (("open", "NSG detached"), ("nsg", "maximum NSG on the NIC")):
+        r = out["rules"].get(k, {})
+        lines.append(f"| {label} | {r.get('mode', '?')}: {r.get('rules', 0):,} rules, {r.get('set_elements', 0):,} elements "
+                     f"| {out['up_seconds'].get(k, float('nan')):.1f} | {fmt_summary(summarize(rates[k]))} | "
+                     f"{report.fmt_ratio(ratio) if k == 'nsg' else '1.00×'} | {fmt_summary(summarize(out['p50'][k]))} | "
+                     f"{fmt_summary(summarize(out['p99'][k]))} |")
+    if out["errors"]:
+        lines += ["", "Problems:", ""] + [f"- {e}" for e in out["errors"][:10]]
+    rep.sections.append("\n".join(lines))
 
 
 def run_control(lab, rep, cmp_gen, max_gen, tmpdir, cfg, quick) -> None:
@@ -235,7 +276,7 @@ def run_control(lab, rep, cmp_gen, max_gen, tmpdir, cfg, quick) -> None:
         runs[name] = r
         lat = sorted(x * 1000 for x in r.latencies)
         daemon_rows.append(
-            f"| {name} | {len(lat)} (+{r.misses} not seen within 20 s) | {fmt(percentile(lat, 0.5))} | "
+            f"| {name} | {len(lat)}{f' (+{r.misses} not seen)' if r.misses else ''} | {fmt(percentile(lat, 0.5))} | "
             f"{fmt(percentile(lat, 0.99))} | {fmt(max(lat) if lat else None)} | "
             f"{fmt(r.startup_seconds, 1)} s | {fmt((r.vmhwm_kb or 0) / 1024, 1)} MiB | {r.note or ''} |")
         log(f"  {name}: p50 {fmt(percentile(lat, 0.5))} ms, p99 {fmt(percentile(lat, 0.99))} ms, "
@@ -265,7 +306,17 @@ def run_control(lab, rep, cmp_gen, max_gen, tmpdir, cfg, quick) -> None:
     missed = [t for t in rep.targets if t.met is False and ("compile" in t.name or "change" in t.name or "save" in t.name)]
     if missed:
         log("profiling load + resolve + compile at the maximum policy")
-        prof = control.profile_pipeline(max_gen, tmpdir, "classify")
+        prof, hot = control.profile_pipeline(max_gen, tmpdir, "classify")
+        split = {s: summarize(tmax.steps[s]).median for s in control.STEPS}
+        total = sum(split.values())
+        rep.findings.append(
+            "- **Rebuild at the maximum policy, where the time goes** (median seconds, classify mode): "
+            + ", ".join(f"{s} {v:.2f} s ({100 * v / total:.0f}%)" for s, v in split.items())
+            + f"; total {total:.2f} s. Every change (file edit, ASG membership, service tag) pays all of it, "
+            "because the daemon rebuilds and swaps the whole table.")
+        rep.findings.append("- **Hotspots** (cProfile of load + resolve + compile, the project's functions with "
+                            "the most self time, stdlib ipaddress included): " + "; ".join(f"`{w}` {tt:.2f} s self / {ct:.2f} s cumulative"
+                                                              for w, tt, ct in hot) + ".")
         rep.sections.append("## Profile: load + resolve + compile of the maximum policy (cProfile)\n\n"
                             "```\n" + prof + "\n```")
     del quick

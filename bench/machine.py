@@ -44,6 +44,7 @@ def record() -> dict[str, str]:
         "nft": _out("nft", "--version") or "unknown",
         "python": platform.python_version(),
         "iperf3": (_out("iperf3", "--version").splitlines() or ["unknown"])[0],
+        "load average at start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         "git": (_out("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD") or "unknown")
                + (" (+ uncommitted changes)" if dirty else ""),
     }

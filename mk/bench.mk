@@ -1,0 +1,9 @@
+# Benchmarks (issue 5): `make bench` (about 15 minutes) or `make bench-quick` (a few minutes).
+# Both need root (network namespaces named nsgb-*, always removed) and write docs/benchmarks.md.
+.PHONY: bench bench-quick
+
+bench:
+	bash scripts/install.sh && NSG_BENCH_COMMAND="make bench" .venv/bin/python -m bench $(BENCH_ARGS)
+
+bench-quick:
+	bash scripts/install.sh && NSG_BENCH_COMMAND="make bench-quick" .venv/bin/python -m bench --quick $(BENCH_ARGS)
