@@ -127,6 +127,8 @@ class Decomposer:
                 events.setdefault(p, [])
                 events.setdefault(p + 1, [])
         events.setdefault(lo_all, [])
+        if self.work + len(events) > self.budget:  # one piece per cut: fail over before sorting
+            raise TooLarge(f"more than {self.budget} pieces")
         cuts = sorted(events)
         active: set[int] = set()
         label = 0
