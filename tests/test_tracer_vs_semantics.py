@@ -186,13 +186,16 @@ SETTINGS = settings(max_examples=120, deadline=None, derandomize=True,
 @SETTINGS
 @given(st.data())
 def test_host_placement_tracer_equals_semantics(data):
-    """On host placement, each generated flow's traced verdict equals evaluate()'s, in both modes."""
+    """On host placement, each generated flow's traced verdict equals evaluate()'s, in both modes
+    and with levels mixed by the fallback."""
     policy = policy_from_dict(data.draw(desired_state()))
     placement = host_placement(policy)
     flows = data.draw(host_flows(sorted(policy.nics), policy))
-    for mode in ("classify", "simple"):
-        rs = compile_ruleset(policy, placement, mode=mode)
-        assert rs.summary["modes_used"] in ([mode], [])
+    # (mode, element bound): the third variant forces some levels onto the simple fallback
+    for mode, bound in (("classify", 150_000), ("simple", 150_000), ("classify", 40)):
+        rs = compile_ruleset(policy, placement, mode=mode, max_level_elements=bound)
+        if bound > 40:
+            assert rs.summary["modes_used"] in ([mode], [])
         tr = Ruleset(rs.commands)
         for nic_name, flow, junk in flows:
             nic = policy.nics[nic_name]
