@@ -8,8 +8,10 @@ connections are made. See integration/nspawn.py and docs/systemd.md.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
+import json
 import os
 from pathlib import Path
 
@@ -90,6 +92,20 @@ def observed(c: Container) -> dict[int, bool]:
         assert r in ("open", "refused", "timeout"), r
         result[port] = r == "open"
     return result
+
+
+def startup_events(c: Container, pid: int) -> list[str]:
+    """The reconcile outcomes (config.applied / config.unchanged) logged by process ``pid``."""
+    def events() -> list[str]:
+        out = c.exec("journalctl", "--no-pager", "-o", "cat", f"_PID={pid}", check=False).stdout
+        found = []
+        for line in out.splitlines():
+            with contextlib.suppress(ValueError):
+                ev = json.loads(line).get("event")
+                if ev in ("config.applied", "config.unchanged"):
+                    found.append(ev)
+        return found
+    return wait_for(events, timeout=20, what=f"a reconcile outcome logged by pid {pid}")
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -193,6 +209,8 @@ def test_agent_service_under_systemd(container: Container, tmp_path: Path):
                 return p if ok else None
             after = wait_for(restarted, timeout=60, interval=0.3, what="restart after kill -9")
             assert int(after["NRestarts"]) >= 1
+            # The new process adopted the table it found (no rebuild, counters kept).
+            assert startup_events(c, int(after["MainPID"])) [-1] == "config.unchanged"
             assert observed(c) == expect
             ruleset = c.exec("nft", "list", "table", "inet", "nsg_agent").stdout
             assert "allow-app-from-peer" in ruleset
