@@ -21,10 +21,9 @@ from agent.loader import load
 from agent.policy import Access, Direction, Flow
 from agent.semantics import protocol_number, resolve, verify
 
-from nspawn import (CONTAINER_ADDR, PEER_ADDR, Container, HarnessError, ensure_rootfs,
-                    ensure_wheelhouse, missing_tools, tcp_listener, tcp_probe, wait_for)
-
-pytestmark = [pytest.mark.root, pytest.mark.nspawn, pytest.mark.slow]
+from nspawn import (CONTAINER_ADDR, PEER_ADDR, Container, HarnessError, apt_mirror,
+                    ensure_rootfs, ensure_wheelhouse, install_script_packages, missing_tools,
+                    rootfs_packages, tcp_listener, tcp_probe, wait_for)
 
 UNIT = "nsg-agent.service"
 CONFIG = "/etc/nsg-agent/desired-state.yaml"
@@ -147,7 +146,36 @@ def diagnostics(c: Container) -> str:
         return f"(no diagnostics: {e})\n{c.console()}"
 
 
+@pytest.mark.parametrize("files,expected", [
+    ({"a.sources": "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+                   "Components: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\n"
+                   "Suites: bookworm-security\nComponents: main\n"}, "http://mirror.example/debian"),
+    ({"a.list": "# comment\ndeb [arch=amd64] http://mirror.example/debian/ bookworm main\n"},
+     "http://mirror.example/debian"),
+    ({"a.list": "deb http://security.example/debian-security bookworm-security main\n"
+                "deb https://other.example/apt bookworm main\n"}, "https://other.example/apt"),
+    ({"a.sources": "Types: deb\nURIs: https://deb.nodesource.com/node_20.x\nSuites: nodistro\n"
+                   "Components: main\n"}, "http://deb.debian.org/debian"),
+], ids=["deb822", "one-line-with-options", "skips-security", "none-for-bookworm"])
+def test_apt_mirror_follows_apt_configuration(tmp_path, files, expected):
+    """debootstrap uses the bookworm mirror apt is configured with, else deb.debian.org."""
+    paths = []
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        paths.append(str(tmp_path / name))
+    assert apt_mirror(paths) == expected
+
+
+def test_rootfs_has_what_install_sh_checks_for():
+    """The container tree includes every package scripts/install.sh would otherwise apt-get."""
+    assert set(install_script_packages()) <= set(rootfs_packages())
+    assert {"systemd", "systemd-sysv", "dbus", "python3-nftables"} <= set(rootfs_packages())
+
+
 @pytest.mark.timeout(900)
+@pytest.mark.root
+@pytest.mark.nspawn
+@pytest.mark.slow
 def test_agent_service_under_systemd(container: Container, tmp_path: Path):
     """Under real systemd nsg-agent.service reaches READY, enforces the file on real packets,
     follows an edit, sends watchdog keep-alives, and is restarted with its rules after kill -9."""
