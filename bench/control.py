@@ -232,8 +232,28 @@ class Prober:
         return None if line in ("", "timeout") else float(line)
 
 
+def _phases(saves: list[tuple[float, float | None]], events: list[tuple[float, str]]) -> dict[str, list[float]]:
+    """Per edit: save -> config.changed (file event), -> reconcile.start, -> config.applied,
+    -> seen by the probe. Times are when the log line reached us (slightly late)."""
+    out: dict[str, list[float]] = {"event": [], "to_reconcile": [], "reconcile": [], "to_probe": []}
+    for saved, seen in saves:
+        def first(name: str, after: float) -> float | None:
+            return next((t for t, n in events if n == name and t >= after), None)
+        changed = first("config.changed", saved)
+        start = first("reconcile.start", changed) if changed else None
+        applied = first("config.applied", start) if start else None
+        if None in (changed, start, applied) or seen is None:
+            continue
+        out["event"].append(changed - saved)
+        out["to_reconcile"].append(start - changed)
+        out["reconcile"].append(applied - start)
+        out["to_probe"].append(seen - applied)
+    return out
+
+
 @dataclass
 class DaemonRun:
+    phases: dict[str, list[float]] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)  # seconds
     misses: int = 0
     vmhwm_kb: int | None = None
@@ -253,6 +273,8 @@ def _with_flip(gen: Generated, interface: str, access: str, tag_files: dict | No
     if tag_files:
         state["serviceTags"] = tag_files
     rules = state["networkSecurityGroups"][0]["securityRules"]
+    if len(rules) >= 1000:  # stay within Azure's limit: the flip rule replaces a middle rule
+        rules = rules[:-2] + rules[-1:]
     state["networkSecurityGroups"][0]["securityRules"] = [_flip_rule(access, gen.client_address)] + rules
     return state
 
@@ -316,10 +338,20 @@ def save_to_enforced(lab: netns.Lab, gen: Generated, tmpdir: Path, edits: int, i
     if prober.wait("Deny", edit_timeout) is None:
         run.note = "the initial Deny of the flip port was never observed"
         return run
-    # Drain the daemon's log in the background so its pipe never fills.
+    # Drain the daemon's log in the background (its pipe must never fill), keeping each
+    # line's arrival time to split every edit's latency into the daemon's phases.
     import threading
 
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+    events: list[tuple[float, str]] = []
+
+    def drain() -> None:
+        for line in proc.stderr:  # type: ignore[union-attr]
+            for name in ("config.changed", "reconcile.start", "config.applied"):
+                if f'"{name}"' in line:
+                    events.append((time.monotonic(), name))
+
+    threading.Thread(target=drain, daemon=True).start()
+    saves: list[tuple[float, float | None]] = []
     access = "Deny"
     for i in range(edits):
         access = "Allow" if access == "Deny" else "Deny"
@@ -337,7 +369,9 @@ def save_to_enforced(lab: netns.Lab, gen: Generated, tmpdir: Path, edits: int, i
             run.note = f"edit {i + 1}: the new verdict was not seen within {edit_timeout:.0f} s; stopped"
             break
         run.latencies.append(seen - saved)
+        saves.append((saved, seen))
         time.sleep(0.3)
+    run.phases = _phases(saves, events)
     run.vmhwm_kb = _proc_kb(proc.pid, "VmHWM")
     run.vmrss_kb = _proc_kb(proc.pid, "VmRSS")
     lab.stop(proc)
