@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import echo, host_policy, poll, run, write_atomically
+from host_helpers import echo, host_policy, poll, run, write_atomically
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root_nft_guard")]
 

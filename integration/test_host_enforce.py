@@ -13,7 +13,7 @@ import pytest
 
 from agent import loader, semantics
 from agent.policy import Direction, Flow
-from conftest import NSG_AGENT, PYTHON, SERVER, host_policy, make_host_pair, run
+from host_helpers import NSG_AGENT, PYTHON, SERVER, host_policy, make_host_pair, run
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root_nft_guard")]
 

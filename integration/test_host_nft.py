@@ -9,7 +9,7 @@ import pytest
 
 from agent.netns import NetnsError, NetnsRunner, current_inode
 from agent.nft import NftBackend, NftError, TABLE_NAME
-from conftest import run
+from host_helpers import run
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root_nft_guard")]
 

@@ -10,7 +10,7 @@ import json
 import pytest
 import yaml
 
-from conftest import EXAMPLES, base_state, rule
+from foundation_helpers import EXAMPLES, base_state, rule
 
 from agent.cli import main
 

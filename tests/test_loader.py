@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import EXAMPLES, base_state, load_doc, problems_of, rule
+from foundation_helpers import EXAMPLES, base_state, load_doc, problems_of, rule
 
 from agent.errors import LoadError
 from agent.loader import load, load_bytes

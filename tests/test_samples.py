@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from conftest import SAMPLES, base_state, decided_by, flow, load_doc
+from foundation_helpers import SAMPLES, base_state, decided_by, flow, load_doc
 
 from agent.errors import LoadError
 from agent.loader import load

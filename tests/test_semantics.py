@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, base_state, check, decided_by, flow, load_doc, rule
+from foundation_helpers import EXAMPLES, base_state, check, decided_by, flow, load_doc, rule
 
 from agent.loader import load
 from agent.policy import Access, Direction, LevelKind, Protocol
@@ -146,7 +146,7 @@ def test_default_rule_overridden_by_user_rule():
 
 def test_default_rules_cannot_be_replaced():
     """§3-defaults-not-deletable: a user rule cannot take a default's priority (65000+ is out of range)."""
-    from conftest import problems_of
+    from foundation_helpers import problems_of
     found = problems_of(base_state(subnet_rules=[rule("DenyAllInBound", 65500, access="Allow")]))
     assert "outside 100..4096" in found[0].message
 

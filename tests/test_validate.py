@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from conftest import base_state, load_doc, problems_of, rule
+from foundation_helpers import base_state, load_doc, problems_of, rule
 
 from agent.model import Protocol
 from agent.policy import Access, Direction

@@ -1,0 +1,15 @@
+"""Suite-wide hooks: tests marked ``root`` are skipped when not running as root."""
+
+import os
+
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``root`` need network namespaces and nftables: skip them unless root."""
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root (network namespaces, nftables)")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,407 @@
+"""Fixtures for the root-only integration tests: throwaway namespaces, servers, probes.
+
+Network safety (see /work/shared/docs/design.md): every namespace and veth created here is
+named ``nsgh-*`` / ``nsgh*`` (host-mode tests), lives only inside those namespaces, and is
+deleted in teardown whatever happened. Nothing is added to the root namespace; the
+``root_nft_guard`` fixture proves no nftables table appears there.
+
+Addresses: the enforced NIC ("srv") is 10.50.1.4/24; the peer namespace ("cli") holds
+10.50.1.5/24 (same VNet) and 203.0.113.10/32 (an "Internet" host, reached over the same veth
+through an on-link host route inside the namespaces).
+
+The lab helper keeps its own fixtures in integration/lab_fixtures.py; they are loaded here
+when that file exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+VENV = REPO / ".venv"
+PYTHON = str(VENV / "bin" / "python") if (VENV / "bin" / "python").exists() else sys.executable
+NSG_AGENT = str(VENV / "bin" / "nsg-agent")
+IS_ROOT = os.geteuid() == 0
+
+SRV_ADDR = "10.50.1.4"
+CLI_VNET_ADDR = "10.50.1.5"
+CLI_INTERNET_ADDR = "203.0.113.10"
+
+
+
+
+def run(*cmd: str, check: bool = True, timeout: float = 10.0) -> subprocess.CompletedProcess:
+    return subprocess.run(list(cmd), check=check, capture_output=True, text=True, timeout=timeout)
+
+
+def root_tables() -> str:
+    return run("nft", "list", "tables").stdout
+
+
+@pytest.fixture
+def root_nft_guard() -> Iterator[None]:
+    """Asserts the root namespace's nftables tables are the same after the test, and that
+    the agent's table never appears there."""
+    before = root_tables()
+    assert "nsg_agent" not in before
+    yield
+    after = root_tables()
+    assert "nsg_agent" not in after, "the agent's table leaked into the root namespace"
+    assert after == before
+
+
+@dataclass
+class HostPair:
+    """Two namespaces joined by a veth: ``srv`` (the enforced NIC) and ``cli`` (the peer)."""
+
+    srv: str
+    cli: str
+    srv_if: str
+    cli_if: str
+    srv_addr: str = SRV_ADDR
+    cli_vnet: str = CLI_VNET_ADDR
+    cli_internet: str = CLI_INTERNET_ADDR
+
+
+@pytest.fixture
+def host_pair() -> Iterator[HostPair]:
+    """Fresh ``nsgh-s<id>`` / ``nsgh-c<id>`` namespaces with a veth pair; always deleted."""
+    with make_host_pair() as pair:
+        yield pair
+
+
+@contextlib.contextmanager
+def make_host_pair() -> Iterator[HostPair]:
+    """The context manager behind ``host_pair`` (for module-scoped fixtures)."""
+    tag = secrets.token_hex(3)
+    pair = HostPair(srv=f"nsgh-s{tag}", cli=f"nsgh-c{tag}", srv_if=f"nsghs{tag}", cli_if=f"nsghc{tag}")
+    created: list[str] = []
+    try:
+        for ns in (pair.srv, pair.cli):
+            run("ip", "netns", "add", ns)
+            created.append(ns)
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        # Create the veth inside srv, then move the peer: nothing ever exists in the root ns.
+        run("ip", "-n", pair.srv, "link", "add", pair.srv_if, "type", "veth", "peer", "name", pair.cli_if)
+        run("ip", "-n", pair.srv, "link", "set", pair.cli_if, "netns", pair.cli)
+        run("ip", "-n", pair.srv, "addr", "add", f"{pair.srv_addr}/24", "dev", pair.srv_if)
+        run("ip", "-n", pair.cli, "addr", "add", f"{pair.cli_vnet}/24", "dev", pair.cli_if)
+        run("ip", "-n", pair.cli, "addr", "add", f"{pair.cli_internet}/32", "dev", pair.cli_if)
+        run("ip", "-n", pair.srv, "link", "set", pair.srv_if, "up")
+        run("ip", "-n", pair.cli, "link", "set", pair.cli_if, "up")
+        run("ip", "-n", pair.srv, "route", "add", f"{pair.cli_internet}/32", "dev", pair.srv_if)
+        yield pair
+    finally:
+        for ns in created:
+            run("ip", "netns", "delete", ns, check=False)
+
+
+# --- servers and probes ------------------------------------------------------------------------
+
+SERVER = r"""
+import socket, sys, threading
+tcp = [int(p) for p in sys.argv[1].split(",") if p]
+udp = [int(p) for p in sys.argv[2].split(",") if p]
+def serve_conn(c):
+    c.settimeout(60)
+    try:
+        while True:
+            data = c.recv(4096)
+            if not data:
+                break
+            c.sendall(data)
+    except OSError:
+        pass
+    finally:
+        c.close()
+def serve_tcp(s):
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve_conn, args=(c,), daemon=True).start()
+def serve_udp(s):
+    while True:
+        data, addr = s.recvfrom(4096)
+        s.sendto(data, addr)
+for p in tcp:
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", p)); s.listen(64)
+    threading.Thread(target=serve_tcp, args=(s,), daemon=True).start()
+for p in udp:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", p))
+    threading.Thread(target=serve_udp, args=(s,), daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()  # exit when the test closes our stdin
+"""
+
+
+@pytest.fixture
+def echo_server() -> Iterator[Callable[..., subprocess.Popen]]:
+    """Start TCP/UDP echo servers inside a namespace (``ip netns exec``); all killed after."""
+    procs: list[subprocess.Popen] = []
+
+    def start(ns: str, tcp: list[int], udp: list[int]) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, PYTHON, "-c", SERVER, ",".join(map(str, tcp)), ",".join(map(str, udp))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(proc)
+        line = proc.stdout.readline()
+        assert line.strip() == "ready", proc.stderr.read() if proc.poll() is not None else line
+        return proc
+
+    try:
+        yield start
+    finally:
+        for p in procs:
+            for f in (p.stdin, p.stdout, p.stderr):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+
+class Prober:
+    """Real packets from inside one namespace: sockets made in a thread that entered it."""
+
+    def __init__(self, ns: str):
+        from agent.netns import NetnsRunner
+
+        self.ns = ns
+        self.runner = NetnsRunner(ns, thread_name=f"probe-{ns}")
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def tcp(self, src: str, dst: str, port: int, timeout: float = 0.6) -> bool:
+        """Connect from src to dst:port and get one echo back."""
+        def go() -> bool:
+            with socket.socket() as s:
+                s.settimeout(timeout)
+                s.bind((src, 0))
+                try:
+                    s.connect((dst, port))
+                    s.sendall(b"ping")
+                    return s.recv(16) == b"ping"
+                except OSError:
+                    return False
+        return self.runner.call(go, timeout=timeout * 4 + 5)
+
+    def udp(self, src: str, dst: str, port: int, timeout: float = 0.6) -> bool:
+        def go() -> bool:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(timeout)
+                s.bind((src, 0))
+                try:
+                    s.sendto(b"ping", (dst, port))
+                    data, _ = s.recvfrom(16)
+                    return data == b"ping"
+                except OSError:
+                    return False
+        return self.runner.call(go, timeout=timeout * 4 + 5)
+
+    def icmp(self, src: str, dst: str, timeout: float = 0.6) -> bool:
+        """One ICMP echo request from src to dst; True if the matching reply arrives.
+        (A raw socket, like ping -c1 -W1, without needing the ping binary.)"""
+        def go() -> bool:
+            ident = secrets.randbits(16)
+            header = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
+            payload = b"nsg-agent-probe"
+            packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, 1) + payload
+            with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
+                s.bind((src, 0))
+                s.settimeout(timeout)
+                s.sendto(packet, (dst, 0))
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    s.settimeout(max(0.01, deadline - time.monotonic()))
+                    try:
+                        data, addr = s.recvfrom(2048)
+                    except OSError:
+                        return False
+                    ihl = (data[0] & 0x0F) * 4
+                    icmp_type, _, _, rid, _ = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+                    if icmp_type == 0 and rid == ident and addr[0] == dst:
+                        return True
+                return False
+        return self.runner.call(go, timeout=timeout * 4 + 5)
+
+    def open_tcp(self, src: str, dst: str, port: int, timeout: float = 1.0) -> socket.socket:
+        """An established connection (created in the namespace, usable from any thread)."""
+        def go() -> socket.socket:
+            s = socket.socket()
+            s.settimeout(timeout)
+            s.bind((src, 0))
+            s.connect((dst, port))
+            return s
+        return self.runner.call(go, timeout=timeout + 5)
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def echo(sock: socket.socket) -> bool:
+    """Does one request/response still pass on this connection?"""
+    try:
+        sock.sendall(b"ping")
+        return sock.recv(16) == b"ping"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def prober() -> Iterator[Callable[[str], Prober]]:
+    made: list[Prober] = []
+
+    def make(ns: str) -> Prober:
+        p = Prober(ns)
+        made.append(p)
+        return p
+
+    try:
+        yield make
+    finally:
+        for p in made:
+            p.close()
+
+
+# --- the daemon as a subprocess -----------------------------------------------------------------
+
+
+class AgentProcess:
+    def __init__(self, proc: subprocess.Popen, log_path: Path):
+        self.proc = proc
+        self.log_path = log_path
+
+    def events(self) -> list[dict]:
+        import json
+
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"event": "<non-json>", "line": line})
+        return out
+
+    def wait_for(self, event: str, count: int = 1, timeout: float = 15.0, **fields: object) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [e for e in self.events() if e.get("event") == event
+                     and all(e.get(k) == v for k, v in fields.items())]
+            if len(found) >= count:
+                return found[count - 1]
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no {event!r} #{count} {fields} within {timeout}s; log:\n{self.log_path.read_text()[-4000:]}")
+
+
+@pytest.fixture
+def agent_daemon(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    """Start ``nsg-agent run`` (in the root namespace, acting only via --netns); always
+    stopped (SIGTERM, then SIGKILL) afterwards."""
+    started: list[AgentProcess] = []
+
+    def start(config: Path, netns: str, *extra: str) -> AgentProcess:
+        log_path = tmp_path / f"agent-{len(started)}.log"
+        log = open(log_path, "w")
+        proc = subprocess.Popen(
+            [NSG_AGENT, "run", "--config", str(config), "--netns", netns,
+             "--state-dir", str(tmp_path / "run"), "--resync", "0.5", "--debounce", "0.1", *extra],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        agent = AgentProcess(proc, log_path)
+        started.append(agent)
+        return agent
+
+    try:
+        yield start
+    finally:
+        for a in started:
+            if a.proc.poll() is None:
+                a.proc.terminate()
+                try:
+                    a.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    a.proc.kill()
+                    a.proc.wait(5)
+
+
+def poll(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> float | None:
+    """Seconds until ``predicate()`` held, or None if it never did within ``timeout``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(interval)
+    return None
+
+
+# --- the desired state used by the host-mode tests ------------------------------------------
+
+
+def host_policy(pair: HostPair, *, web_access: str = "Allow", flush: bool = False, extra: str = "") -> str:
+    """One NIC ("srv", 10.50.1.4 on the srv veth) with an NSG:
+
+    inbound  100 web        Tcp from Internet to port 8080   ``web_access``
+             110 deny-8081  Tcp from *        to port 8081   Deny
+             120 dns-udp    Udp from Internet to port 5353   Allow
+    outbound 100 deny-9001  Tcp to Internet port 9001        Deny
+    plus Azure's defaults (VNet allowed both ways, Internet outbound allowed, rest denied).
+    """
+    return f"""\
+virtualNetworks:
+  - name: vnet
+    addressSpace: [10.50.0.0/16]
+    subnets:
+      - name: web
+        addressPrefix: 10.50.1.0/24
+networkInterfaces:
+  - name: srv
+    subnet: vnet/web
+    ipAddresses: [{pair.srv_addr}]
+    networkSecurityGroup: srv-nsg
+    interface: {pair.srv_if}
+networkSecurityGroups:
+  - name: srv-nsg
+    flushConnection: {str(flush).lower()}
+    securityRules:
+      - {{name: web, priority: 100, direction: Inbound, access: {web_access}, protocol: Tcp,
+          sourceAddressPrefix: Internet, sourcePortRange: "*", destinationAddressPrefix: "*", destinationPortRange: "8080"}}
+      - {{name: deny-8081, priority: 110, direction: Inbound, access: Deny, protocol: Tcp,
+          sourceAddressPrefix: "*", sourcePortRange: "*", destinationAddressPrefix: "*", destinationPortRange: "8081"}}
+      - {{name: dns-udp, priority: 120, direction: Inbound, access: Allow, protocol: Udp,
+          sourceAddressPrefix: Internet, sourcePortRange: "*", destinationAddressPrefix: "*", destinationPortRange: "5353"}}
+      - {{name: deny-9001, priority: 100, direction: Outbound, access: Deny, protocol: Tcp,
+          sourceAddressPrefix: "*", sourcePortRange: "*", destinationAddressPrefix: Internet, destinationPortRange: "9001"}}
+{extra}"""
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace a file the way editors do (write a temporary file, rename it over)."""
+    tmp = path.with_name(f".{path.name}.swp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
