@@ -382,6 +382,7 @@ class Daemon:
         self.watch_files = watch_files
         self.log = log or reconciler.log
         self._wake = threading.Event()
+        self._owner_pid = os.getpid()
         self._stop = False
         self._observer = None
         self._watches: dict[str, Any] = {}
@@ -402,12 +403,26 @@ class Daemon:
     def on_link_error(self, error: BaseException) -> None:
         self.log.error("link.monitor_failed", error=str(error))
 
+    def _in_forked_child(self, signum: int) -> bool:
+        """pyroute2 forks short-lived helpers (e.g. to open a socket in a namespace) and ends
+        them with SIGTERM. A fork inherits these handlers; if it ran them it would ignore the
+        signal and its parent would wait for it forever. A child takes the default action."""
+        if os.getpid() == self._owner_pid:
+            return False
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return True
+
     def handle_sighup(self, signum: int = signal.SIGHUP, frame: Any = None) -> None:
+        if self._in_forked_child(signum):
+            return
         self.log.info("signal.reload", signal="SIGHUP")
         self.reconciler.mark_dirty("sighup", immediate=True)
         self._wake.set()
 
     def handle_stop(self, signum: int = signal.SIGTERM, frame: Any = None) -> None:
+        if self._in_forked_child(signum):
+            return
         self.log.info("signal.stop", signal=signal.Signals(signum).name)
         self._stop = True
         self._wake.set()

@@ -145,13 +145,16 @@ def module_labs(tmp_path_factory) -> Iterator[Callable[..., Lab]]:
 class LabDaemon:
     """``nsg-agent lab run FILE`` as a subprocess, with its JSON log in a file."""
 
-    def __init__(self, lab: Lab, log_path: Path):
+    def __init__(self, lab: Lab, log_path: Path, via_run_flag: bool = False):
         self.lab = lab
         self.log_path = log_path
         log = open(log_path, "w")
+        # Two spellings of the same daemon: "lab run FILE" and "run --lab FILE".
+        head = (["run", "--lab", str(lab.file), "--lab-name", lab.name] if via_run_flag
+                else ["lab", "run", str(lab.file), "--name", lab.name])
         self.proc = subprocess.Popen(
-            [NSG_AGENT, "lab", "run", str(lab.file), "--name", lab.name, "--debounce", "0.1",
-             "--resync", "1"], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            [NSG_AGENT, *head, "--debounce", "0.1", "--resync", "1"],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
 
     def log(self) -> str:
@@ -184,8 +187,8 @@ def lab_daemon(tmp_path: Path) -> Iterator[Callable[[Lab], LabDaemon]]:
     """Start ``nsg-agent lab run`` for a lab; always stopped (SIGTERM, then SIGKILL) after."""
     started: list[LabDaemon] = []
 
-    def start(lab: Lab) -> LabDaemon:
-        d = LabDaemon(lab, tmp_path / f"lab-run-{len(started)}.log")
+    def start(lab: Lab, via_run_flag: bool = False) -> LabDaemon:
+        d = LabDaemon(lab, tmp_path / f"lab-run-{len(started)}.log", via_run_flag)
         started.append(d)
         return d
 

@@ -129,6 +129,19 @@ def test_lab_run_follows_edits_of_the_file(make_lab, lab_daemon):
     assert observed(lab, "web1", "tcp/8080") == "allowed"
 
 
+def test_run_with_lab_flag_is_the_lab_daemon(make_lab, lab_daemon):
+    """nsg-agent run --lab FILE builds the lab from the file and follows an ASG change live."""
+    lab = make_lab("runf", live(), up=False)
+    d = lab_daemon(lab, via_run_flag=True)
+    d.wait_applied(1)
+    before = lab.inodes()
+    assert observed(lab, "web2", "tcp/80") == "denied"
+    write_atomically(lab.file, live(web2_asgs="[Web]"))
+    d.wait_applied(2)
+    assert observed(lab, "web2", "tcp/80") == "allowed"
+    assert lab.inodes() == before
+
+
 def test_lab_down_removes_everything(make_lab, capsys):
     """lab down removes every namespace (with their bridges and veths) and the state file;
     a second down is a no-op."""

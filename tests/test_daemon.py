@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import time
+import os
 from pathlib import Path
 
 import pytest
@@ -268,6 +270,26 @@ class TestDaemonShell:
             daemon.stop()
         assert env.backend.table is not None
         assert "table.kept" in events(logs) and ("STOPPING=1",) in env.notifier.sent
+
+    def test_forked_child_takes_default_sigterm(self, env):
+        """A fork of the daemon (pyroute2's namespace helpers) dies on SIGTERM instead of
+        running the daemon's handler, which would keep it alive and hang its parent."""
+        daemon = Daemon(env.rec, watch_links=False, watch_files=False)
+        previous = signal.signal(signal.SIGTERM, daemon.handle_stop)
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: wait to be terminated; exit 0 would mean it survived
+                try:
+                    time.sleep(5)
+                finally:
+                    os._exit(0)
+            time.sleep(0.1)
+            os.kill(pid, signal.SIGTERM)
+            _, status = os.waitpid(pid, 0)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+        assert daemon._stop is False
 
     def test_remove_on_exit_deletes_the_table(self, env):
         """With remove_on_exit the table is deleted when the daemon stops."""

@@ -72,7 +72,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Watch --config and its service-tag files, apply every good edit, keep the "
                     "last good state on bad input, repair drift every --resync seconds. SIGHUP "
                     "reloads, SIGTERM exits leaving the rules in place. See docs/daemon.md.")
-    p.add_argument("--config", required=True, metavar="FILE")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--config", metavar="FILE", help="host mode: enforce the file's NICs on this machine")
+    target.add_argument("--lab", metavar="FILE",
+                        help="lab mode: keep the lab's topology and rules equal to FILE "
+                             "(same as 'nsg-agent lab run FILE')")
+    p.add_argument("--lab-name", metavar="NAME", help="with --lab: the lab's name (default from the file)")
     p.add_argument("--mode", choices=MODES, default="classify")
     p.add_argument("--resync", type=float, default=5.0, metavar="SECONDS",
                    help="how often to check the kernel for drift (default 5)")
@@ -328,6 +333,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.logging import configure
     from agent.notify import Notifier
 
+    if args.lab:
+        from agent.commands import lab as lab_commands
+
+        return lab_commands.cmd_run(argparse.Namespace(
+            file=args.lab, name=args.lab_name, mode=args.mode, debounce=args.debounce,
+            resync=args.resync, log_level=args.log_level, down_on_exit=False))
     configure(args.log_level, sys.stderr)
     notifier = Notifier()
     backend = _backend(args.netns)

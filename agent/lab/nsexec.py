@@ -126,6 +126,25 @@ def pids_in(name: str) -> list[int]:
             s = os.stat(f"/proc/{entry}/ns/net")
         except OSError:
             continue
-        if (s.st_ino, s.st_dev) == (st.st_ino, st.st_dev) and int(entry) != os.getpid():
+        if (s.st_ino, s.st_dev) == (st.st_ino, st.st_dev) and not _ours(int(entry)):
             out.append(int(entry))
     return out
+
+
+def _ours(pid: int) -> bool:
+    """This process or one of its descendants. pyroute2 opens a socket in a namespace from a
+    short-lived forked child; killing it mid-handshake would hang the caller (and the child
+    would run our inherited SIGTERM handler), so never count those as lab processes."""
+    me = os.getpid()
+    seen = 0
+    while pid > 1 and seen < 64:
+        if pid == me:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # field 4: ppid (comm may hold spaces)
+        seen += 1
+    return False
