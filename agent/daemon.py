@@ -96,6 +96,15 @@ class Desired:
     files: dict[str, str]  # file -> sha256 at load time
 
 
+class FatalError(Exception):
+    """The daemon cannot work at all (e.g. no permission to program nftables)."""
+
+
+def _lacks_permission(error: BaseException) -> bool:
+    text = f"{error} {getattr(error, 'error', '')}"
+    return isinstance(error, PermissionError) or "Operation not permitted" in text
+
+
 class Reconciler:
     """See the module docstring. All public methods are safe to call from any thread."""
 
@@ -280,6 +289,12 @@ class Reconciler:
             self.log.error("apply.failed", reason=reason, error=str(e), retry_in=round(delay, 3),
                            failures=self.failures, enforcing=self.last_good.sha256 if self.last_good else None)
             self._record_error("apply", str(e), [detail])
+            if self.last_good is None and _lacks_permission(e):
+                # Retrying cannot help, and under systemd READY would never come: fail fast
+                # so the unit shows the reason instead of a watchdog restart loop.
+                self.log.error("agent.fatal", error=str(e),
+                               hint="nftables needs CAP_NET_ADMIN in the target namespace")
+                raise FatalError(f"cannot program nftables: {e} (CAP_NET_ADMIN missing?)") from e
             return False
         self.failures = 0
         self.retry_at = None

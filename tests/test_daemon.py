@@ -184,6 +184,23 @@ class TestFailures:
         assert "srv-nsg: UserRule_deny-ssh" in comments(env.backend)
         assert env.store.read().last_error is None
 
+    def test_no_permission_at_startup_is_fatal(self, env):
+        """Without CAP_NET_ADMIN the first apply can never succeed: the daemon stops with a
+        clear error instead of retrying forever without READY."""
+        from agent.daemon import FatalError
+
+        env.backend.fail_next("check", "Error: Could not process rule: Operation not permitted")
+        with capture_logs() as logs, pytest.raises(FatalError, match="CAP_NET_ADMIN"):
+            env.rec.reconcile("startup")
+        assert "agent.fatal" in events(logs)
+
+    def test_no_permission_later_keeps_running(self, env):
+        """Once rules are enforced, a permission error is retried like any other failure."""
+        env.rec.reconcile("startup")
+        write(env.config, policy_text(extra_rule=DENY_SSH))
+        env.backend.fail_next("replace", "Error: Operation not permitted")
+        assert not env.rec.reconcile("file")
+
     def test_check_failure_never_replaces(self, env):
         """When the dry run fails, the batch is not run for real."""
         env.backend.fail_next("check", "Error: syntax")

@@ -329,7 +329,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.daemon import Daemon
+    from agent.daemon import Daemon, FatalError
     from agent.logging import configure
     from agent.notify import Notifier
 
@@ -347,6 +347,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                           debounce=args.debounce, resync=args.resync)
         daemon = Daemon(rec, netns=args.netns, notifier=notifier, remove_on_exit=args.remove_on_exit,
                         watch_links=not args.no_link_events)
-        return daemon.run()
+        try:
+            return daemon.run()
+        except FatalError as e:
+            raise _failed(str(e)) from None
     finally:
         backend.close()
