@@ -301,7 +301,7 @@ def run_control(lab, rep, cmp_gen, max_gen, tmpdir, cfg, quick) -> None:
             "", "Where each edit's latency goes (medians in ms, from the arrival times of the daemon's own log "
             "lines `config.changed`, `reconcile.start`, `config.applied`):", "",
             "| policy | save → file event | event → reconcile start (debounce, loop) | reconcile (load … replace, status) "
-            "| applied → probe sees it |", "|---|---|---|---|---|", *daemon_phase_rows]))
+            "| config.applied logged → probe sees it (negative: enforced before the daemon logged it) |", "|---|---|---|---|---|", *daemon_phase_rows]))
     for name in ("comparison", "maximum"):
         r = runs.get(name)
         lat = sorted(r.latencies) if r else []
