@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from agent.errors import LoadError, Problem
 from agent.model import DesiredState
-from agent.servicetags import ServiceTagIndex, parse_service_tags
+from agent.servicetags import ServiceTagIndex, parse_service_tag_file, parse_service_tags
 
 Loc = tuple  # a field path as a tuple of keys and indexes
 
@@ -56,15 +56,22 @@ def format_loc(loc: Loc) -> str:
 class LineMap:
     """Maps a field path of the parsed document to a 1-based line number."""
 
-    def __init__(self, lines: dict[Loc, int] | None = None):
+    def __init__(self, lines: dict[Loc, int] | None = None, text: str | None = None):
         self._lines = lines or {}
+        self._text = text  # composed on the first lookup: only files with problems need it
 
     @classmethod
     def from_text(cls, text: str) -> "LineMap":
+        """The line map of a YAML/JSON text. Composing a big file takes a while, so it is
+        done when a line is first asked for (a valid file never asks)."""
+        return cls(text=text)
+
+    @staticmethod
+    def _compose(text: str) -> dict[Loc, int]:
         try:
             root = yaml.compose(text, Loader=_YamlLoader)
         except yaml.YAMLError:
-            return cls()
+            return {}
         lines: dict[Loc, int] = {}
 
         def walk(node: yaml.Node, loc: Loc) -> None:
@@ -81,11 +88,13 @@ class LineMap:
 
         if root is not None:
             walk(root, ())
-        return cls(lines)
+        return lines
 
     def line(self, loc: Loc, doc: Any = None) -> int | None:
         """The line of ``loc``; with ``doc``, ``loc`` is first translated from the flat shape
         (see resolve_original_loc). Falls back to the nearest enclosing field."""
+        if self._text is not None:
+            self._lines, self._text = self._compose(self._text), None
         actual = resolve_original_loc(doc, loc) if doc is not None else tuple(loc)
         while actual:
             if actual in self._lines:
@@ -247,15 +256,24 @@ def _load_tag_files(state: DesiredState, path: Path) -> tuple[ServiceTagIndex, l
         files.append(tag_path)
         where = f"serviceTags.files[{i}]"
         try:
-            text = tag_path.read_bytes().decode("utf-8-sig")
-            doc = json.loads(text) if tag_path.suffix == ".json" else yaml.load(text, Loader=_YamlLoader)
+            raw = tag_path.read_bytes()
         except OSError as e:
             problems.append(Problem(str(path), where, f"cannot read service-tag file {str(tag_path)!r}: {e.strerror}"))
             continue
+        decode = _decode_json if tag_path.suffix == ".json" else _decode_yaml
+        try:  # an unchanged file (same path and sha256) is not parsed again
+            sub, sub_problems = parse_service_tag_file(raw, str(tag_path), decode)
         except (ValueError, yaml.YAMLError) as e:
             problems.append(Problem(str(tag_path), "", f"invalid service-tag file: {e}"))
             continue
-        sub, sub_problems = parse_service_tags(doc, str(tag_path))
         problems += [Problem(str(tag_path), p, m) for p, m in sub_problems]
         index = index.merged(sub)
     return index, files, problems
+
+
+def _decode_json(raw: bytes) -> Any:
+    return json.loads(raw.decode("utf-8-sig"))
+
+
+def _decode_yaml(raw: bytes) -> Any:
+    return yaml.load(raw.decode("utf-8-sig"), Loader=_YamlLoader)

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from agent.policy import Access, Direction, Protocol
+from agent.policy import Access, Direction, Protocol, _fast_cidr
 
 # --- limits (Azure subscription limits, validated by agent.validate) ----------------------
 MAX_RULES_PER_NSG = 1000
@@ -157,6 +157,16 @@ def parse_prefix(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
                 net = ipaddress.ip_network(s, strict=False)
                 raise ValueError(f"{text!r} has host bits set (did you mean {net}?)") from None
         raise ValueError(f"{text!r} is not an IP address or CIDR prefix ({e})") from None
+
+
+def prefix_cidr(text: str) -> tuple[int, int, int]:
+    """``parse_prefix`` as (family, network as int, prefix length), without building an
+    ipaddress object for the common spellings; refuses the same texts with the same errors."""
+    fast = _fast_cidr(text.strip(), True)
+    if fast is not None:
+        return fast
+    net = parse_prefix(text)
+    return net.version, int(net.network_address), net.prefixlen
 
 
 def looks_like_address(text: str) -> bool:

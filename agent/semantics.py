@@ -26,7 +26,7 @@ from agent.model import (
     canonical_builtin_tag,
     looks_like_address,
     parse_port_range,
-    parse_prefix,
+    prefix_cidr,
 )
 from agent.policy import (
     ANY_ADDRESS,
@@ -44,9 +44,9 @@ from agent.policy import (
     PortTerm,
     Protocol,
     ResolvedRule,
+    PrefixSet,
     Verdict,
-    collapse,
-    exclude,
+    parse_cidr,
 )
 from agent.servicetags import ServiceTagIndex
 
@@ -57,6 +57,15 @@ LKM = tuple(ipaddress.ip_network(p) for p in ("20.118.99.224/32", "40.83.235.53/
 PLATFORM_TAGS = {"AzurePlatformDNS": (HOST_VIP,), "AzurePlatformIMDS": (IMDS,), "AzurePlatformLKM": LKM}
 ALL_V4 = ipaddress.ip_network("0.0.0.0/0")
 ALL_V6 = ipaddress.ip_network("::/0")
+
+_HOST_VIP_SET = PrefixSet.from_networks((HOST_VIP,))
+_ALL_SET = PrefixSet.from_networks((ALL_V4, ALL_V6))
+# Terms that do not depend on the desired state, shared by every NIC and every resolve.
+_CONSTANT_TERMS = {
+    "AzureLoadBalancer": AddressTerm.of("AzureLoadBalancer", _HOST_VIP_SET),
+    **{name: AddressTerm.of(name, nets) for name, nets in PLATFORM_TAGS.items()},
+}
+_PLATFORM_EXEMPT = AddressTerm.of("AzurePlatform", (HOST_VIP, IMDS))
 
 
 def _default_rules(nsg: str) -> list[tuple[str, int, Direction, str, str, Access]]:
@@ -70,67 +79,107 @@ def _default_rules(nsg: str) -> list[tuple[str, int, Direction, str, str, Access
     ]
 
 
+class TermMemo:
+    """Address terms of literal prefix lists from the previous resolve, by their text.
+
+    Resolving is a pure function of the file; re-parsing thousands of unchanged prefixes on
+    every reload is not. A Resolver reads terms from the memo it was given and records those
+    it used in a fresh one, so the memo holds exactly the last resolve's terms (no growth)
+    and a reload re-parses only the prefix lists that changed."""
+
+    __slots__ = ("terms",)
+
+    def __init__(self, terms: dict[tuple[str, ...], AddressTerm] | None = None):
+        self.terms = terms if terms is not None else {}
+
+
+_last_terms = TermMemo()  # swapped whole at the end of each resolve()
+
+
 class Resolver:
     """Expands tags and ASGs for one desired state. Cheap to build; caches per VNet."""
 
-    def __init__(self, state: DesiredState, tags: ServiceTagIndex | None = None):
+    def __init__(self, state: DesiredState, tags: ServiceTagIndex | None = None,
+                 memo: TermMemo | None = None):
         self.state = state
         self.tags = tags or ServiceTagIndex()
-        self._asg_members: dict[str, list[IPNetwork]] = {}
+        self._asg_members: dict[str, list[tuple[int, int, int]]] = {}
         for nic in state.networkInterfaces:
             for g in nic.applicationSecurityGroups:
                 self._asg_members.setdefault(g.lower(), []).extend(
-                    ipaddress.ip_network(a) for a in nic.addresses)
-        self._vnet_cache: dict[str, tuple[IPNetwork, ...]] = {}
+                    parse_cidr(a) for a in nic.ipAddresses)
+        self._vnet_cache: dict[str, PrefixSet] = {}
+        self._term_cache: dict[tuple[str, str], AddressTerm] = {}
         self._rule_cache: dict[tuple[str, str], tuple[ResolvedRule, ...]] = {}
+        self._memo_in = memo if memo is not None else TermMemo()
+        self.memo = TermMemo()  # the literal terms this resolver used
 
     # tags ---------------------------------------------------------------------------------
-    def virtual_network(self, vnet_name: str) -> tuple[IPNetwork, ...]:
+    def virtual_network_set(self, vnet_name: str) -> PrefixSet:
         key = vnet_name.lower()
-        if key not in self._vnet_cache:
+        found = self._vnet_cache.get(key)
+        if found is None:
             vnet = self.state.vnet(vnet_name)
-            prefixes: list[IPNetwork] = [HOST_VIP]
+            cidrs: list[tuple[int, int, int]] = []
             if vnet is not None:
-                prefixes += [parse_prefix(p) for p in vnet.addressSpace + vnet.onPremisesPrefixes]
+                cidrs += [prefix_cidr(p) for p in vnet.addressSpace + vnet.onPremisesPrefixes]
                 peers = {p.lower() for p in vnet.peerings}
                 peers |= {v.name.lower() for v in self.state.virtualNetworks
                           if key in {p.lower() for p in v.peerings}}
                 for peer in sorted(peers):
                     other = self.state.vnet(peer)
                     if other is not None:
-                        prefixes += [parse_prefix(p) for p in other.addressSpace]
-            self._vnet_cache[key] = collapse(prefixes)
-        return self._vnet_cache[key]
+                        cidrs += [prefix_cidr(p) for p in other.addressSpace]
+            found = _HOST_VIP_SET | PrefixSet.from_cidrs(cidrs)
+            self._vnet_cache[key] = found
+        return found
+
+    def virtual_network(self, vnet_name: str) -> tuple[IPNetwork, ...]:
+        return self.virtual_network_set(vnet_name).networks()
+
+    def internet_set(self, vnet_name: str) -> PrefixSet:
+        return self.tag_term("Internet", vnet_name).prefix_set
 
     def internet(self, vnet_name: str) -> tuple[IPNetwork, ...]:
-        return exclude((ALL_V4, ALL_V6), self.virtual_network(vnet_name))
+        return self.internet_set(vnet_name).networks()
 
     def address_term(self, rule: SecurityRule, side: str, vnet_name: str) -> AddressTerm:
         groups = getattr(rule, f"{side}ApplicationSecurityGroups")
         if groups:
             members = [m for g in groups for m in self._asg_members.get(g.lower(), [])]
-            return AddressTerm.of(",".join(f"asg:{g}" for g in groups), members)
+            return AddressTerm.of(",".join(f"asg:{g}" for g in groups), PrefixSet.from_cidrs(members))
         items = rule.address_items(side)
         if items == ["*"] or not items:
             return ANY_ADDRESS
         if len(items) == 1 and not looks_like_address(items[0]):
             return self.tag_term(items[0], vnet_name)
-        return AddressTerm.of(",".join(items), [parse_prefix(i) for i in items])
+        return self.literal_term(items)
+
+    def literal_term(self, items: list[str]) -> AddressTerm:
+        """The term of a list of literal prefixes (reused from the memo when unchanged)."""
+        key = tuple(items)
+        term = self.memo.terms.get(key) or self._memo_in.terms.get(key)
+        if term is None:
+            term = AddressTerm.of(",".join(items), PrefixSet.from_cidrs(prefix_cidr(i) for i in items))
+        self.memo.terms[key] = term
+        return term
 
     def tag_term(self, tag: str, vnet_name: str) -> AddressTerm:
         canon = canonical_builtin_tag(tag)
-        if canon == "VirtualNetwork":
-            return AddressTerm.of(canon, self.virtual_network(vnet_name))
-        if canon == "Internet":
-            return AddressTerm.of(canon, self.internet(vnet_name))
-        if canon == "AzureLoadBalancer":
-            return AddressTerm.of(canon, (HOST_VIP,))
-        if canon in PLATFORM_TAGS:
-            return AddressTerm.of(canon, PLATFORM_TAGS[canon])
+        if canon in _CONSTANT_TERMS:
+            return _CONSTANT_TERMS[canon]
+        if canon in ("VirtualNetwork", "Internet"):
+            key = (canon, vnet_name.lower())
+            term = self._term_cache.get(key)
+            if term is None:
+                vnet = self.virtual_network_set(vnet_name)
+                term = AddressTerm.of(canon, vnet if canon == "VirtualNetwork" else _ALL_SET - vnet)
+                self._term_cache[key] = term
+            return term
         found = self.tags.get(tag)
         if found is None:  # validate.check refuses these; be safe for direct API users
             raise KeyError(f"unknown service tag {tag!r}")
-        return AddressTerm.of(found.name, found.prefixes)
+        return AddressTerm.of(found.name, found.prefix_set)
 
     # rules --------------------------------------------------------------------------------
     def rules(self, nsg: NetworkSecurityGroup, vnet_name: str) -> tuple[ResolvedRule, ...]:
@@ -188,35 +237,53 @@ def _platform_tag_rule(rule: ResolvedRule) -> bool:
 
 
 def resolve(state: DesiredState, tags: ServiceTagIndex | None = None) -> Policy:
-    """The whole desired state as a Policy: one NicPolicy per NIC."""
-    r = Resolver(state, tags)
+    """The whole desired state as a Policy: one NicPolicy per NIC.
+
+    Pure: the result depends only on the arguments. Literal prefix lists unchanged since the
+    previous call are not parsed again (see TermMemo); a Level or a term shared by many
+    NICs (same NSG, same VNet) is one object."""
+    global _last_terms
+    r = Resolver(state, tags, _last_terms)
     nics: dict[str, NicPolicy] = {}
     smtp_blocked = state.platform.outboundSmtp == "blocked"
+    levels: dict[tuple, Level | None] = {}
+
+    def level(kind: LevelKind, nsg_name: str | None, direction: Direction, vnet_name: str) -> Level | None:
+        key = (kind, (nsg_name or "").lower(), direction, vnet_name.lower())
+        if key not in levels:
+            levels[key] = r.level(kind, nsg_name, direction, vnet_name)
+        return levels[key]
+
+    platform_cache: dict[tuple[int, ...], tuple[Level, ...]] = {}
     for nic in state.networkInterfaces:
         vnet_name, _, _ = nic.subnet.partition("/")
         found = state.subnet(nic.subnet)
         subnet_nsg = found[1].networkSecurityGroup if found else None
         inbound = tuple(lv for lv in (
-            r.level(LevelKind.SUBNET, subnet_nsg, Direction.INBOUND, vnet_name),
-            r.level(LevelKind.NIC, nic.networkSecurityGroup, Direction.INBOUND, vnet_name)) if lv)
+            level(LevelKind.SUBNET, subnet_nsg, Direction.INBOUND, vnet_name),
+            level(LevelKind.NIC, nic.networkSecurityGroup, Direction.INBOUND, vnet_name)) if lv)
         outbound = tuple(lv for lv in (
-            r.level(LevelKind.NIC, nic.networkSecurityGroup, Direction.OUTBOUND, vnet_name),
-            r.level(LevelKind.SUBNET, subnet_nsg, Direction.OUTBOUND, vnet_name)) if lv)
-        platform_levels = tuple(
-            Level(lv.kind, lv.nsg, tuple(x for x in lv.rules if _platform_tag_rule(x)))
-            for lv in outbound)
+            level(LevelKind.NIC, nic.networkSecurityGroup, Direction.OUTBOUND, vnet_name),
+            level(LevelKind.SUBNET, subnet_nsg, Direction.OUTBOUND, vnet_name)) if lv)
+        out_key = tuple(id(lv) for lv in outbound)  # the levels stay alive in ``levels``
+        if out_key not in platform_cache:
+            platform_levels = tuple(
+                Level(lv.kind, lv.nsg, tuple(x for x in lv.rules if _platform_tag_rule(x)))
+                for lv in outbound)
+            platform_cache[out_key] = tuple(lv for lv in platform_levels if lv.rules)
         flush = any(state.nsg(n).flushConnection for n in (subnet_nsg, nic.networkSecurityGroup)
                     if n and state.nsg(n) is not None)
+        vnet = state.vnet(vnet_name)
         nics[nic.name] = NicPolicy(
-            nic=nic.name, vnet=(state.vnet(vnet_name).name if state.vnet(vnet_name) else vnet_name),
+            nic=nic.name, vnet=(vnet.name if vnet else vnet_name),
             subnet=nic.subnet, addresses=nic.addresses, interface=nic.interface,
             inbound=inbound, outbound=outbound,
-            outbound_platform=tuple(lv for lv in platform_levels if lv.rules),
-            platform_exempt=(AddressTerm.of("AzurePlatform", (HOST_VIP, IMDS))
-                             if state.platform.platformExemption else None),
-            smtp_block=(AddressTerm.of("Internet", r.internet(vnet_name)) if smtp_blocked else None),
+            outbound_platform=platform_cache[out_key],
+            platform_exempt=_PLATFORM_EXEMPT if state.platform.platformExemption else None,
+            smtp_block=r.tag_term("Internet", vnet_name) if smtp_blocked else None,
             flush_connection=flush,
         )
+    _last_terms = r.memo
     return Policy(nics=nics)
 
 

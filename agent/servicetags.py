@@ -4,23 +4,34 @@ Format: {"changeNumber": N, "cloud": "Public", "values": [{"name": "Storage.East
 "id": ..., "properties": {"addressPrefixes": [...], "region": ..., "systemService": ...,
 "networkFeatures": [...] | null}}]}. IPv4 and IPv6 prefixes are mixed. Names are matched
 case-insensitively, as Azure does.
+
+A published file holds ~100k prefixes. Each tag keeps them as integer ranges (PrefixSet), and
+``parse_service_tag_file`` keeps the last few parsed files keyed by (path, sha256), so an
+unchanged file is not parsed again when the desired state is reloaded.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from agent.policy import IPNetwork, collapse
+from agent.policy import EMPTY_PREFIXES, IPNetwork, PrefixSet, parse_cidr
 
 
 @dataclass(frozen=True)
 class ServiceTag:
     name: str
-    prefixes: tuple[IPNetwork, ...]
+    prefix_set: PrefixSet = EMPTY_PREFIXES
     region: str = ""
     system_service: str = ""
     source: str = ""
+
+    @property
+    def prefixes(self) -> tuple[IPNetwork, ...]:
+        """The tag's prefixes as collapsed ipaddress networks, IPv4 first (built on demand)."""
+        return self.prefix_set.networks()
 
 
 @dataclass(frozen=True)
@@ -51,18 +62,45 @@ def parse_service_tags(doc: object, source: str) -> tuple[ServiceTagIndex, list[
         if not isinstance(raw, list):
             problems.append((f"{where}.properties.addressPrefixes", "must be a list"))
             continue
-        nets = []
+        cidrs = []
         for j, p in enumerate(raw):
             try:
-                nets.append(ipaddress.ip_network(str(p), strict=False))
+                cidrs.append(parse_cidr(p if isinstance(p, str) else str(p), strict=False))
             except ValueError:
                 problems.append((f"{where}.properties.addressPrefixes[{j}]", f"{p!r} is not a CIDR prefix"))
         tags[value["name"].lower()] = ServiceTag(
             name=value["name"],
-            prefixes=collapse(nets),
+            prefix_set=PrefixSet.from_cidrs(cidrs),
             region=props.get("region") or "",
             system_service=props.get("systemService") or "",
             source=source,
         )
     change = doc.get("changeNumber")
     return ServiceTagIndex(tags, {source: change if isinstance(change, int) else 0}), problems
+
+
+# --- parsed files, by content ------------------------------------------------------------
+
+_CACHE_SIZE = 4  # a few files (or versions of one) stay parsed
+_cache: "OrderedDict[tuple[str, str], tuple[ServiceTagIndex, tuple[tuple[str, str], ...]]]" = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def parse_service_tag_file(raw: bytes, source: str, decode) -> tuple[ServiceTagIndex, list[tuple[str, str]]]:
+    """``parse_service_tags(decode(raw), source)``, remembered by (source, sha256 of raw).
+
+    ``decode`` turns the bytes into the document (JSON or YAML) and may raise; errors are not
+    remembered. The result is immutable, so handing the same one out again is safe."""
+    key = (source, hashlib.sha256(raw).hexdigest())
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None:
+            _cache.move_to_end(key)
+    if hit is None:
+        index, problems = parse_service_tags(decode(raw), source)
+        hit = (index, tuple(problems))
+        with _cache_lock:
+            _cache[key] = hit
+            while len(_cache) > _CACHE_SIZE:
+                _cache.popitem(last=False)
+    return hit[0], list(hit[1])
