@@ -30,14 +30,17 @@ from typing import Any, Callable, Protocol
 from agent import loader, semantics
 from agent.errors import LoadError
 from agent.logging import get_logger
-from agent.nft import Backend, NftError
+from agent.nft import Backend, NftError, batch_payload
 from agent.notify import Notifier
 from agent.policy import Policy
-from agent.state import Commit, Status, StatusStore, rule_digests, ruleset_sha256, set_sizes
+from agent.state import Commit, Status, StatusStore, rule_digests, set_sizes
 
 DEFAULT_DEBOUNCE = 0.15
 DEFAULT_RESYNC = 5.0
 MAX_BACKOFF = 30.0
+# A file renamed into place or closed after writing is complete: reconcile after this short
+# settle time (enough to coalesce several files renamed together) instead of the debounce.
+COMPLETE_SETTLE = 0.02
 
 
 class CompiledRuleset(Protocol):
@@ -94,6 +97,27 @@ class Desired:
     rule_index: dict
     sha256: str  # of the compiled commands
     files: dict[str, str]  # file -> sha256 at load time
+    payload: bytes | None = None  # the batch as handed to libnftables (sha256 is its digest)
+
+
+def payload_and_digest(commands: list[dict]) -> tuple[bytes, str]:
+    """Serialize the batch once: the bytes libnftables gets, and their sha256 (the
+    ``ruleset_sha256`` that tells an unchanged ruleset apart)."""
+    payload = batch_payload(commands)
+    return payload, hashlib.sha256(payload).hexdigest()
+
+
+class _Phases:
+    """Milliseconds per reconcile phase, for the ``reconcile.timing`` debug event."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.ms[phase] = round(self.ms.get(phase, 0.0) + (now - self._t) * 1000, 1)
+        self._t = now
 
 
 class FatalError(Exception):
@@ -127,9 +151,15 @@ class Reconciler:
         self.log = log or get_logger(netns=store.netns or "host")
         self._lock = threading.RLock()
         self.last_good: Desired | None = None
-        self.kernel_fingerprint: str | None = None
+        self.kernel_fingerprint: str | None = None  # listing digest of our commit (None: not taken yet)
         self.kernel_generation: int | None = None  # nft ruleset generation after our commit
         self.full_check_every = 10  # resyncs; list the table at least this often
+        # The listing fingerprint costs a full table listing (0.3-1 s at scale). With
+        # defer_fingerprint the apply records only the nft generation and the listing is
+        # taken later, off the edit path (background thread / the next resync).
+        self.defer_fingerprint = False
+        self.applied_clock: float | None = None  # clock() of the last commit
+        self._baseline: threading.Thread | None = None
         self._resyncs = 0
         self.ready = False
         self.dirty_reasons: list[str] = []
@@ -142,14 +172,22 @@ class Reconciler:
         self.applies = 0
 
     # events ----------------------------------------------------------------------------------
-    def mark_dirty(self, reason: str, *, immediate: bool = False) -> None:
-        """Ask for a full reconcile after the debounce delay (a burst collapses into one)."""
+    def mark_dirty(self, reason: str, *, immediate: bool = False, complete: bool = False) -> None:
+        """Ask for a full reconcile after the debounce delay (a burst collapses into one).
+        ``complete``: the event says a file is whole (renamed into place, closed after
+        writing), so only the short COMPLETE_SETTLE is waited, whatever was pending."""
         with self._lock:
             now = self.clock()
             self.dirty_reasons.append(reason)
-            due = now if immediate else now + self.debounce
-            # Each new event pushes the deadline out: a burst of editor events yields one run.
-            self.dirty_at = due if self.dirty_at is None or immediate else max(self.dirty_at, due)
+            if immediate:
+                self.dirty_at = now
+            elif complete:
+                due = now + min(self.debounce, COMPLETE_SETTLE)
+                self.dirty_at = due if self.dirty_at is None else min(self.dirty_at, due)
+            else:
+                # Each partial-write event pushes the deadline out: a burst yields one run.
+                due = now + self.debounce
+                self.dirty_at = due if self.dirty_at is None else max(self.dirty_at, due)
 
     def watched_files(self) -> set[Path]:
         files = {self.config.absolute()}
@@ -181,23 +219,31 @@ class Reconciler:
                 self.resync()
 
     # the work ------------------------------------------------------------------------------
-    def load(self) -> Desired:
+    def load(self, phases: _Phases | None = None) -> Desired:
+        phases = phases or _Phases()
         loaded = loader.load(self.config)
+        phases.mark("load")
         policy = semantics.resolve(loaded.state, loaded.tags)
+        phases.mark("resolve")
         rs = self.compile_fn(policy, host_interfaces(policy), self.mode)
+        phases.mark("compile")
         files = {str(Path(p).absolute()): (file_digest(Path(p)) or "") for p in loaded.files}
         files[str(loaded.path.absolute())] = loaded.sha256
-        return Desired(loaded, policy, list(rs.commands), dict(rs.summary),
-                       rule_index_json(rs.rule_index), ruleset_sha256(rs.commands), files)
+        commands = list(rs.commands)
+        payload, digest = payload_and_digest(commands)
+        phases.mark("serialize")
+        return Desired(loaded, policy, commands, dict(rs.summary),
+                       rule_index_json(rs.rule_index), digest, files, payload)
 
     def reconcile(self, reason: str) -> bool:
         """One full load + resolve + compile + apply. True when the kernel now enforces the
         file; False when the file is bad or the apply failed (the last good state stays)."""
         with self._lock:
             self.log.info("reconcile.start", reason=reason)
+            phases = _Phases()
             self.seen_files = {str(p): file_digest(p) for p in self.watched_files()}
             try:
-                desired = self.load()
+                desired = self.load(phases)
             except LoadError as e:
                 problems = [p.as_dict() for p in e.problems]
                 self.log.error("config.invalid", file=str(self.config), problems=problems,
@@ -210,23 +256,46 @@ class Reconciler:
                 self.log.exception("compile.failed", file=str(self.config), error=str(e))
                 self._record_error("compile", f"{type(e).__name__}: {e}")
                 return False
+            if desired.payload is None:  # a subclass's load(): serialize here
+                desired.payload, desired.sha256 = payload_and_digest(desired.commands)
             self.seen_files = dict(desired.files)
             committed = self.status.commit
-            if (committed is not None and desired.sha256 == committed.ruleset_sha256
-                    and committed.kernel_fingerprint is not None
-                    and self._kernel_fingerprint() == committed.kernel_fingerprint):
-                # The kernel already holds exactly this ruleset (an edit that changes nothing,
-                # a link event, or a restart of the daemon): keep it, and its counters.
-                self.last_good = desired
-                self.kernel_fingerprint = committed.kernel_fingerprint
-                self.kernel_generation = self._generation()
-                self.status.last_error = None
-                self._write_commit(desired, applied_at=None)
-                self.log.info("config.unchanged", reason=reason, file=str(self.config),
-                              sha256=desired.loaded.sha256, ruleset_sha256=desired.sha256)
-                self._announce(desired)
+            if committed is not None and desired.sha256 == committed.ruleset_sha256:
+                generation = self._generation()
+                phases.mark("unchanged_check")
+                if self._kernel_holds(committed, generation):
+                    # The kernel already holds exactly this ruleset (an edit that changes
+                    # nothing, a link event, or a restart of the daemon): keep it, and its
+                    # counters.
+                    self.last_good = desired
+                    self.kernel_fingerprint = committed.kernel_fingerprint
+                    self.kernel_generation = generation
+                    if self.applied_clock is None:
+                        self.applied_clock = self.clock()
+                    self.status.last_error = None
+                    self._write_commit(desired, applied_at=None)
+                    phases.mark("status")
+                    self.log.info("config.unchanged", reason=reason, file=str(self.config),
+                                  sha256=desired.loaded.sha256, ruleset_sha256=desired.sha256)
+                    self._announce(desired)
+                    self._log_timing(reason, "unchanged", phases)
+                    return True
+            return self._apply(desired, reason, phases)
+
+    def _kernel_holds(self, committed: Commit, generation: int | None) -> bool:
+        """Does the kernel still hold ``committed`` untouched? No transaction since the commit
+        (same generation) proves it without a listing; otherwise the listing fingerprint
+        decides, when one was taken."""
+        if generation is not None and committed.kernel_generation is not None:
+            if generation == committed.kernel_generation:
                 return True
-            return self._apply(desired, reason)
+        if committed.kernel_fingerprint is None:
+            return False
+        return self._kernel_fingerprint() == committed.kernel_fingerprint
+
+    def _log_timing(self, reason: str, outcome: str, phases: _Phases) -> None:
+        self.log.debug("reconcile.timing", reason=reason, outcome=outcome,
+                       total_ms=round(sum(phases.ms.values()), 1), **{f"{k}_ms": v for k, v in phases.ms.items()})
 
     def resync(self) -> None:
         """Repair drift: re-apply the last good ruleset if the kernel table is missing or
@@ -242,18 +311,30 @@ class Reconciler:
             self._resyncs += 1
             try:
                 generation = self._generation()
-                if (generation is not None and generation == self.kernel_generation
-                        and self._resyncs % self.full_check_every):
+                untouched = generation is not None and generation == self.kernel_generation
+                if untouched and self.kernel_fingerprint is None:
+                    # Nothing committed since our apply: the table is ours, list it now for
+                    # the baseline (once the table has been stable for a resync interval, so
+                    # a run of edits does not pay for listings in between).
+                    if self.applied_clock is None or self.clock() - self.applied_clock >= self.resync_interval:
+                        self._record_baseline(generation)
+                    return
+                if untouched and self._resyncs % self.full_check_every:
                     return  # no transaction at all since our commit: nothing can differ
-                found = self._kernel_fingerprint()
+                found = self._kernel_fingerprint() if self.kernel_fingerprint is not None else None
             except Exception as e:  # noqa: BLE001
                 self.log.error("resync.failed", error=str(e))
                 return
-            if found == self.kernel_fingerprint:
+            if self.kernel_fingerprint is not None and found == self.kernel_fingerprint:
                 self.kernel_generation = generation  # someone else's table changed, not ours
                 return
-            self.log.warning("drift.detected", table="missing" if found is None else "changed",
-                             expected=self.kernel_fingerprint, found=found)
+            if self.kernel_fingerprint is None:
+                # Another transaction landed before the baseline listing was taken: whether
+                # it touched our table cannot be told, so re-apply (cheap, and certain).
+                table = "unverified"
+            else:
+                table = "missing" if found is None else "changed"
+            self.log.warning("drift.detected", table=table, expected=self.kernel_fingerprint, found=found)
             if self._apply(self.last_good, "drift"):
                 self.log.info("drift.repaired", ruleset_sha256=self.last_good.sha256)
 
@@ -272,14 +353,20 @@ class Reconciler:
         read = getattr(self.backend, "generation", None)
         return read() if read is not None else None
 
-    def _apply(self, desired: Desired, reason: str) -> bool:
+    def _apply(self, desired: Desired, reason: str, phases: _Phases | None = None) -> bool:
+        phases = phases or _Phases()
         try:
-            self.backend.check(desired.commands)
-            self.backend.replace(desired.commands)
-            # Known window: another process committing between our replace and these two
-            # reads would be taken as part of our commit (microseconds; documented).
+            # One transaction, no separate dry run: libnftables refuses the batch as a whole
+            # (nothing applied) if any command fails; only then does the backend bisect.
+            self._replace(desired)
+            phases.mark("replace")
+            # Known window: another process committing between our replace and this read
+            # would be taken as part of our commit (microseconds; documented).
             generation = self._generation()
-            fingerprint = self._kernel_fingerprint()
+            fingerprint = None
+            if generation is None or not self.defer_fingerprint:
+                fingerprint = self._kernel_fingerprint()
+            phases.mark("generation" if fingerprint is None else "fingerprint")
         except Exception as e:  # noqa: BLE001 - NftError, NetnsError, ...: keep running, retry
             self.failures += 1
             delay = min(MAX_BACKOFF, max(self.debounce, 0.5) * (2 ** (self.failures - 1)),
@@ -300,18 +387,75 @@ class Reconciler:
         self.retry_at = None
         self.kernel_fingerprint = fingerprint
         self.kernel_generation = generation
+        self.applied_clock = self.clock()
         self.last_good = desired
         self.applies += 1
         self.status.last_error = None
-        self._write_commit(desired, applied_at=self.wall())
         s = desired.summary
         self.log.info("config.applied", reason=reason, file=str(desired.loaded.path),
                       sha256=desired.loaded.sha256, ruleset_sha256=desired.sha256,
                       chains=s.get("chains"), rules=s.get("rules"), sets=s.get("sets"),
                       set_elements=s.get("set_elements"), modes=s.get("modes_used"))
+        self._write_commit(desired, applied_at=self.wall())
+        phases.mark("status")
         self._announce(desired)
         self._flush(desired)
+        phases.mark("flush")
+        self._log_timing(reason, "applied", phases)
         return True
+
+    def _replace(self, desired: Desired) -> None:
+        if desired.payload is not None:
+            try:
+                self.backend.replace(desired.commands, payload=desired.payload)
+                return
+            except TypeError as e:  # a backend without the payload parameter
+                if "payload" not in str(e):
+                    raise
+        self.backend.replace(desired.commands)
+
+    # the listing baseline -------------------------------------------------------------------
+    def start_baseline(self) -> threading.Thread | None:
+        """Take the listing fingerprint of the current commit in a background thread (the
+        backend lists on its own thread and netlink socket, so it never delays a replace).
+        Returns the thread, or None when nothing is to be taken."""
+        with self._lock:
+            if (self.kernel_fingerprint is not None or self.kernel_generation is None
+                    or (self._baseline is not None and self._baseline.is_alive())):
+                return None
+            generation = self.kernel_generation
+            t = threading.Thread(target=self._baseline_main, args=(generation,), daemon=True,
+                                 name="nsg-baseline")
+            self._baseline = t
+        t.start()
+        return t
+
+    def _baseline_main(self, generation: int) -> None:
+        try:
+            self._record_baseline(generation, locked=False)
+        except Exception as e:  # noqa: BLE001 - the resync takes it later
+            self.log.debug("fingerprint.deferred", error=f"{type(e).__name__}: {e}")
+
+    def _record_baseline(self, generation: int, *, locked: bool = True) -> bool:
+        """List our table while no transaction has happened since our commit (checked before
+        and after the listing) and remember its fingerprint. ``locked=False``: the listing
+        runs without holding the reconciler's lock (the background thread)."""
+        t0 = time.perf_counter()
+        if self._generation() != generation:
+            return False
+        fingerprint = self._kernel_fingerprint()
+        if self._generation() != generation or fingerprint is None:
+            return False  # something committed meanwhile: that listing proves nothing
+        with self._lock:
+            if self.kernel_generation != generation or self.kernel_fingerprint is not None:
+                return False
+            self.kernel_fingerprint = fingerprint
+            if self.status.commit is not None and self.status.commit.kernel_generation == generation:
+                self.status.commit.kernel_fingerprint = fingerprint
+                self._write_status()
+            self.log.debug("fingerprint.recorded", fingerprint=fingerprint[:16],
+                           ms=round((time.perf_counter() - t0) * 1000, 1), background=not locked)
+            return True
 
     def _announce(self, desired: Desired) -> None:
         s = desired.summary
@@ -344,7 +488,7 @@ class Reconciler:
             applied_at=applied_at if applied_at is not None else (prev.applied_at if prev else self.wall()),
             mode=self.mode, ruleset_sha256=desired.sha256, summary=desired.summary,
             rule_index=desired.rule_index, rules=rules, sets=sets,
-            kernel_fingerprint=self.kernel_fingerprint)
+            kernel_fingerprint=self.kernel_fingerprint, kernel_generation=self.kernel_generation)
         self._write_status()
 
     def _record_error(self, kind: str, message: str, problems: list | None = None) -> None:
@@ -362,6 +506,7 @@ class Reconciler:
 # --- the I/O shell ----------------------------------------------------------------------------
 
 _WATCH_EVENTS = {"created", "modified", "moved", "deleted", "closed"}  # not opened/closed_no_write
+BASELINE_DELAY = 1.0  # seconds of quiet after an apply before the listing baseline is taken
 
 
 class _FileEvents:
@@ -375,10 +520,16 @@ class _FileEvents:
             return
         try:
             watched = self.daemon.reconciler.watched_files()
-            for p in (getattr(event, "src_path", None), getattr(event, "dest_path", None)):
-                if p and Path(os.fsdecode(p)).absolute() in watched:
-                    self.daemon.on_file_event(event.event_type, os.fsdecode(p))
-                    return
+            dest = getattr(event, "dest_path", None)
+            if dest and Path(os.fsdecode(dest)).absolute() in watched:
+                # Renamed into place: the editor's last step, the file is whole.
+                self.daemon.on_file_event(event.event_type, os.fsdecode(dest), complete=True)
+                return
+            src = getattr(event, "src_path", None)
+            if src and Path(os.fsdecode(src)).absolute() in watched:
+                self.daemon.on_file_event(event.event_type, os.fsdecode(src),
+                                          complete=event.event_type == "closed")
+                return
         except Exception as e:  # noqa: BLE001 - never kill the observer thread; resync still runs
             self.daemon.log.error("watch.failed", error=f"{type(e).__name__}: {e}")
 
@@ -390,6 +541,8 @@ class Daemon:
                  notifier: Notifier | None = None, remove_on_exit: bool = False,
                  watch_links: bool = True, watch_files: bool = True, log: Any = None):
         self.reconciler = reconciler
+        # The daemon takes the listing fingerprint off the edit path (see step()).
+        reconciler.defer_fingerprint = True
         self.netns = netns
         self.notifier = notifier or reconciler.notifier
         self.remove_on_exit = remove_on_exit
@@ -405,9 +558,10 @@ class Daemon:
         self.next_watchdog: float | None = None
 
     # callbacks (any thread) ------------------------------------------------------------------
-    def on_file_event(self, kind: str, path: str) -> None:
+    def on_file_event(self, kind: str, path: str, complete: bool = False) -> None:
+        """``complete``: renamed into place or closed after writing (no debounce needed)."""
         self.log.info("config.changed", change=kind, path=path)
-        self.reconciler.mark_dirty(f"file:{Path(path).name}")
+        self.reconciler.mark_dirty(f"file:{Path(path).name}", complete=complete)
         self._wake.set()
 
     def on_link(self, event: str, ifname: str) -> None:
@@ -486,9 +640,20 @@ class Daemon:
         self.reconciler.tick()
         self._update_watches()
         now = self.reconciler.clock()
+        self._maybe_baseline(now)
         if self.next_watchdog is not None and now >= self.next_watchdog:
             self.notifier.watchdog()
             self.next_watchdog = now + (self.notifier.watchdog_interval or 1.0)
+
+    def _maybe_baseline(self, now: float) -> None:
+        """Once the table has been quiet for BASELINE_DELAY after an apply, take its listing
+        fingerprint in the background (needed to tell our table from others' when the nft
+        generation moves)."""
+        rec = self.reconciler
+        if (rec.defer_fingerprint and rec.kernel_fingerprint is None and rec.applied_clock is not None
+                and rec.kernel_generation is not None and rec.dirty_at is None
+                and rec.retry_at is None and now - rec.applied_clock >= BASELINE_DELAY):
+            rec.start_baseline()
 
     def stop(self) -> None:
         self.notifier.stopping()

@@ -4,11 +4,14 @@ Everything the agent writes to the kernel is one batch of libnftables JSON comma
 replaces the agent's own table (``inet nsg_agent``) in a single transaction. This module
 is the single choke point for that batch:
 
-- :meth:`NftBackend.check` runs the batch in dry-run mode (the kernel validates it, nothing
-  changes) and, when it fails, finds the first failing command by bisection, so the error
-  names the command and not just the batch;
-- :meth:`NftBackend.replace` runs the whole batch in ONE ``json_cmd`` (one netlink
-  transaction: the old table stays in force until the new one is complete);
+- :meth:`NftBackend.replace` runs the whole batch in ONE libnftables call (one netlink
+  transaction: the old table stays in force until the new one is complete, and if any
+  command fails nothing at all is applied). There is no separate dry run on the normal
+  path: it would only repeat the kernel's work. Only when the batch is refused does it
+  bisect with dry runs to find the first failing command, so the error names the command
+  and not just the batch;
+- :meth:`NftBackend.check` is that dry run on its own (the kernel validates, nothing
+  changes), for callers that want to validate without applying;
 - it refuses any command that would touch another table or the whole ruleset (``flush
   ruleset``, another family or table name), so a compiler bug cannot hurt the rest of the
   machine's firewall.
@@ -22,6 +25,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
+import socket
+import struct
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
@@ -64,7 +70,7 @@ class Backend(Protocol):
     """What the reconciler needs from the kernel (or from a fake)."""
 
     def check(self, commands: list[dict]) -> None: ...
-    def replace(self, commands: list[dict]) -> None: ...
+    def replace(self, commands: list[dict], payload: bytes | None = None) -> None: ...
     def delete_table(self) -> bool: ...
     def list_table(self, *, terse: bool = False) -> dict | None: ...
     def counters(self) -> dict[tuple[str, str], RuleCounter]: ...
@@ -140,6 +146,22 @@ def listing_fingerprint(listing: dict | None) -> str | None:
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
+def batch_payload(commands: list[dict]) -> bytes:
+    """The exact bytes handed to libnftables for a batch (also what the daemon hashes, so
+    the batch is serialized once per reconcile)."""
+    return json.dumps({"nftables": [SCHEMA, *commands]}, separators=(",", ":")).encode()
+
+
+_COUNTER_TEXT = re.compile(rb'"counter":\s*\{"packets":\s*\d+,\s*"bytes":\s*\d+\}')
+
+
+def listing_text_fingerprint(text: bytes) -> str:
+    """:func:`listing_fingerprint` for libnftables' raw JSON output, without parsing it:
+    counters are blanked with a regular expression, the rest (handles included) is hashed
+    as the kernel printed it. About 100x cheaper than parsing a large listing."""
+    return hashlib.sha256(_COUNTER_TEXT.sub(b'"counter":null', text)).hexdigest()
+
+
 # --- the real backend ----------------------------------------------------------------------
 
 
@@ -150,6 +172,13 @@ class NftBackend:
         self.runner = runner or NetnsRunner(netns, thread_name=f"nft-{netns or 'host'}")
         self._own_runner = runner is None
         self._ctx = self.runner.call(self._make_ctx)
+        self._gen_sock: Any = None  # NFTSocket for NFT_MSG_GETGEN, lives in the runner thread
+        self._cookie: int | None = None  # SO_NETNS_COOKIE of the namespace
+        # Listings (fingerprint, counters) run on their own thread and libnftables context,
+        # so a slow listing never queues in front of the next replace.
+        self._reader: NetnsRunner | None = None
+        self._read_ctx: Any = None
+        self._reader_lock = threading.Lock()
 
     @staticmethod
     def _make_ctx() -> Any:
@@ -161,21 +190,44 @@ class NftBackend:
         return ctx
 
     def close(self) -> None:
+        if self._gen_sock is not None:
+            try:
+                self.runner.call(self._gen_sock.close, timeout=5)
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+            self._gen_sock = None
+        if self._reader is not None:
+            self._reader.close()
         if self._own_runner:
             self.runner.close()
 
-    # all of these run in the namespace thread
-    def _run(self, commands: list[dict], *, dry_run: bool = False, terse: bool = False) -> tuple[int, Any, str]:
-        def go() -> tuple[int, Any, str]:
-            self._ctx.set_dry_run(dry_run)
-            self._ctx.set_terse_output(terse)
-            try:
-                return self._ctx.json_cmd({"nftables": [SCHEMA, *commands]})
-            finally:
-                self._ctx.set_dry_run(False)
-                self._ctx.set_terse_output(False)
+    def _read_runner(self) -> tuple[NetnsRunner, Any]:
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = NetnsRunner(self.runner.name, thread_name=f"nft-read-{self.runner.label}")
+                self._read_ctx = self._reader.call(self._make_ctx)
+            return self._reader, self._read_ctx
 
-        return self.runner.call(go)
+    # all of these run in the namespace thread
+    def _run(self, commands: list[dict], *, dry_run: bool = False, terse: bool = False,
+             payload: bytes | None = None, read: bool = False, raw: bool = False) -> tuple[int, Any, str]:
+        runner, ctx = self._read_runner() if read else (self.runner, self._ctx)
+        data = payload if payload is not None else batch_payload(commands)
+
+        def go() -> tuple[int, Any, str]:
+            ctx.set_dry_run(dry_run)
+            ctx.set_terse_output(terse)
+            try:
+                rc, out, err = ctx.cmd(data)  # bytes in: libnftables' output comes back as bytes
+            finally:
+                ctx.set_dry_run(False)
+                ctx.set_terse_output(False)
+            err = err.decode("utf-8", "replace") if isinstance(err, bytes) else err
+            if raw:
+                return rc, out, err
+            return rc, (json.loads(out) if out else ""), err
+
+        return runner.call(go)
 
     def check(self, commands: list[dict]) -> None:
         assert_own_table(commands)
@@ -201,12 +253,22 @@ class NftBackend:
                 lo = mid + 1
         return found
 
-    def replace(self, commands: list[dict]) -> None:
+    def replace(self, commands: list[dict], payload: bytes | None = None) -> None:
+        """Run the whole batch as ONE transaction (``payload``: its :func:`batch_payload`,
+        when the caller already has it). All or nothing: if libnftables or the kernel refuses
+        any command, nothing is applied and the previous table stays in force. Only then are
+        dry runs spent, bisecting to the first failing command for a precise error."""
         assert_own_table(commands)
-        rc, _, err = self._run(commands)
-        if rc != 0:
-            raise NftError("the kernel refused the ruleset; the previous table stays in force",
-                           error=err)
+        rc, _, err = self._run(commands, payload=payload)
+        if rc == 0:
+            return
+        try:
+            index = self._first_failing(commands)
+        except Exception:  # noqa: BLE001 - the diagnosis is best effort; the refusal stands
+            index = None
+        raise NftError("the kernel refused the ruleset; the previous table stays in force",
+                       error=err, command=commands[index] if index is not None else None,
+                       index=index)
 
     def delete_table(self) -> bool:
         cmd = {"delete": {"table": {"family": TABLE_FAMILY, "name": TABLE_NAME}}}
@@ -217,44 +279,73 @@ class NftBackend:
             return False
         raise NftError("cannot delete the table", error=err, command=cmd, index=0)
 
-    def list_table(self, *, terse: bool = False) -> dict | None:
-        cmd = {"list": {"table": {"family": TABLE_FAMILY, "name": TABLE_NAME}}}
-        rc, out, err = self._run([cmd], terse=terse)
+    _LIST = {"list": {"table": {"family": TABLE_FAMILY, "name": TABLE_NAME}}}
+
+    def _list(self, *, terse: bool, raw: bool) -> Any:
+        rc, out, err = self._run([self._LIST], terse=terse, read=True, raw=raw)
         if rc != 0:
             if "No such file or directory" in err:
                 return None
-            raise NftError("cannot list the table", error=err, command=cmd, index=0)
+            raise NftError("cannot list the table", error=err, command=self._LIST, index=0)
         return out or None
+
+    def list_table(self, *, terse: bool = False) -> dict | None:
+        return self._list(terse=terse, raw=False)
 
     def counters(self) -> dict[tuple[str, str], RuleCounter]:
         return table_counters(self.list_table(terse=True))
 
     def fingerprint(self) -> str | None:
-        return listing_fingerprint(self.list_table(terse=True))
+        """Digest of the terse listing (handles included, counters blanked); None when the
+        table is absent. Hashes libnftables' output text without parsing it."""
+        text = self._list(terse=True, raw=True)
+        return None if text is None else listing_text_fingerprint(text)
 
     def generation(self) -> int | None:
-        """The namespace's nftables ruleset generation (NFT_MSG_GETGEN): it changes with
-        every committed transaction, ours or anyone's. Reading it costs well under a
-        millisecond, against about a second for listing a 1,000-rule table, so the resync
-        lists the table only when the generation moved. None if it cannot be read."""
-        return self.runner.call(_read_generation)
+        """An opaque number that changes with every committed nftables transaction in the
+        namespace, ours or anyone's, and differs between namespaces: the namespace's
+        ruleset generation (NFT_MSG_GETGEN, 32 bits) combined with its SO_NETNS_COOKIE
+        (never reused), so a re-created namespace cannot repeat an old value. Reading it
+        costs well under a millisecond (the netlink socket is kept), against about a second
+        for listing a 1,000-rule table. None if it cannot be read."""
+        return self.runner.call(self._read_generation)
+
+    def _read_generation(self) -> int | None:
+        from pyroute2.netlink import NLM_F_REQUEST
+        from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
+
+        if self._cookie is None:
+            self._cookie = _netns_cookie()
+        for attempt in range(2):
+            try:
+                if self._gen_sock is None:
+                    self._gen_sock = NFTSocket()
+                for msg in self._gen_sock.request_get(nft_gen_msg(), NFT_MSG_GETGEN,
+                                                      msg_flags=NLM_F_REQUEST):
+                    gen = msg.get_attr("NFTA_GEN_ID")
+                    if gen is not None:
+                        return ((self._cookie or 0) << 32) | int(gen)
+                return None
+            except Exception:  # noqa: BLE001 - an optimisation only: fall back to listing
+                sock, self._gen_sock = self._gen_sock, None
+                if sock is not None:
+                    try:
+                        sock.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+        return None
 
 
-def _read_generation() -> int | None:
-    from pyroute2.netlink import NLM_F_REQUEST
-    from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
+SO_NETNS_COOKIE = 71  # linux/asm-generic/socket.h (Linux 5.14+)
 
-    sock = NFTSocket()
+
+def _netns_cookie() -> int | None:
+    """The calling thread's network namespace cookie (unique for the boot, never reused)."""
     try:
-        for msg in sock.request_get(nft_gen_msg(), NFT_MSG_GETGEN, msg_flags=NLM_F_REQUEST):
-            gen = msg.get_attr("NFTA_GEN_ID")
-            if gen is not None:
-                return int(gen)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            return struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+    except OSError:
         return None
-    except Exception:  # noqa: BLE001 - an optimisation only: fall back to listing
-        return None
-    finally:
-        sock.close()
 
 
 # --- the fake ------------------------------------------------------------------------------
@@ -322,7 +413,7 @@ class FakeBackend:
         assert_own_table(commands)
         self._apply(copy.deepcopy(self.table), commands)
 
-    def replace(self, commands: list[dict]) -> None:
+    def replace(self, commands: list[dict], payload: bytes | None = None) -> None:
         with self._lock:
             self._maybe_fail("replace")
             assert_own_table(commands)

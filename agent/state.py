@@ -41,7 +41,8 @@ class Commit:
     rule_index: dict[str, Any]  # nft comment -> what the compiler says it is
     rules: dict[str, str]  # "<nsg>: UserRule_<name>" -> digest of the resolved rule
     sets: dict[str, int]  # set/map name -> element count
-    kernel_fingerprint: str | None = None
+    kernel_fingerprint: str | None = None  # digest of the table listing (taken after the apply)
+    kernel_generation: int | None = None  # nft generation right after the commit (see agent.nft)
 
 
 @dataclass
@@ -138,7 +139,11 @@ def set_sizes(commands: list[dict]) -> dict[str, int]:
 
 
 def ruleset_sha256(commands: list[dict]) -> str:
-    return hashlib.sha256(json.dumps(commands, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """sha256 of the batch exactly as handed to libnftables (agent.nft.batch_payload): the
+    compiler is deterministic, so the same input gives the same digest."""
+    from agent.nft import batch_payload
+
+    return hashlib.sha256(batch_payload(commands)).hexdigest()
 
 
 @dataclass

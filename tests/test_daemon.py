@@ -189,7 +189,7 @@ class TestFailures:
         clear error instead of retrying forever without READY."""
         from agent.daemon import FatalError
 
-        env.backend.fail_next("check", "Error: Could not process rule: Operation not permitted")
+        env.backend.fail_next("replace", "Error: Could not process rule: Operation not permitted")
         with capture_logs() as logs, pytest.raises(FatalError, match="CAP_NET_ADMIN"):
             env.rec.reconcile("startup")
         assert "agent.fatal" in events(logs)
@@ -201,11 +201,28 @@ class TestFailures:
         env.backend.fail_next("replace", "Error: Operation not permitted")
         assert not env.rec.reconcile("file")
 
-    def test_check_failure_never_replaces(self, env):
-        """When the dry run fails, the batch is not run for real."""
-        env.backend.fail_next("check", "Error: syntax")
-        assert not env.rec.reconcile("startup")
-        assert "replace" not in env.backend.calls and env.backend.table is None
+    def test_apply_is_one_replace_without_dry_run(self, env):
+        """The normal path runs the batch once (one transaction), no separate dry-run check."""
+        assert env.rec.reconcile("startup")
+        assert env.backend.calls.count("replace") == 1 and "check" not in env.backend.calls
+
+    def test_refused_command_changes_nothing_and_is_named(self, env):
+        """A batch with one bad command applies nothing and the error names that command."""
+        env.rec.reconcile("startup")
+        good = env.backend.dump()
+
+        def bad(policy, interfaces, mode):
+            rs = fake_compile(policy, interfaces, mode)
+            rs.commands.append({"add": {"rule": {"family": "inet", "table": "nsg_agent",
+                                                 "chain": "no_such_chain", "expr": []}}})
+            return rs
+
+        env.rec.compile_fn = bad
+        write(env.config, policy_text(extra_rule=DENY_SSH))
+        assert not env.rec.reconcile("file")
+        assert env.backend.dump() == good
+        problem = env.store.read().last_error["problems"][0]
+        assert problem["command"]["add"]["rule"]["chain"] == "no_such_chain"
 
     def test_retry_backs_off(self, env):
         """Consecutive failures push the retry further out."""
@@ -426,3 +443,101 @@ class TestGenerationShortcut:
         env.clock.advance(2.0)
         env.rec.tick()
         assert len(env.backend.batches) == 1 and env.rec.kernel_generation == env.backend.gen
+
+    def test_unchanged_ruleset_with_same_generation_is_not_listed(self, env):
+        """An edit that compiles to the committed ruleset is recognised from the generation
+        alone: no table listing, no apply."""
+        env.rec.reconcile("startup")
+        env.backend.calls.clear()
+        write(env.config, "# only a comment\n" + policy_text())
+        assert env.rec.reconcile("file")
+        assert "list_table" not in env.backend.calls and "replace" not in env.backend.calls
+
+
+class TestDeferredFingerprint:
+    """The daemon's mode: the apply records the generation only; the listing comes later."""
+
+    @pytest.fixture
+    def rec(self, env):
+        env.rec.defer_fingerprint = True
+        return env.rec
+
+    def test_apply_does_not_list_the_table(self, env, rec):
+        """With a deferred fingerprint, an apply is one replace plus a generation read."""
+        assert rec.reconcile("startup")
+        assert "list_table" not in env.backend.calls and rec.kernel_fingerprint is None
+        assert env.store.read().commit.kernel_generation == env.backend.gen
+
+    def test_resync_takes_the_baseline_after_a_quiet_interval(self, env, rec):
+        """The first resync a full interval after the apply lists the table once and records it."""
+        rec.reconcile("startup")
+        env.clock.advance(2.0)
+        with capture_logs() as logs:
+            rec.tick()
+        assert rec.kernel_fingerprint == env.backend.fingerprint()
+        assert env.store.read().commit.kernel_fingerprint == rec.kernel_fingerprint
+        assert "fingerprint.recorded" in events(logs)
+
+    def test_background_baseline(self, env, rec):
+        """start_baseline lists in a thread and records the fingerprint of our commit."""
+        rec.reconcile("startup")
+        t = rec.start_baseline()
+        assert t is not None
+        t.join(5)
+        assert rec.kernel_fingerprint == env.backend.fingerprint()
+
+    def test_baseline_refused_after_a_foreign_commit(self, env, rec):
+        """A listing taken after someone else's transaction is not trusted as the baseline."""
+        rec.reconcile("startup")
+        env.backend.gen += 1
+        assert not rec._record_baseline(rec.kernel_generation)
+        assert rec.kernel_fingerprint is None
+
+    def test_foreign_commit_before_baseline_reapplies(self, env, rec):
+        """If the generation moves before any baseline exists, the resync re-applies the last
+        good ruleset (it cannot tell whether our table was touched)."""
+        rec.reconcile("startup")
+        env.backend.tamper()
+        env.clock.advance(2.0)
+        with capture_logs() as logs:
+            rec.tick()
+        drift = [e for e in logs if e["event"] == "drift.detected"]
+        assert drift and drift[0]["table"] == "unverified" and len(env.backend.batches) == 2
+
+    def test_drift_detected_after_baseline(self, env, rec):
+        """With a baseline, an edited table is told apart from a foreign commit and repaired."""
+        rec.reconcile("startup")
+        good = env.backend.dump()
+        env.clock.advance(2.0)
+        rec.tick()  # baseline
+        env.backend.tamper()
+        env.clock.advance(2.0)
+        with capture_logs() as logs:
+            rec.tick()
+        drift = [e for e in logs if e["event"] == "drift.detected"]
+        assert drift and drift[0]["table"] == "changed" and env.backend.dump() == good
+
+    def test_timing_event_names_the_phases(self, env, rec):
+        """Each apply logs reconcile.timing (debug) with the duration of every phase."""
+        with capture_logs() as logs:
+            rec.reconcile("startup")
+        timing = [e for e in logs if e["event"] == "reconcile.timing"]
+        assert timing and timing[0]["outcome"] == "applied"
+        assert {"load_ms", "resolve_ms", "compile_ms", "replace_ms", "status_ms"} <= set(timing[0])
+
+
+class TestSettle:
+    @pytest.mark.parametrize("pending", [False, True], ids=["idle", "after-partial-write"])
+    def test_complete_file_skips_the_debounce(self, env, pending):
+        """A file renamed into place is reconciled after the short settle, even if a partial
+        write event had pushed the debounce deadline out."""
+        from agent.daemon import COMPLETE_SETTLE
+
+        env.rec.reconcile("startup")
+        write(env.config, policy_text(extra_rule=DENY_SSH))
+        if pending:
+            env.rec.mark_dirty("file:desired-state.yaml")
+        env.rec.mark_dirty("file:desired-state.yaml", complete=True)
+        env.clock.advance(COMPLETE_SETTLE)
+        env.rec.tick()
+        assert len(env.backend.batches) == 2
