@@ -267,6 +267,8 @@ class SecurityRule(_Base):
     @classmethod
     def _prefix_list(cls, v: list[str]) -> list[str]:
         for item in v:
+            if _fast_cidr(item, True) is not None:
+                continue  # a plain address or prefix: none of the checks below can fail
             _reject_expression(item)
             if item.strip() == "*":
                 raise ValueError("'*' is only allowed in the singular field (…AddressPrefix)")

@@ -34,7 +34,8 @@ PORT_MIN, PORT_MAX = 0, 65535
 
 FAMILY_BITS = {4: 32, 6: 128}
 
-_V4_RE = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})(?:/([0-9]{1,2}))?\Z")
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255, no leading zeros
+_V4_RE = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/([0-9]{{1,2}}))?\Z")
 _V6_RE = re.compile(r"([0-9A-Fa-f:]*:[0-9A-Fa-f:]*)(?:/([0-9]{1,3}))?\Z")
 
 
@@ -45,14 +46,7 @@ def _fast_cidr(text: str, strict: bool) -> tuple[int, int, int] | None:
     m = _V4_RE.match(text)
     if m is not None:
         a, b, c, d, plen_text = m.groups()
-        value = 0
-        for octet in (a, b, c, d):
-            if len(octet) > 1 and octet[0] == "0":
-                return None  # ipaddress refuses leading zeros
-            n = int(octet)
-            if n > 255:
-                return None
-            value = (value << 8) | n
+        value = (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d)
         plen = 32 if plen_text is None else int(plen_text)
         if plen > 32:
             return None
@@ -65,9 +59,8 @@ def _fast_cidr(text: str, strict: bool) -> tuple[int, int, int] | None:
     m = _V6_RE.match(text)
     if m is not None:
         addr, plen_text = m.groups()
-        try:
-            value = int(ipaddress.IPv6Address(addr))
-        except ValueError:
+        value = _v6_value(addr)
+        if value is None:
             return None
         plen = 128 if plen_text is None else int(plen_text)
         if plen > 128:
@@ -79,6 +72,28 @@ def _fast_cidr(text: str, strict: bool) -> tuple[int, int, int] | None:
             value &= ~host
         return 6, value, plen
     return None
+
+
+def _v6_value(addr: str) -> int | None:
+    """An IPv6 address of hex groups and at most one "::" as an int; None if ipaddress would
+    refuse it (or for anything unusual: the caller then asks ipaddress)."""
+    head, sep, tail = addr.partition("::")
+    if sep:
+        if "::" in tail:
+            return None
+        left = head.split(":") if head else []
+        right = tail.split(":") if tail else []
+        if len(left) + len(right) > 7:  # "::" must stand for at least one group
+            return None
+        groups = left + ["0"] * (8 - len(left) - len(right)) + right
+    else:
+        groups = addr.split(":")
+        if len(groups) != 8:
+            return None
+    for g in groups:
+        if not 0 < len(g) <= 4:
+            return None
+    return int("".join([g.zfill(4) for g in groups]), 16)
 
 
 def parse_cidr(text: str, strict: bool = True) -> tuple[int, int, int]:
