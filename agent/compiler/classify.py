@@ -5,27 +5,34 @@ in five dimensions:
 
     remote address . local address . l4proto . source port . destination port
 
-(remote = source for inbound, destination for outbound). ``decompose`` cuts each dimension,
-in that order, into elementary intervals (the cut points of the rules still in play), labels
-each piece with the rules that contain it, and recurses on each distinct label; the first
-rule left when no dimension remains decides. Adjacent pieces whose sub-results are identical
-are merged, and results are interned, so identical sub-trees are shared. This is the
-two-stage class lookup of design.md:
+(remote = source for inbound, destination for outbound). ``Decomposer`` takes the dimensions
+in a chosen **order**, cuts each one into elementary intervals (the cut points of the rules
+still in play), labels each piece with the rules that contain it, and recurses on each
+distinct label; the first rule left when no dimension remains decides. Adjacent pieces whose
+sub-results are identical are merged, and results are interned, so identical sub-trees are
+shared. This is the two-stage class lookup of design.md; ``split`` cuts the tree after the
+first ``k`` dimensions of the order:
 
-- stage 1: the root's pieces (remote-address intervals) -> class (an interned sub-tree),
-- stage 2: per class, the flattened sub-tree: boxes ``local . proto . sport . dport -> rule``.
+- stage 1: boxes over the first ``k`` dimensions -> class (an interned sub-tree),
+- stage 2: per class, the flattened sub-tree: boxes over the other dimensions -> rule.
+
+Two orders are used (``ORDERS``): *remote first* (stage 1 = the remote address alone, stage 2
+= local . proto . sport . dport) and *ports first* (stage 1 = local . proto . sport . dport,
+stage 2 = the remote address). Which one is smaller depends on the level: many overlapping
+prefix lists make many remote classes, many distinct port ranges make many port classes.
 
 Ports only constrain TCP and UDP: the protocol dimension always cuts 6 and 17 into pieces of
 their own, and for every other protocol piece the rules with port terms are dropped, so the
 boxes of non-TCP/UDP protocols always span 0-65535 on both port fields (``th`` reads arbitrary
 bytes there, which then match whatever they are).
 
-Everything is integers: addresses as ``int(ip_address)`` within one family.
+Everything is integers: addresses as ``int(ip_address)`` within one family. The sweep keeps
+the rules in play as a bit mask over their rank (bit i = the i-th candidate), so a label is
+one integer and its members come out in priority order.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 Interval = tuple[int, int]
@@ -33,6 +40,10 @@ Interval = tuple[int, int]
 DIMS = ("remote", "local", "proto", "sport", "dport")
 D_REMOTE, D_LOCAL, D_PROTO, D_SPORT, D_DPORT = range(5)
 PORT_PROTOCOLS = (6, 17)
+REMOTE_FIRST = (D_REMOTE, D_LOCAL, D_PROTO, D_SPORT, D_DPORT)
+PORTS_FIRST = (D_LOCAL, D_PROTO, D_SPORT, D_DPORT, D_REMOTE)
+# order -> number of stage-1 dimensions
+ORDERS = {"remote-first": (REMOTE_FIRST, 1), "ports-first": (PORTS_FIRST, 4)}
 
 
 def full_ranges(family: int) -> tuple[Interval, ...]:
@@ -46,44 +57,52 @@ class TooLarge(Exception):
 
 @dataclass(frozen=True)
 class Box:
-    """One projected rule: per dimension a tuple of disjoint sorted intervals."""
+    """One projected rule: per dimension (in DIMS order) a tuple of disjoint sorted intervals."""
 
     index: int  # position in the level (priority order)
     dims: tuple[tuple[Interval, ...], ...]
     ports_any: bool
 
 
-LEAF, NODE = "leaf", "node"
+LEAF, NODE, CLASS = "leaf", "node", "class"
 EMPTY = -1
 
 
 class Decomposer:
-    """Decomposes one level for one address family. Results are interned node ids.
+    """Decomposes one level for one address family, dimensions taken in ``order`` (a
+    permutation of DIMS indices). Results are interned node ids.
 
     ``nodes[id]`` is either ("leaf", rule_index) -- that rule for the whole remaining space --
     or ("node", ((lo, hi, child_id), ...)) for one dimension, pieces sorted and disjoint; a
-    space not covered by any piece matches no rule.
+    space not covered by any piece matches no rule; or, at dimension ``stop`` when that is
+    not 5, ("class", rules): the candidate rules there, left for the caller to render. Dimension numbers below (``d``) are
+    positions in ``order``.
     """
 
-    def __init__(self, boxes: list[Box], family: int, budget: int):
-        self.boxes = {b.index: b for b in boxes}
-        self.order = [b.index for b in boxes]
-        self.full = full_ranges(family)
+    def __init__(self, boxes: list[Box], family: int, budget: int,
+                 order: tuple[int, ...] = REMOTE_FIRST, stop: int = 5):
+        full = full_ranges(family)
+        self.order = order
+        self.full = tuple(full[o] for o in order)
+        self.proto_d = order.index(D_PROTO)
+        self.boxes = {b.index: tuple(b.dims[o] for o in order) for b in boxes}
+        self.ports_any = {b.index: b.ports_any for b in boxes}
+        self.rule_order = tuple(b.index for b in boxes)
         self.budget = budget
+        self.stop = stop  # at this dimension a node is ("class", rules): not decomposed further
         self.work = 0
         self.nodes: list[tuple] = []
         self._intern: dict[tuple, int] = {}
         self._memo: dict[tuple[int, tuple[int, ...]], int] = {}
-        rng = random.Random(0x5EED)  # Zobrist keys for labels: deterministic
-        self._key = {b.index: rng.getrandbits(128) for b in boxes}
+        self.cands_at: dict[tuple[int, int], tuple[int, ...]] = {}  # (d, node) -> its rules
         # full_from[i][d]: rule i covers the whole space in dimensions d.. (so it ends the list)
         self._full_from: dict[int, list[bool]] = {}
-        for b in boxes:
+        for index, dims in self.boxes.items():
             flags = [False] * 6
             flags[5] = True
             for d in range(4, -1, -1):
-                flags[d] = flags[d + 1] and b.dims[d] == (self.full[d],)
-            self._full_from[b.index] = flags
+                flags[d] = flags[d + 1] and dims[d] == (self.full[d],)
+            self._full_from[index] = flags
 
     # interning -------------------------------------------------------------------------
     def _node(self, key: tuple) -> int:
@@ -95,7 +114,7 @@ class Decomposer:
         return found
 
     def root(self) -> int:
-        return self.decompose(tuple(self.order), 0)
+        return self.decompose(self.rule_order, 0)
 
     def decompose(self, cands: tuple[int, ...], d: int) -> int:
         for i, c in enumerate(cands):
@@ -106,100 +125,159 @@ class Decomposer:
             return EMPTY
         if self._full_from[cands[0]][d]:
             return self._node((LEAF, cands[0]))
+        if d == self.stop:
+            return self._node((CLASS, cands))
         key = (d, cands)
         found = self._memo.get(key)
         if found is not None:
             return found
         result = self._sweep(cands, d)
         self._memo[key] = result
+        self.cands_at.setdefault((d, result), cands)
         return result
 
+    def rules_of(self, node: int, d: int) -> tuple[int, ...]:
+        """The candidate rules (priority order) whose first match ``node`` at dim d is."""
+        kind, payload = self.nodes[node]
+        if kind == LEAF:
+            return (payload,)
+        return payload if kind == CLASS else self.cands_at[(d, node)]
+
     def _sweep(self, cands: tuple[int, ...], d: int) -> int:
-        events: dict[int, list[int]] = {}  # cut point -> rules toggling there
         lo_all, hi_all = self.full[d]
-        for c in cands:
-            for lo, hi in self.boxes[c].dims[d]:
-                events.setdefault(lo, []).append(c)
+        n = len(cands)
+        shift = n.bit_length()  # event = point << shift | rank; rank n = a cut without toggle
+        events: list[int] = []
+        append = events.append
+        boxes = self.boxes
+        for rank, c in enumerate(cands):
+            for lo, hi in boxes[c][d]:
+                append(lo << shift | rank)
                 if hi < hi_all:
-                    events.setdefault(hi + 1, []).append(c)
-        if d == D_PROTO:
+                    append((hi + 1) << shift | rank)
+        proto = d == self.proto_d
+        if proto:
             for p in PORT_PROTOCOLS:  # 6 and 17 always stand alone
-                events.setdefault(p, [])
-                events.setdefault(p + 1, [])
-        events.setdefault(lo_all, [])
+                append(p << shift | n)
+                append((p + 1) << shift | n)
+        append(lo_all << shift | n)
         if self.work + len(events) > self.budget:  # one piece per cut: fail over before sorting
             raise TooLarge(f"more than {self.budget} pieces")
-        cuts = sorted(events)
-        active: set[int] = set()
-        label = 0
+        events.sort()
+        rank_mask = (1 << shift) - 1
+        ports_any = [self.ports_any[c] for c in cands]
+        port_mask = sum(1 << r for r in range(n) if ports_any[r])
         child_of_label: dict[int, int] = {}
-        pieces: list[tuple[int, int, int]] = []
-        rank = {c: i for i, c in enumerate(cands)}
-        for i, cut in enumerate(cuts):
-            for c in events[cut]:
-                if c in active:
-                    active.discard(c)
-                else:
-                    active.add(c)
-                label ^= self._key[c]
-            hi = cuts[i + 1] - 1 if i + 1 < len(cuts) else hi_all
-            self.work += 1
-            if self.work > self.budget:
-                raise TooLarge(f"more than {self.budget} pieces")
-            if d == D_PROTO:
-                ports = cut == hi and cut in PORT_PROTOCOLS
-                members = sorted((c for c in active if ports or self.boxes[c].ports_any), key=rank.__getitem__)
+        pieces: list[list[int]] = []
+        active = 0
+        count = len(events)
+        i = 0
+        work = 0
+        while i < count:
+            cut = events[i] >> shift
+            while i < count and events[i] >> shift == cut:
+                r = events[i] & rank_mask
+                if r != n:
+                    active ^= 1 << r
+                i += 1
+            hi = (events[i] >> shift) - 1 if i < count else hi_all
+            work += 1
+            label = active
+            if proto and not (cut == hi and cut in PORT_PROTOCOLS):
+                label = active & port_mask
+            child = child_of_label.get(label)
+            if child is None:
+                members = []
+                m = label
+                while m:
+                    low = m & -m
+                    members.append(cands[low.bit_length() - 1])
+                    m ^= low
                 child = self.decompose(tuple(members), d + 1)
-            else:
-                child = child_of_label.get(label)
-                if child is None:
-                    members = sorted(active, key=rank.__getitem__)
-                    child = self.decompose(tuple(members), d + 1)
-                    child_of_label[label] = child
+                child_of_label[label] = child
             if child == EMPTY:
                 continue
             if pieces and pieces[-1][2] == child and pieces[-1][1] + 1 == cut:
-                pieces[-1] = (pieces[-1][0], hi, child)
+                pieces[-1][1] = hi
             else:
-                pieces.append((cut, hi, child))
+                pieces.append([cut, hi, child])
+        self.work += work
+        if self.work > self.budget:
+            raise TooLarge(f"more than {self.budget} pieces")
         if not pieces:
             return EMPTY
         if len(pieces) == 1 and (pieces[0][0], pieces[0][1]) == self.full[d] and self.nodes[pieces[0][2]][0] == LEAF:
             return pieces[0][2]  # the same rule everywhere: a leaf covers this dimension too
-        return self._node((NODE, tuple(pieces)))
+        return self._node((NODE, tuple(tuple(p) for p in pieces)))
 
     # flattening ------------------------------------------------------------------------
-    def size(self, node: int, _cache: dict[int, int] | None = None) -> int:
-        """Number of boxes ``flatten(node, ...)`` yields (without building them)."""
-        cache = {} if _cache is None else _cache
+    def flatten(self, node: int, d: int, stop: int = 5, limit: int | None = None) -> list[tuple[tuple[Interval, ...], int]]:
+        """Boxes ``(intervals for dims d..stop-1, node)`` of a sub-tree rooted at dim d: the
+        node is a leaf, or the sub-tree at dimension ``stop`` (a class). More than ``limit``
+        boxes raise TooLarge."""
+        out: list[tuple[tuple[Interval, ...], int]] = []
         if node == EMPTY:
-            return 0
-        if node in cache:
-            return cache[node]
-        kind, payload = self.nodes[node]
-        n = 1 if kind == LEAF else sum(self.size(ch, cache) for _, _, ch in payload)
-        cache[node] = n
-        return n
+            return out
+        full = self.full
+        nodes = self.nodes
 
-    def flatten(self, node: int, d: int) -> list[tuple[tuple[Interval, ...], int]]:
-        """Boxes ``(intervals for dims d..4, rule index)`` of a sub-tree rooted at dim d."""
-        if node == EMPTY:
-            return []
-        kind, payload = self.nodes[node]
-        if kind == LEAF:
-            return [(tuple(self.full[d:]), payload)]
-        out = []
-        for lo, hi, child in payload:
-            for rest, rule in self.flatten(child, d + 1):
-                out.append((((lo, hi),) + rest, rule))
+        def walk(node: int, d: int, prefix: tuple) -> None:
+            kind, payload = nodes[node]
+            if kind != NODE or d == stop:
+                out.append((prefix + full[d:stop], node))
+                if limit is not None and len(out) > limit:
+                    raise TooLarge(f"more than {limit} elements")
+                return
+            for lo, hi, child in payload:
+                walk(child, d + 1, prefix + ((lo, hi),))
+
+        walk(node, d, ())
         return out
 
-    def stage1(self) -> list[tuple[Interval, int]]:
-        """The root as remote-address pieces -> child node (EMPTY pieces omitted)."""
-        root = self.root()
-        if root == EMPTY:
-            return []
-        kind, payload = self.nodes[root]
-        if kind == LEAF:
-            return [(self.full[D_REMOTE], root)]
-        return [((lo, hi), child) for lo, hi, child in payload]
+    def split(self, k: int, limit: int | None = None) -> list[tuple[tuple[Interval, ...], int]]:
+        """Stage 1: the root as boxes over dims 0..k-1 -> child node (a leaf or a class)."""
+        return self.flatten(self.root(), 0, k, limit)
+
+    def covers(self, boxes: list[tuple[tuple[Interval, ...], int]], d: int, stop: int) -> bool:
+        """Do ``boxes`` (over dims d..stop-1, disjoint) cover that whole space?"""
+        total = 0
+        for ivs, _ in boxes:
+            v = 1
+            for lo, hi in ivs:
+                v *= hi - lo + 1
+            total += v
+        whole = 1
+        for lo, hi in self.full[d:stop]:
+            whole *= hi - lo + 1
+        return total == whole
+
+
+def first_match_1d(rules: list[tuple[int, tuple[Interval, ...]]]) -> list[tuple[int, int, int]]:
+    """One dimension, rules in priority order as (rule, sorted disjoint intervals): the
+    pieces (lo, hi, first rule containing them), adjacent equal pieces merged, gaps left out."""
+    n = len(rules)
+    shift = (n + 1).bit_length()
+    events = []
+    for rank, (_, ivs) in enumerate(rules):
+        for lo, hi in ivs:
+            events.append(lo << shift | rank)
+            events.append((hi + 1) << shift | rank)
+    events.sort()
+    mask = (1 << shift) - 1
+    out: list[list[int]] = []
+    active = 0
+    i, count = 0, len(events)
+    while i < count:
+        cut = events[i] >> shift
+        while i < count and events[i] >> shift == cut:
+            active ^= 1 << (events[i] & mask)
+            i += 1
+        if not active or i == count:
+            continue
+        rule = rules[(active & -active).bit_length() - 1][0]
+        hi = (events[i] >> shift) - 1
+        if out and out[-1][2] == rule and out[-1][1] + 1 == cut:
+            out[-1][1] = hi
+        else:
+            out.append([cut, hi, rule])
+    return [(lo, hi, r) for lo, hi, r in out]

@@ -6,6 +6,7 @@ Shapes follow libnftables-json(5) as accepted by nft 1.0.6; each builder returns
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Any, Iterable
 
 FAMILY = "inet"
@@ -53,16 +54,25 @@ def verdict(kind: str, target: str | None = None) -> dict:
 # --- values -----------------------------------------------------------------------------
 
 
+def addr_text(family: int, value: int) -> str:
+    """An address as text, from its integer (the compiler's hot path: no ipaddress objects)."""
+    if family == 4:
+        return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
+    text = socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
+    if "." in text:  # glibc writes ::ffff:1.2.3.4; keep Python's (and nft's listing) hex form
+        text = str(ipaddress.IPv6Address(value))
+    return text
+
+
 def addr_value(family: int, lo: int, hi: int) -> Any:
     """An address interval as the tersest element: address, prefix, or range."""
-    cls = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
-    bits = 32 if family == 4 else 128
     if lo == hi:
-        return str(cls(lo))
+        return addr_text(family, lo)
     size = hi - lo + 1
     if size & (size - 1) == 0 and lo % size == 0:
-        return {"prefix": {"addr": str(cls(lo)), "len": bits - size.bit_length() + 1}}
-    return {"range": [str(cls(lo)), str(cls(hi))]}
+        bits = 32 if family == 4 else 128
+        return {"prefix": {"addr": addr_text(family, lo), "len": bits - size.bit_length() + 1}}
+    return {"range": [addr_text(family, lo), addr_text(family, hi)]}
 
 
 def net_value(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Any:
@@ -104,6 +114,15 @@ def map_obj(table: str, name: str, key_type: str | list[str], elements: list, *,
         m["comment"] = comment
     m["elem"] = elements
     return {"map": m}
+
+
+def set_obj(table: str, name: str, key_type: str | list[str], elements: list, *,
+            interval: bool = True) -> dict:
+    st: dict[str, Any] = {"family": FAMILY, "table": table, "name": name, "type": key_type}
+    if interval:
+        st["flags"] = ["interval"]
+    st["elem"] = elements
+    return {"set": st}
 
 
 def rule_obj(table: str, chain: str, exprs: list, comment: str | None = None) -> dict:

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from agent.compiler import expr as E
-from agent.compiler.classify import D_REMOTE, Box, Decomposer, TooLarge, full_ranges
+from agent.compiler.classify import (D_DPORT, D_LOCAL, D_PROTO, D_REMOTE, D_SPORT, ORDERS, Box,
+                                     Decomposer, TooLarge, first_match_1d, full_ranges)
 from agent.compiler.placement import FabricPlacement, HostPlacement
 from agent.policy import (
     Access,
@@ -41,9 +42,9 @@ from agent.policy import (
 TABLE_NAME = "nsg_agent"
 MODES = ("classify", "simple")
 # A level whose classification would need more map elements than this is rendered simply.
-# Measured here: 108k elements (1,000 rules x 100 prefixes) replace in 2.4 s, so 150k keeps
-# an apply within a few seconds.
-MAX_LEVEL_ELEMENTS = 150_000
+# The benchmark's maximum NSG (1,000 rules, 185k prefixes) needs 187k; simple mode would load
+# about as many elements (its anonymous sets hold every prefix) and cost ~3x per connection.
+MAX_LEVEL_ELEMENTS = 250_000
 # Bound on decomposition work (pieces examined) so a pathological level fails over fast.
 MAX_LEVEL_WORK = 600_000
 COMMENT_MAX = 128  # nft refuses longer comments
@@ -189,6 +190,7 @@ class _Builder:
                     self._emit_classified(lv, plan)
                     info["elements"] = plan["elements"]
                     info["classes"] = plan["classes"]
+                    info["orders"] = plan["orders"]
                 else:
                     mode = "simple"
             if mode == "simple":
@@ -220,38 +222,43 @@ class _Builder:
             self._fallthrough(lv, lv.name)
 
     # classify mode ----------------------------------------------------------------------
-    def _classify(self, lv: _Level) -> dict | None:
+    def _classify(self, lv: _Level) -> dict:
+        """Per address family the smaller of the two dimension orders (see classify.py);
+        TooLarge when neither fits ``max_elements``."""
         inbound = lv.direction is Direction.INBOUND
-        plan: dict[str, Any] = {"families": {}, "elements": 0, "classes": 0}
-        total = 0
+        plan: dict[str, Any] = {"families": {}, "elements": 0, "classes": 0, "orders": {}}
         for family in (4, 6):
             boxes = [b for i, r in enumerate(lv.rules) if (b := project(r, i, inbound, family))]
             if not boxes:
                 continue
-            dec = Decomposer(boxes, family, MAX_LEVEL_WORK)
-            stage1 = dec.stage1()
-            if not stage1:
-                continue
-            cache: dict[int, int] = {}
-            background = _background(dec, stage1, family)
-            classes = []
-            seen = set()
-            for _, child in stage1:
-                if dec.nodes[child][0] != "leaf" and child not in seen:
-                    seen.add(child)
-                    classes.append(child)
-            in_map = sum(1 for _, child in stage1 if child != background)
-            total += in_map + sum(dec.size(c, cache) for c in classes)
-            if total > self.max_elements:
-                raise TooLarge(f"{total}+ elements > {self.max_elements}")
-            plan["families"][family] = (dec, stage1, classes, background)
-            plan["classes"] += len(classes)
-        plan["elements"] = total
+            limit = self.max_elements - plan["elements"]
+            best: _FamilyPlan | None = None
+            why = []
+            work = MAX_LEVEL_WORK
+            for order_name in ORDER_PREFERENCE:
+                try:
+                    fp = _plan_family(boxes, family, order_name, limit, work)
+                except TooLarge as e:
+                    why.append(f"{order_name}: {e}")
+                    # a later order gets work in proportion to what is still allowed
+                    work = min(work, 3 * limit // 2 + 10_000)
+                    continue
+                work = min(work, 3 * fp.elements // 2 + 10_000)  # it must beat this one
+                if best is None or fp.elements < best.elements:
+                    best = fp
+                    limit = fp.elements
+            if best is None:
+                raise TooLarge(f"IPv{family}: " + "; ".join(why))
+            if best.stage1:
+                plan["families"][family] = best
+                plan["elements"] += best.elements
+                plan["classes"] += len(best.classes)
+                plan["orders"][f"ipv{family}"] = best.order
         return plan
 
     def _emit_classified(self, lv: _Level, plan: dict) -> None:
         inbound = lv.direction is Direction.INBOUND
-        remote_field, local_field = ("saddr", "daddr") if inbound else ("daddr", "saddr")
+        fields = {D_REMOTE: "saddr" if inbound else "daddr", D_LOCAL: "daddr" if inbound else "saddr"}
         self.chain(lv.name)
         rule_chains: dict[int, str] = {}
 
@@ -260,12 +267,13 @@ class _Builder:
                 rule_chains[index] = f"{lv.name}_r{index}"
             return E.verdict("goto", rule_chains[index])
 
-        class_chains: list[tuple[str, int, list]] = []
+        class_chains: list[tuple[str, list]] = []
         class_no = 0
         stage1_rules = []
-        for family, (dec, stage1, classes, background) in sorted(plan["families"].items()):
+        for family, fp in sorted(plan["families"].items()):
+            dec = fp.dec
             names = {}
-            for child in classes:
+            for child in fp.classes:
                 names[child] = f"{lv.name}_c{class_no}"
                 class_no += 1
 
@@ -273,35 +281,53 @@ class _Builder:
                 kind, payload = dec.nodes[child]
                 return target(payload) if kind == "leaf" else E.verdict("goto", names[child])
 
-            elements = [[E.addr_value(family, lo, hi), goto(child)]
-                        for (lo, hi), child in stage1 if child != background]
+            dims1, dims2 = fp.dims[:fp.k], fp.dims[fp.k:]
+            key1 = _key_expr(family, dims1, fields)
+            elements = [[_key_value(family, dims1, ivs), goto(child)]
+                        for ivs, child in fp.stage1 if child != fp.background]
             if elements:
                 map_name = f"{lv.name}_{family}"
-                self.maps.append(E.map_obj(TABLE_NAME, map_name,
-                                           "ipv4_addr" if family == 4 else "ipv6_addr", elements))
+                self.maps.append(E.map_obj(TABLE_NAME, map_name, _key_type(family, dims1), elements))
                 self.elements += len(elements)
-                stage1_rules.append([E.vmap(_addr_field(family, remote_field), "@" + map_name)])
-            if background is not None:
-                # The class most pieces map to is left out of the map: whatever the map
-                # does not hold (of this family) is that class.
+                stage1_rules.append([E.vmap(key1, "@" + map_name)])
+            if fp.background is not None:
+                # The class most boxes map to is left out of the map: whatever the map does
+                # not hold (of this family, with a readable transport header when the key
+                # reads one) is that class.
                 stage1_rules.append([E.match(E.meta("nfproto"), "ipv4" if family == 4 else "ipv6"),
-                                     goto(background)])
-            for child in classes:
-                entries = []
-                for (local, proto, sport, dport), index in dec.flatten(child, D_REMOTE + 1):
-                    key = E.concat([E.addr_value(family, *local), E.int_value(*proto),
-                                    E.int_value(*sport), E.int_value(*dport)])
-                    entries.append([key, target(index)])
-                class_chains.append((names[child], family, entries))
+                                     *_th_guard(dims1), goto(fp.background)])
+            key2 = _key_expr(family, dims2, fields)
+            set_names = {}
+            for r, ivs in sorted(fp.shared.items()):
+                set_names[r] = f"{lv.name}_s{r}_{family}"
+                self.maps.append(E.set_obj(TABLE_NAME, set_names[r], _key_type(family, dims2),
+                                           [E.addr_value(family, lo, hi) for lo, hi in ivs]))
+                self.elements += len(ivs)
+
+            def to(tok: tuple) -> dict:
+                return target(tok[1]) if tok[0] == "r" else goto(tok[1])
+
+            for child in fp.classes:
+                body = []
+                for seg in fp.stage2[child]:
+                    if seg[0] == "map":
+                        elems = [[_key_value(family, dims2, ivs), to(tok)] for ivs, tok in seg[1]]
+                        if elems:
+                            body.append(([E.vmap(key2, {"set": elems})], len(elems)))
+                    elif seg[0] == "set":
+                        body.append(([E.match(key2, "@" + set_names[seg[1][1]]), to(seg[1])], 0))
+                    else:
+                        # the class's last rule for the rest (a readable th when the map read it)
+                        body.append(([*_th_guard(dims2), to(seg[1])], 0))
+                class_chains.append((names[child], body))
         for exprs in stage1_rules:
             self.rule(lv.name, exprs)
         self._fallthrough(lv, lv.name)
-        for name, family, entries in class_chains:
+        for name, body in class_chains:
             self.chain(name)
-            key = E.concat([_addr_field(family, local_field), E.meta("l4proto"),
-                            E.payload("th", "sport"), E.payload("th", "dport")])
-            self.rule(name, [E.vmap(key, {"set": entries})])
-            self.elements += len(entries)
+            for exprs, count in body:
+                self.rule(name, exprs)
+                self.elements += count
             self._fallthrough(lv, name)
         for index, name in sorted(rule_chains.items()):
             rule = lv.rules[index]
@@ -311,27 +337,172 @@ class _Builder:
                          comment, self._ref(lv, rule, name))
 
 
-def _background(dec: Decomposer, stage1: list, family: int) -> int | None:
-    """The child most stage-1 pieces lead to, when the pieces cover the family's whole
-    address space (so "not in the map" means exactly that child); else None."""
-    lo_all, hi_all = full_ranges(family)[D_REMOTE]
-    if sum(hi - lo + 1 for (lo, hi), _ in stage1) != hi_all - lo_all + 1:
+# Orders tried per level and family, the preferred first (it wins ties).
+ORDER_PREFERENCE = ("ports-first", "remote-first")
+
+
+@dataclass
+class _FamilyPlan:
+    """One family of one level, classified in one dimension order."""
+
+    order: str
+    dims: tuple[int, ...]  # DIMS indices in the decomposer's order
+    k: int  # stage-1 dimensions
+    dec: Decomposer
+    stage1: list  # [(intervals over dims[:k], child)]
+    background: int | None  # stage-1 child left out of the map (None: none)
+    classes: list[int]  # stage-1 children that are classes (not leaves), in first-use order
+    stage2: dict[int, list]  # class -> segments ("map", [(intervals over dims[k:], target)]),
+    #   ("set", target) (the target rule's shared remote set), ("else", target); in order
+    shared: dict[int, tuple]  # rule -> remote intervals of its shared named set
+    elements: int
+
+
+def _background(boxes: list, covers: bool) -> int | None:
+    """The node most boxes lead to, when the boxes cover their whole space (so "not in the
+    map" means exactly that node); else None."""
+    if not covers or not boxes:
         return None
     counts: dict[int, int] = {}
+    for _, node in boxes:
+        counts[node] = counts.get(node, 0) + 1
+    return max(counts, key=counts.__getitem__)  # first of the most frequent (dicts keep order)
+
+
+def _plan_family(boxes: list[Box], family: int, order_name: str, limit: int, work: int) -> _FamilyPlan:
+    dims, k = ORDERS[order_name]
+    dec = Decomposer(boxes, family, work, dims, stop=5 if k == 1 else k)
+    stage1 = dec.split(k, limit)
+    background = _background(stage1, dec.covers(stage1, 0, k))
+    elements = sum(1 for _, child in stage1 if child != background)
+    classes: list[int] = []
+    seen: set[int] = set()
     for _, child in stage1:
-        counts[child] = counts.get(child, 0) + 1
-    return max(counts, key=lambda c: counts[c])  # first of the most frequent (dicts keep order)
+        if dec.nodes[child][0] != "leaf" and child not in seen:
+            seen.add(child)
+            classes.append(child)
+    stage2: dict[int, list] = {}
+    shared: dict[int, tuple] = {}
+    if k == 1:  # remote first: per class one concatenated map over the rest
+        for child in classes:
+            if elements > limit:
+                break
+            entries = dec.flatten(child, k, 5, limit - elements + 1)
+            bg = _background(entries, dec.covers(entries, k, 5))
+            stage2[child] = [("map", [(ivs, ("n", node)) for ivs, node in entries if node != bg])]
+            if bg is not None:
+                stage2[child].append(("else", ("n", bg)))
+            elements += len(stage2[child][0][1])
+    else:  # ports first: per class the remote address in priority order (see _remote_segments)
+        cands = {child: dec.rules_of(child, k) for child in classes}  # class nodes
+        uses: dict[int, int] = {}
+        for rules in cands.values():
+            for r in rules:
+                uses[r] = uses.get(r, 0) + 1
+        remote = {i: box.dims[D_REMOTE] for i, box in ((b.index, b) for b in boxes)}
+        full = full_ranges(family)[D_REMOTE]
+        for r, n in uses.items():
+            if n > 1 and len(remote[r]) >= SHARE_MIN_INTERVALS and remote[r] != (full,):
+                shared[r] = remote[r]
+                elements += len(remote[r])
+        for child in classes:
+            if elements > limit:
+                break
+            segments = _remote_segments(cands[child], remote, shared, full)
+            stage2[child] = segments
+            elements += sum(len(seg[1]) for seg in segments if seg[0] == "map")
+    if elements > limit:
+        raise TooLarge(f"{elements}+ elements > {limit}")
+    return _FamilyPlan(order_name, dims, k, dec, stage1, background, classes, stage2, shared, elements)
+
+
+# A rule whose remote term has at least this many intervals and that is a candidate in more
+# than one ports-first class gets one named set, looked up from each of those classes,
+# instead of a copy of its prefixes in each class's map.
+SHARE_MIN_INTERVALS = 16
+
+
+def _remote_segments(rules: tuple[int, ...], remote: dict, shared: dict, full: tuple) -> list:
+    """A ports-first class chain: its candidate rules in priority order as lookups of the
+    remote address. Runs of unshared rules become one first-match verdict map; a shared rule
+    is a match on its named set; a rule for any remote address ends the chain."""
+    segments: list = []
+    run: list = []
+
+    def flush() -> None:
+        if run:
+            segments.append(("map", [(((lo, hi),), ("r", rule)) for lo, hi, rule in first_match_1d(run)]))
+            run.clear()
+
+    for r in rules:
+        if remote[r] == (full,):
+            flush()
+            segments.append(("else", ("r", r)))
+            break
+        if r in shared:
+            flush()
+            segments.append(("set", ("r", r)))
+        else:
+            run.append((r, remote[r]))
+    flush()
+    return segments
+
+
+_KEY_TYPES = {D_PROTO: "inet_proto", D_SPORT: "inet_service", D_DPORT: "inet_service"}
+
+
+def _key_type(family: int, dims: tuple[int, ...]) -> str | list[str]:
+    types = [_KEY_TYPES.get(d, "ipv4_addr" if family == 4 else "ipv6_addr") for d in dims]
+    return types[0] if len(types) == 1 else types
+
+
+def _key_expr(family: int, dims: tuple[int, ...], fields: dict[int, str]) -> dict:
+    parts = []
+    for d in dims:
+        if d in fields:
+            parts.append(_addr_field(family, fields[d]))
+        elif d == D_PROTO:
+            parts.append(E.meta("l4proto"))
+        else:
+            parts.append(E.payload("th", "sport" if d == D_SPORT else "dport"))
+    return parts[0] if len(parts) == 1 else E.concat(parts)
+
+
+def _key_value(family: int, dims: tuple[int, ...], intervals: tuple) -> Any:
+    parts = [E.addr_value(family, lo, hi) if d in (D_REMOTE, D_LOCAL) else E.int_value(lo, hi)
+             for d, (lo, hi) in zip(dims, intervals)]
+    return parts[0] if len(parts) == 1 else E.concat(parts)
+
+
+def _th_guard(dims: tuple[int, ...]) -> list:
+    """A match that holds exactly when the transport header can be read (th dport covers th
+    sport): a fallback after a map keyed on th must not catch packets the map could not
+    look up, those end in NoRuleMatched (fail closed) as before."""
+    if D_SPORT in dims or D_DPORT in dims:
+        return [E.match(E.payload("th", "dport"), E.int_value(0, 65535))]
+    return []
 
 
 # --- projections and simple matches ------------------------------------------------------
 
 
 def _intervals(term: AddressTerm, family: int) -> tuple | None:
+    """The term's addresses of one family as sorted, disjoint, merged integer ranges; None
+    when it has none of that family."""
     if term.any:
         return (full_ranges(family)[0],)
+    ranges = getattr(term, "ranges", None)  # integer ranges straight from the policy
+    if ranges is not None:
+        return tuple(ranges(family)) or None
     nets = sorted((int(p.network_address), int(p.broadcast_address))
                   for p in term.prefixes if p.version == family)
-    return tuple(nets) if nets else None
+    merged: list[list[int]] = []
+    for lo, hi in nets:
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return tuple((lo, hi) for lo, hi in merged) or None
 
 
 def project(rule: ResolvedRule, index: int, inbound: bool, family: int) -> Box | None:

@@ -188,7 +188,7 @@ class _Tracer:
         for stmt in rule["expr"]:
             (kind, body), = stmt.items()
             if kind == "match":
-                if not self._match(body):
+                if not self._match(chain, body):
                     return "next"
                 continue
             if not fired:
@@ -263,13 +263,16 @@ class _Tracer:
             return None if any(v is None for v in values) else values
         raise UnsupportedExpression(f"expression {e!r}")
 
-    def _match(self, m: dict) -> bool:
+    def _match(self, chain: _Chain, m: dict) -> bool:
         value = self._value(m["left"])
         if value is None:
             return False
         op, right = m["op"], m["right"]
         if isinstance(right, str) and right.startswith("@"):
-            raise UnsupportedExpression("named set in a match: not emitted by the compiler")
+            found = self.rs.sets.get((chain.family, chain.table, right[1:]))
+            if found is None or found.is_map:
+                raise UnsupportedExpression(f"no set {right}")
+            right = {"set": found.elements}
         if op in ("==", "in"):
             return _contains(right, value)
         if op == "!=":
