@@ -85,10 +85,22 @@ def test_failed_replace_keeps_the_previous_table(backend):
     before = backend.fingerprint()
     bad = {"add": {"rule": {"family": "inet", "table": TABLE_NAME, "chain": "no-such-chain",
                             "expr": [{"accept": None}]}}}
-    with pytest.raises(NftError):
-        backend.replace(batch("nsg: UserRule_new") + [bad])
+    cmds = batch("nsg: UserRule_new")
+    with pytest.raises(NftError) as err:
+        backend.replace(cmds + [bad])
     assert backend.fingerprint() == before
     assert {c for _, c in backend.counters()} == {"nsg: UserRule_old"}
+    # No dry run before the replace; the refusal is diagnosed afterwards, precisely.
+    assert err.value.index == len(cmds) and err.value.command == bad
+
+
+def test_generation_differs_between_namespaces(backend, host_pair):
+    """The generation includes the namespace's cookie: two namespaces never share a value."""
+    other = NftBackend(host_pair.cli)
+    try:
+        assert other.generation() != backend.generation()
+    finally:
+        other.close()
 
 
 def test_other_tables_are_never_touched(backend, host_pair):

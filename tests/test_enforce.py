@@ -116,3 +116,23 @@ def test_commands_are_registered(argv):
 
     args = build_parser().parse_args(argv)
     assert callable(args.func)
+
+
+@pytest.mark.parametrize("tamper", [False, True], ids=["untouched", "tampered"])
+def test_status_before_the_listing_baseline(tmp_path, tamper):
+    """A daemon commit that so far records only the nft generation (the listing fingerprint
+    comes later) reads as matching while untouched, and as drift once the table changed."""
+    config = tmp_path / "desired-state.yaml"
+    write(config, policy_text())
+    store = StatusStore(tmp_path / "run", "nsgh-x")
+    backend = FakeBackend()
+    rec = Reconciler(config, backend, store, compile_fn=compile_host)
+    rec.defer_fingerprint = True
+    assert rec.reconcile("test")
+    assert store.read().commit.kernel_fingerprint is None
+    if tamper:
+        backend.tamper()
+    data = collect_status(store, backend)
+    assert data["kernel"]["matches_commit"] is not tamper
+    plan, _ = build_plan(str(config), "classify", store, backend)
+    assert plan.drift is tamper

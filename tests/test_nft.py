@@ -147,3 +147,32 @@ def test_only_agent_nft_imports_nftables():
     importers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
                        if re.search(r"^\s*(import nftables|from nftables)", p.read_text(), re.M))
     assert importers == ["nft.py"]
+
+
+@pytest.mark.parametrize("a,b,same", [
+    (b'{"rule": {"handle": 5, "expr": [{"counter": {"packets": 7, "bytes": 900}}]}}',
+     b'{"rule": {"handle": 5, "expr": [{"counter": {"packets": 0, "bytes": 0}}]}}', True),
+    (b'{"rule": {"handle": 5, "expr": [{"counter": {"packets": 0, "bytes": 0}}]}}',
+     b'{"rule": {"handle": 6, "expr": [{"counter": {"packets": 0, "bytes": 0}}]}}', False),
+    (b'{"rule": {"handle": 5, "expr": [{"accept": null}]}}',
+     b'{"rule": {"handle": 5, "expr": [{"drop": null}]}}', False),
+], ids=["counters-move", "new-handle", "other-verdict"])
+def test_text_fingerprint_ignores_only_counters(a, b, same):
+    """The raw-listing fingerprint ignores counter values, not handles or rule content."""
+    from agent.nft import listing_text_fingerprint
+
+    assert (listing_text_fingerprint(a) == listing_text_fingerprint(b)) is same
+
+
+def test_batch_payload_is_one_schema_batch():
+    """The bytes handed to libnftables are the commands after the schema line, and the
+    reconciler's ruleset digest is their sha256."""
+    import hashlib
+    import json as _json
+
+    from agent.nft import SCHEMA, batch_payload
+    from agent.state import ruleset_sha256
+
+    data = _json.loads(batch_payload(BATCH))
+    assert data["nftables"] == [SCHEMA, *BATCH]
+    assert ruleset_sha256(BATCH) == hashlib.sha256(batch_payload(BATCH)).hexdigest()

@@ -141,10 +141,23 @@ def build_plan(file: str, mode: str, store: StatusStore, backend: Any | None) ->
     if backend is not None:
         fingerprint = backend.fingerprint()
         plan.table_present = fingerprint is not None
-        plan.drift = commit is not None and fingerprint != commit.kernel_fingerprint
+        plan.drift = commit is not None and not kernel_matches(backend, commit, fingerprint)
         if commit is None and fingerprint is None:
             plan.drift = False
     return plan, dict(rs.summary)
+
+
+def kernel_matches(backend: Any, commit: Any, fingerprint: str | None) -> bool:
+    """Does the kernel still hold ``commit``? No nft transaction since the commit (same
+    generation) proves it; otherwise the listing fingerprint decides. (The daemon records
+    the generation at once and takes the listing fingerprint shortly after the apply.)"""
+    if commit is None or fingerprint is None:
+        return False
+    generation = getattr(commit, "kernel_generation", None)
+    read = getattr(backend, "generation", None)
+    if generation is not None and read is not None and read() == generation:
+        return True
+    return commit.kernel_fingerprint is not None and fingerprint == commit.kernel_fingerprint
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -273,7 +286,7 @@ def collect_status(store: StatusStore, backend: Any | None) -> dict:
                              if isinstance(ref, dict) else {})})
         out["kernel"] = {
             "table_present": fingerprint is not None,
-            "matches_commit": c is not None and fingerprint == c.kernel_fingerprint,
+            "matches_commit": kernel_matches(backend, c, fingerprint),
             "rules": rules,
         }
     return out
