@@ -329,12 +329,12 @@ class AddressTerm:
     matches nothing).
 
     The addresses are held as integer ranges (see PrefixSet), not as ipaddress objects:
-    ``prefixes`` (the collapsed networks, IPv4 first) is computed on first use. Code that
+    ``prefixes`` (the collapsed networks, IPv4 first) is computed when asked for. Code that
     handles many prefixes should read ``cidrs(family)`` or ``ranges(family)`` instead.
     Immutable, hashable, and equal when label, any and the address set are equal.
     """
 
-    __slots__ = ("label", "any", "prefix_set", "_given", "_networks")
+    __slots__ = ("label", "any", "prefix_set", "_given")
 
     def __init__(self, label: str, any: bool = False, prefixes: Iterable[IPNetwork] = (),
                  prefix_set: "PrefixSet | None" = None):
@@ -348,7 +348,6 @@ class AddressTerm:
         _set(self, "any", any)
         _set(self, "prefix_set", prefix_set)
         _set(self, "_given", given or None)  # networks exactly as a caller gave them
-        _set(self, "_networks", None)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise FrozenInstanceError(f"cannot assign to field {name!r}")
@@ -361,14 +360,11 @@ class AddressTerm:
 
     @property
     def prefixes(self) -> tuple[IPNetwork, ...]:
-        """The term's networks as ipaddress objects (collapsed, IPv4 first); built once."""
+        """The term's networks as ipaddress objects (collapsed, IPv4 first). Built on each
+        access and not kept (a maximum-size policy would hold ~50 MB of them)."""
         if self._given is not None:
             return self._given
-        nets = self._networks
-        if nets is None:
-            nets = self.prefix_set.networks()
-            object.__setattr__(self, "_networks", nets)
-        return nets
+        return self.prefix_set.networks()
 
     def cidrs(self, family: int) -> tuple[tuple[int, int], ...]:
         """(network address as int, prefix length) of one family, in ``prefixes`` order.
