@@ -8,6 +8,7 @@ need the whole file (references, uniqueness, overlaps, limits) live in ``agent.v
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from typing import Annotated, Any
@@ -169,6 +170,17 @@ def prefix_cidr(text: str) -> tuple[int, int, int]:
     return net.version, int(net.network_address), net.prefixlen
 
 
+# Prefix lists already found valid, every item a plain prefix (see _fast_cidr), by
+# _list_key. Such items hold no newline, so their join has exactly len - 1 newlines; another
+# list of the same length joining to the same text has the very same items. Reloading a file
+# with thousands of unchanged prefixes then checks each list with one hash.
+_VALID_PREFIX_LISTS: dict[tuple[int, bytes], None] = {}
+
+
+def _list_key(items: list[str]) -> tuple[int, bytes]:
+    return len(items), hashlib.blake2b("\n".join(items).encode("utf-8", "surrogatepass"), digest_size=20).digest()
+
+
 def looks_like_address(text: str) -> bool:
     s = text.strip()
     return bool(re.fullmatch(r"[0-9.]+(/\d+)?", s)) or ":" in s
@@ -266,9 +278,14 @@ class SecurityRule(_Base):
     @field_validator("sourceAddressPrefixes", "destinationAddressPrefixes", mode="after")
     @classmethod
     def _prefix_list(cls, v: list[str]) -> list[str]:
+        key = _list_key(v)
+        if key in _VALID_PREFIX_LISTS:
+            return v  # the same list was valid in an earlier load
+        plain = True
         for item in v:
             if _fast_cidr(item, True) is not None:
                 continue  # a plain address or prefix: none of the checks below can fail
+            plain = False
             _reject_expression(item)
             if item.strip() == "*":
                 raise ValueError("'*' is only allowed in the singular field (…AddressPrefix)")
@@ -278,6 +295,10 @@ class SecurityRule(_Base):
                     "(…AddressPrefix), not in the list (…AddressPrefixes)"
                 )
             parse_prefix(item)
+        if plain:
+            _VALID_PREFIX_LISTS[key] = None
+            while len(_VALID_PREFIX_LISTS) > 8192:
+                del _VALID_PREFIX_LISTS[next(iter(_VALID_PREFIX_LISTS))]
         return v
 
     @field_validator("sourceAddressPrefix", "destinationAddressPrefix", mode="after")

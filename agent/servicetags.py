@@ -105,7 +105,7 @@ class ValueMemo:
     def key(raw: list) -> tuple[int, bytes] | None:
         if not all(type(p) is str for p in raw):
             return None
-        return len(raw), hashlib.blake2b("\n".join(raw).encode(), digest_size=20).digest()
+        return len(raw), hashlib.blake2b("\n".join(raw).encode("utf-8", "surrogatepass"), digest_size=20).digest()
 
     def get(self, key: tuple[int, bytes]) -> PrefixSet | None:
         found = self.entries.get(key) or self._old.get(key)
