@@ -161,11 +161,13 @@ class _Builder:
     # levels -----------------------------------------------------------------------------
     def level(self, lv: Level, direction: Direction, platform: bool, user: str) -> str:
         """The chain name for this level's resolved content (created once per content)."""
-        key = repr((direction.value, platform, lv.nsg, lv.rules))
-        digest = _digest(key)
+        # The tuple itself is the sharing key (rules and terms hash cheaply); the text form,
+        # which spells out every prefix, is built only to name a new level.
+        key = (direction.value, platform, lv.nsg, lv.rules)
         if key in self._level_by_key:
             name = self._level_by_key[key]
         else:
+            digest = _digest(repr(key))
             n = 8
             while f"lvl_{digest[:n]}" in self.levels:
                 n += 2
