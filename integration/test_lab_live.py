@@ -114,7 +114,7 @@ def test_lab_run_follows_edits_of_the_file(make_lab, lab_daemon):
     good = live(web2_asgs="[Web]", port=8080, web2="{subnet: v/s2, ipAddresses: [10.43.2.5]}")
     write_atomically(lab.file, good)
     d.wait_applied(5)
-    assert nsexec.netns_inode(web3_ns) is None
+    assert nsexec.netns_inode(web3_ns) is None, d.log()[-4000:]
     assert lab.plan.nic("web3") is None
 
     # a bad edit: logged, nothing touched, the last good state stays enforced

@@ -73,8 +73,8 @@ class LabReconciler(Reconciler):
                        rule_index_json(rs.rule_index), ruleset_sha256(rs.commands), files)
 
 
-    def _apply(self, desired: Desired, reason: str) -> bool:
-        ok = super()._apply(desired, reason)
+    def _apply(self, desired: Desired, reason: str, *args: Any, **kwargs: Any) -> bool:
+        ok = super()._apply(desired, reason, *args, **kwargs)
         if ok:
             record_rules_raw(self.lab, desired.loaded.sha256, self.mode, desired.summary,
                              self.lab_state_dir)

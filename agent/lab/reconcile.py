@@ -13,6 +13,7 @@ fabric namespace: one transaction for both lab tables.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import time
@@ -63,8 +64,14 @@ def reconcile_topology(state: Any, lab: str, *, source: str | Path | None = None
     if changes.built:
         record.pop("rules", None)
         record["created"] = time.time()
+    # The lab's own tables are rewritten only when they change: every nftables transaction
+    # moves the namespace's generation, which would make the agent re-verify its own table.
+    commands = labrules.lab_commands(plan)
+    digest = hashlib.sha256(json.dumps(commands, sort_keys=True).encode()).hexdigest()
+    if changes.built or record.get("lab_rules_sha256") != digest:
+        nft_in_netns(plan.fabric, commands)
+        record["lab_rules_sha256"] = digest
     build.write_state(lab, record, state_dir)
-    nft_in_netns(plan.fabric, labrules.lab_commands(plan))
     return changes
 
 
