@@ -7,6 +7,7 @@ the end, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import shlex
@@ -16,7 +17,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import control, dataplane, fabric, generate, machine, naive, netns, report
+from bench import control, dataplane, fabric, generate, machine, naive, netns, probeloop, report
 from bench.report import Target, fmt, fmt_summary, ms, steps_table
 from bench.stats import percentile, summarize
 
@@ -53,27 +54,42 @@ def _ruleset_label(summary: dict) -> str:
     return text
 
 
-def build_variants(cmp_gen, max_gen, tmpdir: Path, rep: report.Report) -> list[dataplane.Variant]:
+def build_variants(cmp_gen, large_gen, max_gen, tmpdir: Path, rep: report.Report) -> list[dataplane.Variant]:
+    """nofw; naive at 200x50 and at 1000x20; simple/classify at 200x50; classify at 1000x20
+    (naive's same-size partner); simple/classify at the maximum."""
     cmp_policy = _resolve(cmp_gen, tmpdir, "cmp")
+    large_policy = _resolve(large_gen, tmpdir, "large")
     variants = [dataplane.Variant("nofw", "no firewall (conntrack only)", dataplane.baseline_json(), cmp_gen,
                                   expect_filtering=False, info={"ruleset": "ct state rules only"})]
-    cmds = naive.render(cmp_policy, {generate.SERVER_NIC: "nsgb-s1"})
-    variants.append(dataplane.Variant("naive", "naive, comparison policy", naive.to_json(cmds), cmp_gen,
-                                      info={"ruleset": f"{naive.rule_count(cmds):,} nft rules (one per prefix×port)"}))
+    for key, label, gen, policy in (("naive", "naive, comparison policy", cmp_gen, cmp_policy),
+                                    ("naive-large", "naive, large policy", large_gen, large_policy)):
+        idx = len(variants)
+        cmds = naive.render(policy, {generate.SERVER_NIC: f"nsgb-s{idx}"})
+        variants.append(dataplane.Variant(key, label, naive.to_json(cmds), gen,
+                                          info={"ruleset": f"{naive.rule_count(cmds):,} nft rules (one per prefix×port)"}))
     comp = _compiler()
     if comp is None:
         rep.not_measured.append("the compiler's simple and classify modes: agent.compiler is missing")
         return variants
     compile_ruleset, HostPlacement = comp
     max_policy = _resolve(max_gen, tmpdir, "max")
-    for scale_key, gen, policy in (("cmp", cmp_gen, cmp_policy), ("max", max_gen, max_policy)):
-        for mode in ("simple", "classify"):
+    plan = (("cmp", "comparison", cmp_gen, cmp_policy, ("simple", "classify")),
+            ("large", "large", large_gen, large_policy, ("classify",)),
+            ("max", "maximum", max_gen, max_policy, ("simple", "classify")))
+    for scale_key, scale_name, gen, policy, modes in plan:
+        for mode in modes:
             idx = len(variants)
             rs = compile_ruleset(policy, HostPlacement(interfaces={generate.SERVER_NIC: f"nsgb-s{idx}"}), mode=mode)
-            label = f"{mode}, {'comparison' if scale_key == 'cmp' else 'maximum'} policy"
-            variants.append(dataplane.Variant(f"{mode}-{scale_key}", label, rs.to_json(), gen,
+            variants.append(dataplane.Variant(f"{mode}-{scale_key}", f"{mode}, {scale_name} policy", rs.to_json(), gen,
                                               info={"ruleset": _ruleset_label(rs.summary), "summary": rs.summary}))
     return variants
+
+
+# Which naive rendering each variant is compared with at the same policy size (the fair
+# ratio); the maximum policy has no naive partner (it would be >100,000 nft rules): it is
+# compared with the largest naive that loads, a smaller policy, so the ratio is a lower bound.
+SAME_SIZE_NAIVE = {"simple-cmp": "naive", "classify-cmp": "naive", "classify-large": "naive-large",
+                   "simple-max": "naive-large", "classify-max": "naive-large"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-dataplane", action="store_true", help="control plane only")
     ap.add_argument("--skip-control", action="store_true", help="dataplane only")
     ap.add_argument("--skip-fabric", action="store_true", help="no measurement through the lab fabric")
+    ap.add_argument("--rounds", type=int, default=0, help="dataplane rounds (default 5, --quick 2)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("python -m bench: needs root (network namespaces)", file=sys.stderr)
@@ -97,18 +114,26 @@ def main(argv: list[str] | None = None) -> int:
     rep = report.Report(command=cmd, mode="quick" if quick else "full",
                         started=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                         machine=machine.record())
+    ap_rounds = args.rounds
     cfg = {
-        "rounds": 2 if quick else 5, "conn_seconds": 1.0 if quick else 2.0, "iperf_seconds": 1 if quick else 3,
-        "reps": 1, "change_reps": 2 if quick else 3, "edits_cmp": 6 if quick else 20,
-        "edits_max": 2,
+        "rounds": ap_rounds or (2 if quick else 5), "conn_seconds": 1.0 if quick else 2.0,
+        "iperf_seconds": 1 if quick else 3,
+        "reps": 1 if quick else 3, "change_reps": 2 if quick else 4, "edits_cmp": 6 if quick else 20,
+        "edits_max": 2 if quick else 6, "element_reps": 1 if quick else 2,
     }
     cmp_scale = generate.NAIVE_COMPARISON
     max_scale = generate.QUICK_MAXIMUM if quick else generate.MAXIMUM
     log(f"generating policies (seed {cmp_scale.seed})")
+    large_scale = generate.NAIVE_LARGE
     cmp_gen, max_gen = generate.generate(cmp_scale), generate.generate(max_scale)
+    large_gen = generate.generate(large_scale)
     rep.scenarios["comparison policy"] = (
         f"{cmp_scale.describe()}; {cmp_gen.prefix_count():,} prefixes. The size design.md measured; "
-        "the naive rendering is loaded at this size only (at the maximum it would be millions of nft rules).")
+        "naive, simple and classify are all measured at this size.")
+    rep.scenarios["large policy"] = (
+        f"{large_scale.describe()}; {large_gen.prefix_count():,} prefixes. The largest naive rendering that "
+        "still loads in a couple of seconds (naive 1000 × 40 took 2.9 s, and at the maximum policy it would be "
+        "over 100,000 nft rules): naive and classify compared at the same size, the fair ratio.")
     rep.scenarios["maximum policy" + (" (reduced for --quick)" if quick else "")] = (
         f"{max_scale.describe()}; {max_gen.prefix_count():,} prefixes in rules and the service-tag file; "
         "rules alternate Allow/Deny, Tcp/Udp/*, destinations *, an ASG, VirtualNetwork or the NIC's address.")
@@ -125,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         tmpdir = Path(tmp)
         try:
             if not args.skip_dataplane:
-                run_dataplane(lab, rep, cmp_gen, max_gen, tmpdir, cfg)
+                run_dataplane(lab, rep, cmp_gen, large_gen, max_gen, tmpdir, cfg)
             if not args.skip_dataplane and not args.skip_fabric:
                 run_fabric(lab, rep, max_gen, tmpdir, cfg, quick)
             if not args.skip_control:
@@ -147,23 +172,40 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-def run_dataplane(lab, rep, cmp_gen, max_gen, tmpdir, cfg) -> None:
+def run_dataplane(lab, rep, cmp_gen, large_gen, max_gen, tmpdir, cfg) -> None:
     log("dataplane: building variants")
-    variants = build_variants(cmp_gen, max_gen, tmpdir, rep)
+    variants = build_variants(cmp_gen, large_gen, max_gen, tmpdir, rep)
     res = dataplane.run(lab, variants, rounds=cfg["rounds"], conn_seconds=cfg["conn_seconds"],
                         iperf_seconds=cfg["iperf_seconds"], tmpdir=tmpdir, log=log)
     keys = [v.key for v in variants]
-    section, ratios = report.dataplane_section(res, "nofw", "naive" if "naive" in keys else None)
+    same = {k: n for k, n in SAME_SIZE_NAIVE.items() if k in keys and n in keys}
+    section, ratios = report.dataplane_section(res, "nofw", "naive" if "naive" in keys else None, same)
     rep.sections.append(section)
     top = "classify-max" if "classify-max" in ratios else None
     if top:
         r = ratios[top]
         rep.targets.append(Target("new conns/s at the maximum NSG vs no firewall", "≥ 0.90×",
                                   report.fmt_ratio(r["conn"]), r["conn"].median >= 0.9))
-        rep.targets.append(Target("new conns/s at the maximum NSG vs naive", "≥ 5×",
-                                  report.fmt_ratio(r["naive"]), r["naive"].median >= 5,
-                                  "naive measured at the comparison size (200 rules × 50 prefixes); at the maximum "
-                                  "size it cannot be loaded, and it only gets slower with more rules"))
+        if "classify-large" in ratios and "naive-large" in keys:
+            rl = ratios["classify-large"]["same"]
+            rep.targets.append(Target(
+                "new conns/s, classify vs naive at the same policy (large: 1000 rules × 20 prefixes)", "≥ 5×",
+                report.fmt_ratio(rl), rl.median >= 5,
+                "the fair ratio: both renderings of the same 1,000-rule policy, measured in the same rounds"))
+            rm = r["same"]
+            rep.targets.append(Target(
+                "new conns/s at the maximum NSG vs naive", "≥ 5×", report.fmt_ratio(rm) + " (vs naive at 1000 × 20)",
+                rm.median >= 5,
+                "naive cannot be loaded at the maximum policy (over 100,000 nft rules), so the maximum's classify "
+                "rendering is compared with the largest naive that loads, a smaller policy: a lower bound"))
+        rc = ratios.get("classify-cmp", {}).get("naive")
+        if rc is not None and rc.n:
+            rep.targets.append(Target(
+                "new conns/s, classify vs naive at the comparison policy (200 × 50)", "≥ 5× (see note)",
+                report.fmt_ratio(rc), rc.median >= 5,
+                f"context, not a fair test of the 5× goal: there naive itself reaches "
+                f"{report.fmt_ratio(ratios['naive']['conn'])} of no firewall, so no ruleset can be 5× faster "
+                "than it; shown for continuity with the earlier run", context=True))
         rep.targets.append(Target("TCP throughput vs no firewall", "≥ 0.95×",
                                   report.fmt_ratio(r["tcp"]), r["tcp"].median >= 0.95))
         summary = next(v for v in variants if v.key == top).info.get("summary", {})
@@ -216,6 +258,15 @@ def run_fabric(lab, rep, max_gen, tmpdir, cfg, quick) -> None:
     rep.sections.append("\n".join(lines))
 
 
+def _med(values: list[float]) -> float:
+    return summarize(values).median
+
+
+def _per_rep(t: control.Timings, steps: tuple[str, ...]) -> list[float]:
+    n = len(t.steps.get("compile", []))
+    return [sum(t.steps[s][i] for s in steps if s in t.steps) for i in range(n)]
+
+
 def run_control(lab, rep, cmp_gen, max_gen, tmpdir, cfg, quick) -> None:
     try:
         import agent.nft  # noqa: F401
@@ -223,6 +274,7 @@ def run_control(lab, rep, cmp_gen, max_gen, tmpdir, cfg, quick) -> None:
     except ImportError as e:
         rep.not_measured.append(f"control plane: {e}")
         return
+    steps, apply_steps = control.STEPS, control.APPLY_STEPS
     log("control plane: compile + apply")
     rows = []
     cp: dict[str, control.Timings] = {}
@@ -233,41 +285,83 @@ def run_control(lab, rep, cmp_gen, max_gen, tmpdir, cfg, quick) -> None:
             info = t.info["summary"]
             rows.append((f"{name}, {mode} ({info['rules']:,} rules, {info['set_elements']:,} elements)", t))
     section = [steps_table(
-        "## Control plane: full table\n\nEach step in the agent's own code, in a throwaway namespace: "
-        "load (parse + validate the file and its service tags), resolve (tags, ASGs), compile, "
-        "check (libnftables dry run), replace (one transaction replacing the table). Replacing an "
-        "existing table, median (min–max) over the repetitions:", rows, control.STEPS)]
+        "## Control plane: full table\n\nEach step in the agent's own code, in one process and a throwaway "
+        "namespace, the daemon's apply path: load (parse + validate the file and its service tags), resolve "
+        "(tags, ASGs), compile, serialize (the JSON batch handed to libnftables, once), replace (one "
+        "transaction replacing the table; no dry run, no read-back), garbage collector paused as in the "
+        f"daemon. Replacing an existing table, median (min–max) over {cfg['reps']} repetitions (the loader's "
+        "caches are warm after the first apply, as in a running daemon):", rows, steps, apply_steps)]
     section.append("")
-    section.append("First apply into an empty namespace: " + "; ".join(
-        f"{k}: compile {t.info['first_apply']['compile'] * 1000:.0f} ms, check {t.info['first_apply']['check'] * 1000:.0f} ms, "
-        f"replace {t.info['first_apply']['replace'] * 1000:.0f} ms" for k, t in cp.items()))
+    section.append("First apply into an empty namespace (cold caches): " + "; ".join(
+        f"{k}: " + ", ".join(f"{s} {t.info['first_apply'][s] * 1000:.0f} ms" for s in steps) for k, t in cp.items()))
     rep.sections.append("\n".join(section))
     tmax = cp["classify-maximum"]
-    tot = [tmax.steps["compile"][i] + tmax.steps["check"][i] + tmax.steps["replace"][i]
-           for i in range(len(tmax.steps["compile"]))]
-    end_to_end = [tot[i] + tmax.steps["load"][i] + tmax.steps["resolve"][i] for i in range(len(tot))]
-    rep.targets.append(Target("compile + apply of the maximum NSG", "≤ 2 s",
-                              f"{summarize(tot).median:.2f} s (with load + resolve: {summarize(end_to_end).median:.2f} s)",
-                              summarize(tot).median <= 2.0))
+    tot, every = _per_rep(tmax, apply_steps), _per_rep(tmax, steps)
+
+    log("control plane: nft load time against element count (the same maximum table, elements cut)")
+    scaling = control.element_scaling(lab, max_gen, tmpdir, "classify", (0.0, 0.25, 0.5, 1.0),
+                                      cfg["element_reps"], log)
+    srows = ["| elements kept | set/map elements | nft rules | replace s (median) |", "|---|---|---|---|"]
+    for f, count, nrules, times in scaling["rows"]:
+        srows.append(f"| {f:.0%} | {count:,} | {nrules:,} | {_med(times):.2f} |")
+    full_elems = scaling["rows"][-1][1]
+    floor = scaling["fixed_s"] + scaling["per_element_us"] * full_elems / 1e6
+    rep.sections.append("\n".join([
+        "## Control plane: where a full apply's time goes at the maximum (nft per-element cost)", "",
+        "The compiled maximum table loaded again and again into one namespace (a replacement each time, "
+        "through agent.nft), with every named set and map cut to a fraction of its elements; chains and "
+        f"rules unchanged. {cfg['element_reps']} repetitions per row.", "", *srows, "",
+        f"Least-squares line: **{scaling['per_element_us']:.1f} µs per element** + {scaling['fixed_s']:.2f} s for "
+        f"the rest of the table (chains, rules, transaction). At {full_elems:,} elements that is "
+        f"{floor:.2f} s of the replace step, spent inside libnftables/nft 1.0.6 (userspace interval "
+        "handling), not in the agent."]))
+    rep.targets.append(Target(
+        "compile + apply of the maximum NSG", "≤ 2 s",
+        f"{_med(tot):.2f} s (compile {_med(tmax.steps['compile']):.2f} + serialize {_med(tmax.steps['serialize']):.2f} "
+        f"+ replace {_med(tmax.steps['replace']):.2f}; with load + resolve: {_med(every):.2f} s)", _med(tot) <= 2.0,
+        f"replace is nft's per-element load: {scaling['per_element_us']:.1f} µs × {full_elems:,} elements ≈ "
+        f"{scaling['per_element_us'] * full_elems / 1e6:.2f} s (see the element-count table)"
+        if _med(tot) > 2.0 else ""))
 
     log("control plane: ASG and service-tag changes (rebuild and swap)")
     rows = []
+    changes: dict[tuple[str, str], control.Timings] = {}
+    # The comparison policy has neither ASG nor tag rules: the same size with some of each.
+    chg_scale = dataclasses.replace(generate.NAIVE_COMPARISON, asg_every=10, asgs_per_rule=10,
+                                    tag_prefixes=10_000, tags=20, tag_every=20)
+    chg_gen = generate.generate(chg_scale)
+    for gen, name in ((chg_gen, "comparison"), (max_gen, "maximum")):
+        for kind in ("asg", "tag"):
+            t = control.change(lab, gen, tmpdir / name, kind, "classify", cfg["change_reps"], log)
+            changes[(name, kind)] = t
+            rows.append((f"{name}, {kind}: {t.info['change']} ({t.info['distinct_tables']} distinct tables)", t))
     for kind in ("asg", "tag"):
-        t = control.change(lab, max_gen, tmpdir, kind, "classify", cfg["change_reps"], log)
-        rows.append((f"{kind}: {t.info['change']} ({t.info['distinct_tables']} distinct tables)", t))
-        tot = [sum(t.steps[s][i] for s in ("compile", "check", "replace")) for i in range(len(t.steps["compile"]))]
-        rep.targets.append(Target(f"{'ASG membership' if kind == 'asg' else 'service-tag file'} change at the maximum NSG",
-                                  "≤ 100 ms", f"{summarize(tot).median * 1000:.0f} ms compile+apply "
-                                  f"(with load + resolve: {summarize([a + b + c for a, b, c in zip(tot, t.steps['load'], t.steps['resolve'])]).median * 1000:.0f} ms)",
-                                  summarize(tot).median <= 0.1))
+        t = changes.get(("maximum", kind))
+        if t is None:
+            continue
+        all_ms, apply_ms = _med(_per_rep(t, steps)) * 1000, _med(_per_rep(t, apply_steps)) * 1000
+        split = ", ".join(f"{s} {_med(t.steps[s]) * 1000:.0f}" for s in steps)
+        rep.targets.append(Target(
+            f"{'ASG membership' if kind == 'asg' else 'service-tag file'} change at the maximum NSG", "≤ 100 ms",
+            f"{all_ms:,.0f} ms, the daemon's full rebuild and swap ({split} ms)", all_ms <= 100,
+            f"{_med(t.steps['replace']) * 1000:,.0f} ms of it is nft loading the whole {full_elems:,}-element table "
+            f"(≈ {scaling['per_element_us']:.1f} µs/element); a change that only touched the changed set's "
+            "elements would avoid it, the daemon does not do incremental updates" if all_ms > 100 else ""))
     rep.sections.append(steps_table(
-        "## Control plane: changes at the maximum policy\n\nA full rebuild and swap per change, classify mode; "
-        "each repetition toggles the change so every apply really changes the table:", rows, control.STEPS))
+        "## Control plane: ASG and service-tag changes\n\nWhat the daemon does for such a change: a full rebuild "
+        "and swap (load with the unchanged service-tag file cached by (path, sha256), resolve, compile, "
+        "serialize, replace), classify mode, in one long-lived process; each repetition toggles the change so "
+        f"every apply really changes the table. The comparison rows use the comparison size with ASG and tag "
+        f"rules added ({chg_scale.describe()}); "
+        f"median (min–max) over {cfg['change_reps']} repetitions:",
+        rows, steps, apply_steps))
 
     log("control plane: daemon, file save -> enforced")
-    daemon_rows = []
+    daemon_rows: list[str] = []
     daemon_phase_rows: list[str] = []
+    timing_rows: list[str] = []
     runs: dict[str, control.DaemonRun] = {}
+    timing_keys = ("load", "resolve", "compile", "serialize", "replace", "generation", "status", "flush")
     for gen, name, edits, idx in ((cmp_gen, "comparison", cfg["edits_cmp"], 20), (max_gen, "maximum", cfg["edits_max"], 21)):
         try:
             r = control.save_to_enforced(lab, gen, tmpdir, edits, idx, "classify", log)
@@ -285,49 +379,124 @@ def run_control(lab, rep, cmp_gen, max_gen, tmpdir, cfg, quick) -> None:
             daemon_phase_rows.append(
                 f"| {name} | " + " | ".join(fmt(summarize([x * 1000 for x in ph[k]]).median)
                                             for k in ("event", "to_reconcile", "reconcile", "to_probe")) + " |")
+        if r.timing:
+            timing_rows.append(f"| {name} | {len(r.timing.get('total', []))} | " + " | ".join(
+                fmt(_med(r.timing[k])) if r.timing.get(k) else "—" for k in (*timing_keys, "total")) + " |")
         log(f"  {name}: p50 {fmt(percentile(lat, 0.5))} ms, p99 {fmt(percentile(lat, 0.99))} ms, "
             f"VmHWM {fmt((r.vmhwm_kb or 0) / 1024, 1)} MiB {r.note}")
     if daemon_rows:
         rep.sections.append("\n".join([
-            "## Daemon: file save → enforced, and peak memory", "",
-            "`nsg-agent run --config F --netns nsgb-s… --mode classify` as a subprocess; each edit flips the verdict "
-            "of TCP port 7100 (a priority-100 rule from the client, Allow ↔ Deny) by saving the file the way "
-            "editors do (write a temporary file, rename it over the original). The latency runs from the rename to "
-            "the moment a prober in the client namespace sees the new verdict with fresh connections (10 ms connect "
-            "timeout: about 10 ms resolution; Deny = three timeouts in a row, timed from the first). Peak RSS is "
-            "the daemon's VmHWM (/proc/PID/status) after the edits (the periodic resync ran several times).", "",
+            "## Daemon: file save → enforced", "",
+            "`nsg-agent run --config F --netns nsgb-s… --mode classify --log-level debug` as a subprocess; each "
+            "edit flips the verdict of TCP port 7100 (a priority-100 rule from the client, Allow ↔ Deny) by "
+            "saving the file the way editors do (write a temporary file, rename it over the original). The "
+            "latency runs from the rename to the moment a prober in the client namespace (bench/probeloop.py) "
+            "sees the new verdict with fresh connections: 10 ms connect timeout, so about 10 ms resolution; "
+            "Deny = three timeouts in a row, timed from the first. The prober's polling is bounded: it pauses "
+            f"{probeloop.PAUSE * 1000:.0f} ms after every connection that gets through. (An earlier version "
+            "connected in a tight loop while waiting for a Deny; on this 2-core machine it kept both cores busy "
+            "and slowed the daemon it measured 2-4x: p99 0.6-0.8 s against about 0.4 s with the pause, same "
+            "daemon, comparison policy.) VmHWM is the daemon's peak RSS (/proc/PID/status) after the edits.", "",
             "| policy | edits measured | p50 ms | p99 ms | max ms | startup to first apply | VmHWM | note |",
             "|---|---|---|---|---|---|---|---|", *daemon_rows,
-            "", "Where each edit's latency goes (medians in ms, from the arrival times of the daemon's own log "
-            "lines `config.changed`, `reconcile.start`, `config.applied`):", "",
+            "", "The daemon's own phase times per edit (its `reconcile.timing` debug event, edits only; medians "
+            "in ms):", "",
+            "| policy | edits | " + " | ".join(timing_keys) + " | total |",
+            "|---|---|" + "---|" * (len(timing_keys) + 1), *timing_rows,
+            "", "Where each edit's latency goes, outside the daemon's reconcile too (medians in ms, from the "
+            "arrival times of the daemon's log lines `config.changed`, `reconcile.start`, `config.applied`):", "",
             "| policy | save → file event | event → reconcile start (debounce, loop) | reconcile (load … replace, status) "
-            "| config.applied logged → probe sees it (negative: enforced before the daemon logged it) |", "|---|---|---|---|---|", *daemon_phase_rows]))
+            "| config.applied logged → probe sees it (negative: enforced before the log line arrived) |",
+            "|---|---|---|---|---|", *daemon_phase_rows]))
     for name in ("comparison", "maximum"):
         r = runs.get(name)
         lat = sorted(r.latencies) if r else []
+        note = ""
+        if name == "maximum" and lat and percentile(lat, 0.99) > 1.0 and r.timing.get("replace"):
+            note = (f"the daemon's replace step alone is {_med(r.timing['replace']):,.0f} ms per edit: nft loading "
+                    f"the whole {full_elems:,}-element table (≈ {scaling['per_element_us']:.1f} µs/element)")
         rep.targets.append(Target(f"file save → enforced p99 ({name} policy)", "≤ 1 s",
                                   f"{percentile(lat, 0.99) * 1000:.0f} ms over {len(lat)} edits" if lat else "n/a",
-                                  (percentile(lat, 0.99) <= 1.0 and not r.misses) if lat else None))
-    r = runs.get("maximum")
-    rep.targets.append(Target("agent peak RSS at the maximum policy", "≤ 150 MB",
-                              f"{r.vmhwm_kb / 1024:.0f} MiB (VmHWM)" if r and r.vmhwm_kb else "n/a",
-                              (r.vmhwm_kb / 1024 <= 150) if r and r.vmhwm_kb else None))
+                                  (percentile(lat, 0.99) <= 1.0 and not r.misses) if lat else None, note))
 
+    log("memory: RSS per step and tracemalloc at the maximum policy")
+    mem = trace = None
+    try:
+        mem = control.memory_profile(max_gen, tmpdir, lab.netns("mem"), "classify", False, log)
+        trace = control.memory_profile(max_gen, tmpdir, lab.netns("mem"), "classify", True, log)
+    except Exception as e:  # keep the rest of the report
+        rep.not_measured.append(f"memory profile: {e}")
+    lines = ["## Memory at the maximum policy", ""]
+    if mem:
+        lines += ["bench/memprobe.py in a fresh process runs the daemon's apply path once (garbage collector "
+                  "paused from load to replace, then one collection, as in agent/daemon.py) and reads VmRSS/VmHWM "
+                  "after each step, with everything the daemon keeps (state, policy, commands, payload) alive. "
+                  f"The batch handed to libnftables is {mem['payload_kb'] / 1024:.0f} MiB of JSON.", "",
+                  "| after step | step s | VmRSS MiB | Δ RSS MiB | VmHWM MiB |", "|---|---|---|---|---|"]
+        prev = None
+        for row in mem["steps"]:
+            d = "" if prev is None else f"{(row['rss_kb'] - prev) / 1024:+.0f}"
+            lines.append(f"| {row['step']} | {row['seconds']:.2f} | {row['rss_kb'] / 1024:.0f} | {d} | {row['hwm_kb'] / 1024:.0f} |")
+            prev = row["rss_kb"]
+    if trace:
+        lines += ["", "Python's own allocations (tracemalloc, a separate run without the kernel step): traced "
+                  "size after each step, then the allocation sites holding the most after serialize.", "",
+                  "| after step | traced MiB | traced peak MiB |", "|---|---|---|"]
+        lines += [f"| {r['step']} | {r['traced_kb'] / 1024:.0f} | {r['traced_peak_kb'] / 1024:.0f} |"
+                  for r in trace["steps"] if "traced_kb" in r]
+        lines += ["", "| allocation site | MiB | blocks |", "|---|---|---|"]
+        lines += [f"| `{t['where']}` | {t['kb'] / 1024:.1f} | {t['count']:,} |" for t in trace.get("top", [])]
+    if mem or trace:
+        rep.sections.append("\n".join(lines))
+    if mem and trace:
+        by = {row["step"]: row for row in mem["steps"]}
+        tby = {row["step"]: row for row in trace["steps"]}
+        if "replace" in by and "serialize" in by:
+            in_nft = (by["replace"]["hwm_kb"] - by["serialize"]["hwm_kb"]) / 1024
+            py = tby.get("collect", tby.get("serialize", {})).get("traced_kb", 0) / 1024
+            rep.findings.append(
+                f"- **Memory at the maximum policy**: one apply peaks at {by['collect']['hwm_kb'] / 1024:.0f} MiB in a "
+                f"fresh process. The interpreter and imports are {by['imports']['rss_kb'] / 1024:.0f} MiB; load + "
+                f"resolve + compile + serialize add {(by['serialize']['hwm_kb'] - by['imports']['hwm_kb']) / 1024:.0f} MiB "
+                f"(Python objects traced at the end: {py:.0f} MiB, the compiled nft expressions first, see the "
+                f"allocation sites); the replace step adds {in_nft:.0f} MiB of peak inside libnftables (C heap, "
+                "invisible to tracemalloc: nft 1.0.6 parses the JSON batch and builds every interval set in "
+                "userspace before the transaction). The daemon's own peak is higher still: it keeps the last "
+                "good state while building the next one, and libnftables' heap is not returned to the system.")
+    r = runs.get("maximum")
+    hwm = r.vmhwm_kb / 1024 if r and r.vmhwm_kb else None
+    note = ""
+    if hwm and hwm > 150 and mem:
+        by = {row["step"]: row for row in mem["steps"]}
+        parts = []
+        prev = None
+        for row in mem["steps"]:
+            if prev is not None:
+                parts.append(f"{row['step']} {(row['rss_kb'] - prev) / 1024:+.0f}")
+            prev = row["rss_kb"]
+        note = (f"one apply in a fresh process peaks at {mem['steps'][-1]['hwm_kb'] / 1024:.0f} MiB "
+                f"(after imports {by['imports']['rss_kb'] / 1024:.0f} MiB; RSS change per step, MiB: "
+                + ", ".join(parts) + "); see 'Memory at the maximum policy'")
+    rep.targets.append(Target("agent peak RSS at the maximum policy", "≤ 150 MB",
+                              f"{hwm:.0f} MiB (daemon VmHWM after {len(r.latencies)} edits)" if hwm else "n/a",
+                              (hwm <= 150) if hwm else None, note))
+
+    split = {s: _med(tmax.steps[s]) for s in steps}
+    total = sum(split.values())
+    rep.findings.append(
+        "- **Full rebuild at the maximum policy, where the time goes** (median seconds, classify mode, warm "
+        "caches): " + ", ".join(f"{s} {v:.2f} s ({100 * v / total:.0f}%)" for s, v in split.items())
+        + f"; total {total:.2f} s. The replace step is nft's per-element load ({scaling['per_element_us']:.1f} µs "
+        f"× {full_elems:,} elements); every change (file edit, ASG membership, service tag) pays it, because "
+        "the daemon rebuilds and swaps the whole table.")
     missed = [t for t in rep.targets if t.met is False and ("compile" in t.name or "change" in t.name or "save" in t.name)]
     if missed:
         log("profiling load + resolve + compile at the maximum policy")
         prof, hot = control.profile_pipeline(max_gen, tmpdir, "classify")
-        split = {s: summarize(tmax.steps[s]).median for s in control.STEPS}
-        total = sum(split.values())
-        rep.findings.append(
-            "- **Rebuild at the maximum policy, where the time goes** (median seconds, classify mode): "
-            + ", ".join(f"{s} {v:.2f} s ({100 * v / total:.0f}%)" for s, v in split.items())
-            + f"; total {total:.2f} s. Every change (file edit, ASG membership, service tag) pays all of it, "
-            "because the daemon rebuilds and swaps the whole table.")
-        rep.findings.append("- **Hotspots** (cProfile of load + resolve + compile, the project's functions with "
-                            "the most self time, stdlib ipaddress included): " + "; ".join(f"`{w}` {tt:.2f} s self / {ct:.2f} s cumulative"
-                                                              for w, tt, ct in hot) + ".")
-        rep.sections.append("## Profile: load + resolve + compile of the maximum policy (cProfile)\n\n"
+        rep.findings.append("- **Hotspots** (cProfile of a cold load + resolve + compile, the project's functions "
+                            "with the most self time, stdlib ipaddress included): "
+                            + "; ".join(f"`{w}` {tt:.2f} s self / {ct:.2f} s cumulative" for w, tt, ct in hot) + ".")
+        rep.sections.append("## Profile: load + resolve + compile of the maximum policy (cProfile, cold caches)\n\n"
                             "```\n" + prof + "\n```")
     del quick
 

@@ -1,9 +1,12 @@
 """Control-plane measurements: compile, apply, changes, file save -> enforced, daemon RSS.
 
 Everything is applied inside throwaway ``nsgb-`` namespaces through the agent's own backend
-(agent.nft.NftBackend), the way the daemon does it: a dry-run check, then one transaction
-replacing the table. A change (ASG membership, service-tag file) is a full rebuild and swap:
-load the file, resolve, compile, check, replace; each step is timed on its own.
+(agent.nft.NftBackend), the way the daemon's apply path does it (agent/daemon.py): load,
+resolve, compile, serialize the batch once (agent.nft.batch_payload), then one transaction
+replacing the table (no separate dry run, no read-back), with the cyclic garbage collector
+paused from load to replace. A change (ASG membership, service-tag file) is that same full
+rebuild and swap, in one long-lived process like the daemon (so the loader's caches, e.g.
+service-tag files by (path, sha256), work as they do there); each step is timed on its own.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from agent import loader, semantics
 from bench import netns
 from bench.generate import LINK_PREFIXLEN, PORT_FLIP, SERVER_NIC, Generated
 
-STEPS = ("load", "resolve", "compile", "check", "replace")
+STEPS = ("load", "resolve", "compile", "serialize", "replace")
+APPLY_STEPS = ("compile", "serialize", "replace")  # "compile + apply"
 
 
 @dataclass
@@ -46,20 +50,32 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def pipeline(path: Path, mode: str, interfaces: dict[str, str], backend: Any, t: Timings) -> Any:
-    """load -> resolve -> compile -> check -> replace, each step timed into ``t``."""
-    from agent.compiler import HostPlacement, compile_ruleset
+    """load -> resolve -> compile -> serialize -> replace, each step timed into ``t``; the
+    garbage collector paused meanwhile and one collection afterwards, as in the daemon."""
+    import gc
 
-    loaded, s = _timed(lambda: loader.load(path))
-    t.add("load", s)
-    policy, s = _timed(lambda: semantics.resolve(loaded.state, loaded.tags))
-    t.add("resolve", s)
-    rs, s = _timed(lambda: compile_ruleset(policy, HostPlacement(interfaces=interfaces), mode=mode))
-    t.add("compile", s)
-    if backend is not None:
-        _, s = _timed(lambda: backend.check(rs.commands))
-        t.add("check", s)
-        _, s = _timed(lambda: backend.replace(rs.commands))
-        t.add("replace", s)
+    from agent.compiler import HostPlacement, compile_ruleset
+    from agent.nft import batch_payload
+
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        loaded, s = _timed(lambda: loader.load(path))
+        t.add("load", s)
+        policy, s = _timed(lambda: semantics.resolve(loaded.state, loaded.tags))
+        t.add("resolve", s)
+        rs, s = _timed(lambda: compile_ruleset(policy, HostPlacement(interfaces=interfaces), mode=mode))
+        t.add("compile", s)
+        if backend is not None:
+            commands = list(rs.commands)
+            payload, s = _timed(lambda: batch_payload(commands))
+            t.add("serialize", s)
+            _, s = _timed(lambda: backend.replace(commands, payload=payload))
+            t.add("replace", s)
+    finally:
+        if was_enabled:
+            gc.enable()
+            gc.collect()
     return rs
 
 
@@ -79,8 +95,8 @@ def compile_apply(lab: netns.Lab, gen: Generated, tmpdir: Path, mode: str, reps:
                           "summary": _summary_info(rs)})
         for _ in range(reps):
             pipeline(path, mode, {SERVER_NIC: ifname}, backend, t)
-        log(f"  {mode}: compile {min(t.steps['compile']):.2f} s, check+replace "
-            f"{min(a + b for a, b in zip(t.steps['check'], t.steps['replace'])):.2f} s")
+        log(f"  {mode}: compile {min(t.steps['compile']):.2f} s, serialize+replace "
+            f"{min(a + b for a, b in zip(t.steps['serialize'], t.steps['replace'])):.2f} s")
         return t
     finally:
         backend.close()
@@ -133,11 +149,84 @@ def change(lab: netns.Lab, gen: Generated, tmpdir: Path, kind: str, mode: str, r
             rs = pipeline(path, mode, {SERVER_NIC: ifname}, backend, t)
             digests.add(rs.to_json().__hash__())
         t.info["distinct_tables"] = len(digests)
-        total = [sum(t.steps[s][i] for s in ("compile", "check", "replace")) for i in range(reps)]
+        total = [sum(t.steps[s][i] for s in APPLY_STEPS) for i in range(reps)]
         log(f"  {kind} change: compile+apply median {sorted(total)[len(total) // 2] * 1000:.0f} ms")
         return t
     finally:
         backend.close()
+
+
+def element_scaling(lab: netns.Lab, gen: Generated, tmpdir: Path, mode: str, fractions: tuple[float, ...],
+                    reps: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The kernel load of the SAME compiled table with its set/map elements cut to a fraction
+    (chains and rules unchanged): replace time against element count, to show how much of a
+    full apply is nft's per-element cost. Returns {"rows": [(fraction, elements, rules,
+    [seconds...])], "per_element_us": slope, "fixed_s": intercept}."""
+    from agent.compiler import HostPlacement, compile_ruleset
+    from agent.nft import NftBackend, batch_payload
+
+    path = gen.write(tmpdir / f"elements-{mode}", name="state", interface="nsgb-s0")
+    loaded = loader.load(path)
+    rs = compile_ruleset(semantics.resolve(loaded.state, loaded.tags),
+                         HostPlacement(interfaces={SERVER_NIC: "nsgb-s0"}), mode=mode)
+    ns = lab.netns("elem")
+    backend = NftBackend(netns=ns)
+    rows = []
+    try:
+        backend.replace(list(rs.commands))  # the table exists: every measured load is a replacement
+        for f in fractions:
+            commands, count = _cut_elements(rs.commands, f)
+            payload = batch_payload(commands)
+            times = []
+            for _ in range(reps):
+                _, s = _timed(lambda: backend.replace(commands, payload=payload))
+                times.append(s)
+            rows.append((f, count, sum(1 for c in commands if "rule" in c.get("add", {})), times))
+            log(f"  elements x{f:g}: {count:,} elements, replace {min(times):.2f} s")
+    finally:
+        backend.close()
+    xs = [r[1] for r in rows]
+    ys = [sorted(r[3])[len(r[3]) // 2] for r in rows]
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else float("nan")
+    return {"rows": rows, "per_element_us": slope * 1e6, "fixed_s": my - slope * mx}
+
+
+def _cut_elements(commands: list[dict], fraction: float) -> tuple[list[dict], int]:
+    """A copy of ``commands`` whose named sets and maps keep the first ``fraction`` of their
+    elements (intervals stay disjoint; rules still refer to the same sets)."""
+    out, count = [], 0
+    for c in commands:
+        body = c.get("add", {})
+        kind = "set" if "set" in body else "map" if "map" in body else None
+        if kind and "elem" in body[kind]:
+            obj = dict(body[kind])
+            elems = obj.pop("elem")
+            elems = elems[: int(len(elems) * fraction)]
+            if elems:
+                obj["elem"] = elems
+            count += len(elems)
+            c = {"add": {kind: obj}}
+        out.append(c)
+    return out, count
+
+
+def memory_profile(gen: Generated, tmpdir: Path, ns: str, mode: str, trace: bool,
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """bench.memprobe in a fresh process: RSS after each step of the apply path, or (trace)
+    tracemalloc's view of where Python's memory sits."""
+    path = gen.write(tmpdir / f"mem-{mode}", name="state", interface="nsgb-s0")
+    proc = subprocess.run([netns.python(), "-m", "bench.memprobe", str(path), ns, mode]
+                          + (["--tracemalloc"] if trace else []),
+                          cwd=netns.ROOT, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.memprobe failed ({proc.returncode}): {proc.stderr.strip()[-400:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    last = out["steps"][-1]
+    log(f"  memory ({'tracemalloc' if trace else 'RSS'}): VmHWM {last['hwm_kb'] / 1024:.0f} MiB")
+    return out
 
 
 def _asg_toggle(state: dict) -> tuple[dict, str]:
@@ -254,6 +343,8 @@ def _phases(saves: list[tuple[float, float | None]], events: list[tuple[float, s
 @dataclass
 class DaemonRun:
     phases: dict[str, list[float]] = field(default_factory=dict)
+    # the daemon's own reconcile.timing events of the edits (outcome "applied"): phase -> ms
+    timing: dict[str, list[float]] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)  # seconds
     misses: int = 0
     vmhwm_kb: int | None = None
@@ -281,7 +372,7 @@ def _with_flip(gen: Generated, interface: str, access: str, tag_files: dict | No
 
 def _daemon_cmd(path: Path, ns: str, state_dir: Path, mode: str) -> list[str]:
     return [netns.python(), "-m", "agent.cli", "run", "--config", str(path), "--netns", ns,
-            "--state-dir", str(state_dir), "--mode", mode, "--log-level", "info"]
+            "--state-dir", str(state_dir), "--mode", mode, "--log-level", "debug"]
 
 
 def _wait_event(proc: subprocess.Popen, event: str, timeout: float, seen: list[str]) -> bool:
@@ -344,11 +435,18 @@ def save_to_enforced(lab: netns.Lab, gen: Generated, tmpdir: Path, edits: int, i
 
     events: list[tuple[float, str]] = []
 
+    timings: list[dict] = []
+
     def drain() -> None:
         for line in proc.stderr:  # type: ignore[union-attr]
             for name in ("config.changed", "reconcile.start", "config.applied"):
                 if f'"{name}"' in line:
                     events.append((time.monotonic(), name))
+            if '"reconcile.timing"' in line:
+                try:
+                    timings.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
 
     threading.Thread(target=drain, daemon=True).start()
     saves: list[tuple[float, float | None]] = []
@@ -372,6 +470,11 @@ def save_to_enforced(lab: netns.Lab, gen: Generated, tmpdir: Path, edits: int, i
         saves.append((saved, seen))
         time.sleep(0.3)
     run.phases = _phases(saves, events)
+    for ev in timings:
+        if ev.get("outcome") == "applied" and ev.get("reason") != "startup":
+            for k, v in ev.items():
+                if k.endswith("_ms") and isinstance(v, (int, float)):
+                    run.timing.setdefault(k[:-3], []).append(float(v))
     run.vmhwm_kb = _proc_kb(proc.pid, "VmHWM")
     run.vmrss_kb = _proc_kb(proc.pid, "VmRSS")
     lab.stop(proc)
