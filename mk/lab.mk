@@ -32,8 +32,8 @@ demo:
 	@echo "The lab stays up. Try:"
 	@echo "  $(LAB_AGENT) lab exec client --lab $(LAB_DEMO_NAME) -- ip addr"
 	@echo "  $(LAB_AGENT) verify $(LAB_DEMO_FILE) --nic web3 --direction Inbound --protocol tcp --local 10.10.1.6:80 --remote 203.0.113.10:50000"
-	@echo "  edit $(LAB_DEMO_FILE), then: sudo make demo-probe"
-	@echo "Tear it down with: sudo make demo-down"
+	@echo "  edit $(LAB_DEMO_FILE), then: sudo bash scripts/demo.sh probe   (or: sudo make demo-probe)"
+	@echo "Tear it down with: sudo bash scripts/demo.sh down   (or: sudo make demo-down)"
 
 demo-probe:
 	$(LAB_AGENT) lab probe --name $(LAB_DEMO_NAME)
