@@ -29,6 +29,8 @@ from typing import Callable, Iterator
 
 import pytest
 
+from agent.lab.probe import icmp_checksum
+
 REPO = Path(__file__).resolve().parent.parent
 VENV = REPO / ".venv"
 PYTHON = str(VENV / "bin" / "python") if (VENV / "bin" / "python").exists() else sys.executable
@@ -223,7 +225,7 @@ class Prober:
             ident = secrets.randbits(16)
             header = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
             payload = b"nsg-agent-probe"
-            packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, 1) + payload
+            packet = struct.pack("!BBHHH", 8, 0, icmp_checksum(header + payload), ident, 1) + payload
             with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
                 s.bind((src, 0))
                 s.settimeout(timeout)
@@ -253,13 +255,6 @@ class Prober:
         return self.runner.call(go, timeout=timeout + 5)
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
 
 
 def echo(sock: socket.socket) -> bool:

@@ -374,7 +374,8 @@ class Listeners:
         self.close()
 
 
-def _icmp_checksum(data: bytes) -> int:
+def icmp_checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of an ICMP message."""
     if len(data) % 2:
         data += b"\0"
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -387,7 +388,7 @@ def _probe_icmp(src: Endpoint, dst: Endpoint, timeout: float) -> tuple[str, int 
     ident = int.from_bytes(os.urandom(2), "big")
     payload = b"nsg-lab-probe" + os.urandom(8)
     hdr = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
-    pkt = struct.pack("!BBHHH", 8, 0, _icmp_checksum(hdr + payload), ident, 1) + payload
+    pkt = struct.pack("!BBHHH", 8, 0, icmp_checksum(hdr + payload), ident, 1) + payload
     with nsexec.socket_in(src.netns, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
         s.bind((src.address, 0))
         s.sendto(pkt, (dst.address, 0))
