@@ -287,3 +287,18 @@ def test_verify_ipv6_endpoints(capsys, tmp_path):
     got, out, _ = run(capsys, "verify", str(path), "--nic", "n6", "--direction", "Inbound", "--protocol", "tcp",
                       "--local", "[fd00::4]:443", "--remote", "[2001:db8::7]:50000")
     assert got == 0 and "[2001:db8::7]:50000 -> [fd00::4]:443" in out
+
+
+def test_closed_pipe_ends_quietly(examples_dir):
+    """A reader that went away (| head) ends the command with SIGPIPE's code, no traceback."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from agent.cli import main; "
+            f"sys.exit(main(['effective-rules', {str(examples_dir / 'lab-demo.yaml')!r}, '--nic', 'web1']))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the interpreter has even started: every write gets EPIPE
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(30) == 141
+    assert "Traceback" not in err
