@@ -519,14 +519,9 @@ def _print_json(obj: Any) -> None:
 
 
 def _emit(text: str) -> None:
-    """Write to stdout; a closed pipe (``| head``) ends the output quietly."""
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        import os
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+    """Write to stdout now (a closed pipe surfaces here; agent.cli ends quietly on it)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _error(message: str) -> None:
