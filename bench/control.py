@@ -158,10 +158,13 @@ def change(lab: netns.Lab, gen: Generated, tmpdir: Path, kind: str, mode: str, r
 
 def element_scaling(lab: netns.Lab, gen: Generated, tmpdir: Path, mode: str, fractions: tuple[float, ...],
                     reps: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """The kernel load of the SAME compiled table with its set/map elements cut to a fraction
-    (chains and rules unchanged): replace time against element count, to show how much of a
-    full apply is nft's per-element cost. Returns {"rows": [(fraction, elements, rules,
-    [seconds...])], "per_element_us": slope, "fixed_s": intercept}."""
+    """nft's cost against element count: the SAME compiled table with its named sets' and
+    maps' elements cut to a fraction (chains and rules unchanged), timed two ways through
+    agent.nft: loaded into a namespace without our table (the table deleted first, untimed),
+    and loaded again over the identical table (what the daemon's every change does).
+    Returns {"rows": [(fraction, elements, rules, [load s], [replace s])], "load": (µs per
+    element, fixed s), "replace": (µs per element, fixed s), "list_s": seconds to list the full
+    table (what nft reads back from the kernel)}."""
     from agent.compiler import HostPlacement, compile_ruleset
     from agent.nft import NftBackend, batch_payload
 
@@ -172,26 +175,39 @@ def element_scaling(lab: netns.Lab, gen: Generated, tmpdir: Path, mode: str, fra
     ns = lab.netns("elem")
     backend = NftBackend(netns=ns)
     rows = []
+    list_s = float("nan")
     try:
-        backend.replace(list(rs.commands))  # the table exists: every measured load is a replacement
         for f in fractions:
             commands, count = _cut_elements(rs.commands, f)
             payload = batch_payload(commands)
-            times = []
+            loads, replaces = [], []
             for _ in range(reps):
+                backend.delete_table()
                 _, s = _timed(lambda: backend.replace(commands, payload=payload))
-                times.append(s)
-            rows.append((f, count, sum(1 for c in commands if "rule" in c.get("add", {})), times))
-            log(f"  elements x{f:g}: {count:,} elements, replace {min(times):.2f} s")
+                loads.append(s)
+                _, s = _timed(lambda: backend.replace(commands, payload=payload))
+                replaces.append(s)
+            rows.append((f, count, sum(1 for c in commands if "rule" in c.get("add", {})), loads, replaces))
+            log(f"  elements x{f:g}: {count:,} elements, load {min(loads):.2f} s, replace {min(replaces):.2f} s")
+        _, list_s = _timed(lambda: backend.list_table())
     finally:
         backend.close()
-    xs = [r[1] for r in rows]
-    ys = [sorted(r[3])[len(r[3]) // 2] for r in rows]
+    return {"rows": rows, "load": _fit([r[1] for r in rows], [_median(r[3]) for r in rows]),
+            "replace": _fit([r[1] for r in rows], [_median(r[4]) for r in rows]), "list_s": list_s}
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
+
+
+def _fit(xs: list[int], ys: list[float]) -> tuple[float, float]:
+    """Least squares y = a*x + b: (a in µs per element, b in s)."""
     n = len(xs)
     mx, my = sum(xs) / n, sum(ys) / n
     var = sum((x - mx) ** 2 for x in xs)
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else float("nan")
-    return {"rows": rows, "per_element_us": slope * 1e6, "fixed_s": my - slope * mx}
+    return slope * 1e6, my - slope * mx
 
 
 def _cut_elements(commands: list[dict], fraction: float) -> tuple[list[dict], int]:

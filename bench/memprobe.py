@@ -3,7 +3,8 @@
     python -m bench.memprobe STATE.json NETNS MODE [--tracemalloc]
 
 Runs the daemon's apply path once (load, resolve, compile, serialize, replace into the
-``nsgb-`` namespace NETNS, garbage collector paused as in agent/daemon.py) and prints one JSON
+``nsgb-`` namespace NETNS, then the same replace again over the existing table as on every
+change; garbage collector paused as in agent/daemon.py) and prints one JSON
 object: VmRSS and VmHWM (KiB, /proc/self/status) after each step and after the final
 collection, with everything the daemon keeps (file, policy, commands, payload) still alive.
 
@@ -86,6 +87,10 @@ def main(argv: list[str]) -> int:
             t0 = time.perf_counter()
             backend.replace(commands, payload=payload)
             mark("replace", t0)
+            # What the daemon does on every change: the same batch over the existing table.
+            t0 = time.perf_counter()
+            backend.replace(commands, payload=payload)
+            mark("replace again", t0)
         finally:
             backend.close()
         out["payload_kb"] = len(payload) // 1024

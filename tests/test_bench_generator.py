@@ -152,3 +152,32 @@ class TestLoadsAndFlows:
         users = [r for r in nic.inbound[0].rules if not r.default]
         matching = [r.name for r in users if r.source.contains(client)]
         assert matching == [gen.rules[0]["name"], gen.rules[-1]["name"]]
+
+
+class TestElementCut:
+    @pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0], ids=["none", "half", "all"])
+    def test_cut_keeps_structure(self, fraction, tmp_path):
+        """Cutting a compiled table's set/map elements to a fraction keeps every command and
+        rule, keeps each named set's first elements in order, and counts what it kept."""
+        from agent.compiler import HostPlacement, compile_ruleset
+        from bench.control import _cut_elements
+
+        loaded = _loaded(generate(MIXED), tmp_path)
+        rs = compile_ruleset(semantics.resolve(loaded.state, loaded.tags),
+                             HostPlacement(interfaces={SERVER_NIC: "nsgb-s0"}), mode="classify")
+        cut, count = _cut_elements(rs.commands, fraction)
+        assert len(cut) == len(rs.commands)
+        expected = 0
+        for before, after in zip(rs.commands, cut):
+            body = before.get("add", {})
+            kind = "set" if "set" in body else "map" if "map" in body else None
+            if kind and "elem" in body[kind]:
+                keep = int(len(body[kind]["elem"]) * fraction)
+                expected += keep
+                assert after["add"][kind].get("elem", []) == body[kind]["elem"][:keep]
+                assert {k: v for k, v in after["add"][kind].items() if k != "elem"} == \
+                    {k: v for k, v in body[kind].items() if k != "elem"}
+            else:
+                assert after == before
+        assert count == expected
+        assert expected > 0 or fraction == 0.0
