@@ -29,7 +29,7 @@ MIXED = Scale(rules=60, prefixes=20, ports=2, wide_rules=1, wide_prefixes=500, a
 
 SCALES = [
     pytest.param(NAIVE_COMPARISON, id="naive-comparison-200x50"),
-    pytest.param(NAIVE_LARGE, id="naive-large-1000x20"),
+    pytest.param(NAIVE_LARGE, id="naive-large-1000x50"),
     pytest.param(MIXED, id="mixed-kinds"),
     pytest.param(replace(MIXED, seed=8, rules=2, wide_rules=0), id="two-rules"),
 ]
