@@ -206,6 +206,24 @@ class TestFailures:
         assert env.rec.reconcile("startup")
         assert env.backend.calls.count("replace") == 1 and "check" not in env.backend.calls
 
+    def test_check_first_runs_a_dry_run_before_the_transaction(self, env):
+        """One-shot `nsg-agent apply`: the kernel checks the batch, then one replace."""
+        env.rec.check_first = True
+        assert env.rec.reconcile("apply")
+        ops = [c for c in env.backend.calls if c in ("check", "replace")]
+        assert ops == ["check", "replace"]
+
+    def test_refused_check_attempts_no_transaction(self, env):
+        env.rec.reconcile("startup")
+        good = env.backend.dump()
+        env.rec.check_first = True
+        write(env.config, policy_text(extra_rule=DENY_SSH))
+        env.backend.fail_next("check", "Error: Could not process rule")
+        assert not env.rec.reconcile("apply")
+        assert env.backend.calls.count("replace") == 1  # only the startup one
+        assert env.backend.dump() == good
+        assert env.store.read().last_error["kind"] == "apply"
+
     def test_refused_command_changes_nothing_and_is_named(self, env):
         """A batch with one bad command applies nothing and the error names that command."""
         env.rec.reconcile("startup")

@@ -224,6 +224,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     backend = _backend(args.netns)
     try:
         rec = _reconciler(args.file, args, backend)
+        rec.check_first = True  # the kernel checks the batch (dry run) before the transaction
         if rec.reconcile("apply"):
             c = rec.status.commit
             s = c.summary
