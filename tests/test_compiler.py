@@ -190,19 +190,43 @@ class TestLevels:
                     Packet("output", "10.1.1.4", "203.0.113.9", 6, 1, 2250, oifname="eth0")):
             assert trace(small.commands, pkt).verdict == trace(normal.commands, pkt).verdict
 
-    def test_non_port_protocol_entries_span_all_ports(self):
-        """In stage-2 maps every non-TCP/UDP entry spans 0-65535 on both th port fields."""
-        rs = compile_ruleset(_policy(), _host(_policy()))
-        seen = 0
-        for r in _objects(rs, "rule"):
-            for stmt in r["expr"]:
-                if "vmap" in stmt and isinstance(stmt["vmap"]["data"], dict) and "concat" in stmt["vmap"]["key"]:
-                    for key, _ in stmt["vmap"]["data"]["set"]:
-                        _, proto, sport, dport = key["concat"]
-                        if proto not in (6, 17):
-                            seen += 1
-                            assert sport == dport == {"range": [0, 65535]}
-        assert seen
+    def test_non_port_protocols_ignore_the_port_bytes(self):
+        """Ports only constrain TCP/UDP: for ICMP and other protocols whatever bytes sit where
+        th sport/dport would be never change the verdict or the deciding rule."""
+        p = _policy()
+        rs = compile_ruleset(p, _host(p))
+        nics = [(n, nic) for n, nic in sorted(p.nics.items()) if nic.interface]
+        checked = 0
+        for name, nic in nics:
+            local = str(nic.addresses[0])
+            for remote in ("10.1.1.4", "10.1.2.4", "10.1.2.9", "203.0.113.9", "168.63.129.16"):
+                for proto in (1, 47, 50):
+                    for inbound in (True, False):
+                        seen = set()
+                        for junk in (0, 7, 80, 443, 1433, 3389, 65535):
+                            pkt = (Packet("input", remote, local, proto, junk, junk, iifname=nic.interface)
+                                   if inbound else
+                                   Packet("output", local, remote, proto, junk, junk, oifname=nic.interface))
+                            t = trace(rs.commands, pkt)
+                            seen.add((t.verdict, tuple(t.comments)))
+                        assert len(seen) == 1, (name, remote, proto, inbound, seen)
+                        checked += 1
+        assert checked
+
+    def test_no_concatenated_interval_maps(self):
+        """Classify mode renders one single-field map per decomposition node: the kernel looks
+        each up in a tree (rbtree), never in a concatenated interval map (pipapo), whose lookup
+        cost grows with its expanded entry count."""
+        for name in ("webservers-asg.yaml", "port80.yaml"):
+            p = _policy(name)
+            rs = compile_ruleset(p, _host(p))
+            for kind in ("map", "set"):
+                for obj in _objects(rs, kind):
+                    assert isinstance(obj["type"], str), obj["name"]
+            for r in _objects(rs, "rule"):
+                for stmt in r["expr"]:
+                    if "vmap" in stmt:
+                        assert "concat" not in stmt["vmap"]["key"], r
 
     def test_large_policy_classifies_within_bound(self):
         """1000 rules x 20 prefixes classify (no fallback) and report their element counts."""

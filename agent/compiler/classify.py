@@ -10,11 +10,11 @@ in a chosen **order**, cuts each one into elementary intervals (the cut points o
 still in play), labels each piece with the rules that contain it, and recurses on each
 distinct label; the first rule left when no dimension remains decides. Adjacent pieces whose
 sub-results are identical are merged, and results are interned, so identical sub-trees are
-shared. This is the two-stage class lookup of design.md; ``split`` cuts the tree after the
-first ``k`` dimensions of the order:
+shared. This is the two-stage class lookup of design.md, cut after the first ``k``
+dimensions of the order (``stop``):
 
-- stage 1: boxes over the first ``k`` dimensions -> class (an interned sub-tree),
-- stage 2: per class, the flattened sub-tree: boxes over the other dimensions -> rule.
+- stage 1: the tree over the first ``k`` dimensions, ending in classes (interned sub-trees),
+- stage 2: per class, the rest of its sub-tree (rendered by agent/compiler/render.py).
 
 Two orders are used (``ORDERS``): *remote first* (stage 1 = the remote address alone, stage 2
 = local . proto . sport . dport) and *ports first* (stage 1 = local . proto . sport . dport,
@@ -209,47 +209,6 @@ class Decomposer:
         if len(pieces) == 1 and (pieces[0][0], pieces[0][1]) == self.full[d] and self.nodes[pieces[0][2]][0] == LEAF:
             return pieces[0][2]  # the same rule everywhere: a leaf covers this dimension too
         return self._node((NODE, tuple(tuple(p) for p in pieces)))
-
-    # flattening ------------------------------------------------------------------------
-    def flatten(self, node: int, d: int, stop: int = 5, limit: int | None = None) -> list[tuple[tuple[Interval, ...], int]]:
-        """Boxes ``(intervals for dims d..stop-1, node)`` of a sub-tree rooted at dim d: the
-        node is a leaf, or the sub-tree at dimension ``stop`` (a class). More than ``limit``
-        boxes raise TooLarge."""
-        out: list[tuple[tuple[Interval, ...], int]] = []
-        if node == EMPTY:
-            return out
-        full = self.full
-        nodes = self.nodes
-
-        def walk(node: int, d: int, prefix: tuple) -> None:
-            kind, payload = nodes[node]
-            if kind != NODE or d == stop:
-                out.append((prefix + full[d:stop], node))
-                if limit is not None and len(out) > limit:
-                    raise TooLarge(f"more than {limit} elements")
-                return
-            for lo, hi, child in payload:
-                walk(child, d + 1, prefix + ((lo, hi),))
-
-        walk(node, d, ())
-        return out
-
-    def split(self, k: int, limit: int | None = None) -> list[tuple[tuple[Interval, ...], int]]:
-        """Stage 1: the root as boxes over dims 0..k-1 -> child node (a leaf or a class)."""
-        return self.flatten(self.root(), 0, k, limit)
-
-    def covers(self, boxes: list[tuple[tuple[Interval, ...], int]], d: int, stop: int) -> bool:
-        """Do ``boxes`` (over dims d..stop-1, disjoint) cover that whole space?"""
-        total = 0
-        for ivs, _ in boxes:
-            v = 1
-            for lo, hi in ivs:
-                v *= hi - lo + 1
-            total += v
-        whole = 1
-        for lo, hi in self.full[d:stop]:
-            whole *= hi - lo + 1
-        return total == whole
 
 
 def first_match_1d(rules: list[tuple[int, tuple[Interval, ...]]]) -> list[tuple[int, int, int]]:
