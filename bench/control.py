@@ -176,6 +176,7 @@ def element_scaling(lab: netns.Lab, gen: Generated, tmpdir: Path, mode: str, fra
     backend = NftBackend(netns=ns)
     rows = []
     list_s = float("nan")
+    nft_cli: dict[str, dict[str, float]] = {}
     try:
         for f in fractions:
             commands, count = _cut_elements(rs.commands, f)
@@ -190,10 +191,32 @@ def element_scaling(lab: netns.Lab, gen: Generated, tmpdir: Path, mode: str, fra
             rows.append((f, count, sum(1 for c in commands if "rule" in c.get("add", {})), loads, replaces))
             log(f"  elements x{f:g}: {count:,} elements, load {min(loads):.2f} s, replace {min(replaces):.2f} s")
         _, list_s = _timed(lambda: backend.list_table())
+        batch = tmpdir / f"elements-{mode}" / "batch.json"
+        batch.write_bytes(batch_payload(rs.commands))
+        backend.delete_table()
+        nft_cli = {"load": nft_cli_rusage(ns, batch), "replace": nft_cli_rusage(ns, batch)}
+        log("  nft -j -f alone: load {wall:.2f} s (user {user:.2f}, kernel {sys:.2f}), peak RSS "
+            "{maxrss_mib:.0f} MiB".format(**nft_cli["load"]))
     finally:
         backend.close()
-    return {"rows": rows, "load": _fit([r[1] for r in rows], [_median(r[3]) for r in rows]),
+    return {"nft_cli": nft_cli, "rows": rows, "load": _fit([r[1] for r in rows], [_median(r[3]) for r in rows]),
             "replace": _fit([r[1] for r in rows], [_median(r[4]) for r in rows]), "list_s": list_s}
+
+
+def nft_cli_rusage(ns: str, batch: Path) -> dict[str, float]:
+    """The nft command alone loading ``batch`` into namespace ``ns``: wall seconds, user and
+    kernel CPU seconds and peak RSS (MiB) of the nft process, from wait4's rusage. What any
+    tool built on libnftables pays for this table, whatever it does around it."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, "nft", "-j", "-f", str(batch)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.returncode != 0:
+        raise RuntimeError(f"nft -j -f {batch} failed in {ns}: {err.strip()[:300]}")
+    return {"wall": wall, "user": usage.ru_utime, "sys": usage.ru_stime, "maxrss_mib": usage.ru_maxrss / 1024}
 
 
 def _median(values: list[float]) -> float:

@@ -31,6 +31,7 @@ class Report:
     targets: list[Target] = field(default_factory=list)
     not_measured: list[str] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
+    nft_cli_rss: float | None = None  # MiB: the nft command alone loading the maximum table
 
     def render(self) -> str:
         out = ["# Benchmarks", ""]
