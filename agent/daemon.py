@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from agent import loader, semantics
+from agent.compiler.delta import delta
 from agent.errors import LoadError
 from agent.logging import get_logger
 from agent.nft import Backend, NftError, batch_payload
@@ -163,6 +164,10 @@ class Reconciler:
         # a refused batch is then reported before anything is attempted. The daemon skips it
         # (the replace is one transaction either way, and the check costs ~0.45 s at scale).
         self.check_first = False
+        # An edit is applied as a delta (only the sets and chains that differ, one
+        # transaction) when the kernel provably still holds the last commit; else, and for
+        # drift repair, the whole table is replaced.
+        self.incremental = True
         self.applied_clock: float | None = None  # clock() of the last commit
         self._baseline: threading.Thread | None = None
         self._phases = _Phases()
@@ -361,7 +366,7 @@ class Reconciler:
             else:
                 table = "missing" if found is None else "changed"
             self.log.warning("drift.detected", table=table, expected=self.kernel_fingerprint, found=found)
-            if self._apply(self.last_good, "drift"):
+            if self._apply(self.last_good, "drift", incremental=False):
                 self.log.info("drift.repaired", ruleset_sha256=self.last_good.sha256)
 
     def remove(self) -> bool:
@@ -379,16 +384,40 @@ class Reconciler:
         read = getattr(self.backend, "generation", None)
         return read() if read is not None else None
 
-    def _apply(self, desired: Desired, reason: str, phases: _Phases | None = None) -> bool:
+    def _delta_base(self) -> Desired | None:
+        """The last good state when the kernel provably still holds it (no nftables
+        transaction in the namespace since our commit): an edit can then go as a delta."""
+        if not self.incremental or self.last_good is None or self.kernel_generation is None:
+            return None
+        commit = self.status.commit
+        if commit is None or commit.ruleset_sha256 != self.last_good.sha256:
+            return None
+        return self.last_good if self._generation() == self.kernel_generation else None
+
+    def _apply(self, desired: Desired, reason: str, phases: _Phases | None = None,
+               incremental: bool = True) -> bool:
         phases = phases or _Phases()
         try:
             # One transaction: libnftables refuses the batch as a whole (nothing applied) if
             # any command fails; only then does the backend bisect to the failing command.
-            if self.check_first:
-                self.backend.check(desired.commands)
-                phases.mark("check")
-            self._replace(desired)
-            phases.mark("replace")
+            how, delta_size = "replace", None
+            base = self._delta_base() if incremental else None
+            if base is not None:
+                commands = delta(base.commands, desired.commands)
+                phases.mark("delta")
+                if commands is not None:
+                    try:
+                        self.backend.transact(commands)
+                        how, delta_size = "delta", len(commands)
+                    except NftError as e:  # nothing of it applied: replace the table instead
+                        self.log.warning("apply.delta_refused", reason=reason, error=str(e),
+                                         commands=len(commands))
+            if how == "replace":
+                if self.check_first:
+                    self.backend.check(desired.commands)
+                    phases.mark("check")
+                self._replace(desired)
+            phases.mark(how)
             # Known window: another process committing between our replace and this read
             # would be taken as part of our commit (microseconds; documented).
             generation = self._generation()
@@ -421,7 +450,8 @@ class Reconciler:
         self.applies += 1
         self.status.last_error = None
         s = desired.summary
-        self.log.info("config.applied", reason=reason, file=str(desired.loaded.path),
+        self.log.info("config.applied", reason=reason, how=how, delta_commands=delta_size,
+                      file=str(desired.loaded.path),
                       sha256=desired.loaded.sha256, ruleset_sha256=desired.sha256,
                       chains=s.get("chains"), rules=s.get("rules"), sets=s.get("sets"),
                       set_elements=s.get("set_elements"), modes=s.get("modes_used"))

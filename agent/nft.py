@@ -10,6 +10,9 @@ is the single choke point for that batch:
   path: it would only repeat the kernel's work. Only when the batch is refused does it
   bisect with dry runs to find the first failing command, so the error names the command
   and not just the batch;
+- :meth:`NftBackend.transact` runs a delta of the table (agent.compiler.delta: only the
+  sets and chains an edit changed) as one transaction, when the kernel still holds the
+  previous commit;
 - :meth:`NftBackend.check` is that dry run on its own (the kernel validates, nothing
   changes), for callers that want to validate without applying;
 - it refuses any command that would touch another table or the whole ruleset (``flush
@@ -71,6 +74,7 @@ class Backend(Protocol):
 
     def check(self, commands: list[dict]) -> None: ...
     def replace(self, commands: list[dict], payload: bytes | None = None) -> None: ...
+    def transact(self, commands: list[dict]) -> None: ...
     def delete_table(self) -> bool: ...
     def list_table(self, *, terse: bool = False) -> dict | None: ...
     def counters(self) -> dict[tuple[str, str], RuleCounter]: ...
@@ -160,6 +164,14 @@ def listing_text_fingerprint(text: bytes) -> str:
     counters are blanked with a regular expression, the rest (handles included) is hashed
     as the kernel printed it. About 100x cheaper than parsing a large listing."""
     return hashlib.sha256(_COUNTER_TEXT.sub(b'"counter":null', text)).hexdigest()
+
+
+def _fake_referenced(table: Any, chain: str) -> bool:
+    """Does any rule or verdict map of the fake table jump/goto ``chain``?"""
+    needle = f'"target":"{chain}"'
+    blobs = [json.dumps(r["expr"], separators=(",", ":")) for r in table.rules]
+    blobs += [json.dumps(s.get("elem", []), separators=(",", ":")) for s in table.sets.values()]
+    return any(needle in b for b in blobs)
 
 
 # --- the real backend ----------------------------------------------------------------------
@@ -290,6 +302,15 @@ class NftBackend:
         raise NftError("the kernel refused the ruleset; the previous table stays in force",
                        error=err, command=commands[index] if index is not None else None,
                        index=index)
+
+    def transact(self, commands: list[dict]) -> None:
+        """Run ``commands`` (a delta of the agent's own table, agent.compiler.delta) as ONE
+        transaction: all or nothing. A refusal is not diagnosed further: the caller falls
+        back to :meth:`replace`, which names a failing command if there is one."""
+        assert_own_table(commands)
+        rc, _, err = self._run(commands)
+        if rc != 0:
+            raise NftError("the kernel refused the delta; nothing of it was applied", error=err)
 
     def delete_table(self) -> bool:
         cmd = {"delete": {"table": {"family": TABLE_FAMILY, "name": TABLE_NAME}}}
@@ -442,6 +463,14 @@ class FakeBackend:
             self.batches.append(copy.deepcopy(commands))
             self.gen += 1
 
+    def transact(self, commands: list[dict]) -> None:
+        with self._lock:
+            self._maybe_fail("transact")
+            assert_own_table(commands)
+            self.table = self._apply(copy.deepcopy(self.table), commands)
+            self.batches.append(copy.deepcopy(commands))
+            self.gen += 1
+
     def delete_table(self) -> bool:
         with self._lock:
             self._maybe_fail("delete_table")
@@ -556,6 +585,26 @@ class FakeBackend:
             r["expr"] = [({"counter": {"packets": 0, "bytes": 0}} if "counter" in e else e)
                          for e in copy.deepcopy(obj.get("expr", []))]
             table.rules.append(r)
+            return table
+        if kind == "chain" and verb in ("flush", "delete"):
+            if obj["name"] not in table.chains:
+                raise enoent
+            if verb == "flush":
+                table.rules = [r for r in table.rules if r["chain"] != obj["name"]]
+                return table
+            if any(r["chain"] == obj["name"] for r in table.rules) or _fake_referenced(table, obj["name"]):
+                raise NftError("fake", error="Error: Could not process rule: Device or resource busy")
+            del table.chains[obj["name"]]
+            return table
+        if kind in ("set", "map") and verb in ("flush", "delete"):
+            if obj["name"] not in table.sets:
+                raise enoent
+            if verb == "flush":
+                table.sets[obj["name"]]["elem"] = []
+                return table
+            if any(f'"@{obj["name"]}"' in json.dumps(r["expr"]) for r in table.rules):
+                raise NftError("fake", error="Error: Could not process rule: Device or resource busy")
+            del table.sets[obj["name"]]
             return table
         raise NftError("fake", error=f"Error: the fake does not model {verb} {kind}")
 

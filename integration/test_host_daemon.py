@@ -69,6 +69,8 @@ def test_daemon_follows_edits_bad_edits_and_drift(host_pair, echo_server, prober
     assert took is not None, "the edit was not enforced"
     print(f"edit enforced after {took:.2f}s (probe-polled)")
     agent.wait_for("config.applied", count=2)
+    applied = [e for e in agent.events() if e["event"] == "config.applied"]
+    assert [e["how"] for e in applied[:2]] == ["replace", "delta"], applied  # the edit: only what changed
     changed = [e for e in agent.events() if e["event"] == "config.changed"]
     assert any(e.get("change") in ("moved", "created", "modified", "closed") for e in changed), \
         "the file watcher (not only the periodic resync) must notice the rename"
@@ -90,6 +92,8 @@ def test_daemon_follows_edits_bad_edits_and_drift(host_pair, echo_server, prober
     write_atomically(config, host_policy(pair, web_access="Allow"))
     assert poll(web, BOUND) is not None
     assert not other()
+    hows = [(e["reason"], e["how"]) for e in agent.events() if e["event"] == "config.applied"]
+    assert ("drift", "replace") in hows and hows[-1][1] == "delta", hows
     agent.proc.send_signal(signal.SIGHUP)
     agent.wait_for("signal.reload")
     agent.wait_for("config.unchanged", reason="sighup")

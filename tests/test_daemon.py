@@ -559,3 +559,66 @@ class TestSettle:
         env.clock.advance(COMPLETE_SETTLE)
         env.rec.tick()
         assert len(env.backend.batches) == 2
+
+
+class TestDelta:
+    """Edits go to the kernel as a delta when it provably still holds the last commit."""
+
+    @staticmethod
+    def fresh(commands) -> str:
+        fake = FakeBackend()
+        fake.replace(commands)
+        return fake.dump()
+
+    EDIT = policy_text().replace("access: Allow", "access: Deny", 1)  # allow-http now denies
+
+    @pytest.fixture(autouse=True)
+    def real_compiler(self, env):
+        env.rec.compile_fn = compile_host  # the fake's one chain per NIC makes every edit ~100 %
+
+    def test_edit_goes_as_a_delta(self, env):
+        env.rec.reconcile("startup")
+        write(env.config, self.EDIT)
+        with capture_logs() as logs:
+            assert env.rec.reconcile("file")
+        assert "transact" in env.backend.calls and env.backend.calls.count("replace") == 1
+        assert env.backend.dump() == self.fresh(env.rec.last_good.commands)
+        applied = [e for e in logs if e["event"] == "config.applied"][0]
+        assert applied["how"] == "delta" and 0 < applied["delta_commands"] < len(env.rec.last_good.commands)
+
+    def test_another_transaction_means_a_full_replace(self, env):
+        """Any nftables transaction since our commit (generation moved): no delta."""
+        env.rec.reconcile("startup")
+        env.backend.gen += 1  # someone else committed something in the namespace
+        write(env.config, self.EDIT)
+        with capture_logs() as logs:
+            assert env.rec.reconcile("file")
+        assert "transact" not in env.backend.calls and env.backend.calls.count("replace") == 2
+        assert [e for e in logs if e["event"] == "config.applied"][0]["how"] == "replace"
+
+    def test_refused_delta_falls_back_to_replace(self, env):
+        env.rec.reconcile("startup")
+        write(env.config, self.EDIT)
+        env.backend.fail_next("transact", "Error: Could not process rule: Device or resource busy")
+        with capture_logs() as logs:
+            assert env.rec.reconcile("file")
+        assert "apply.delta_refused" in events(logs)
+        ops = [c for c in env.backend.calls if c in ("transact", "replace")]
+        assert ops == ["replace", "transact", "replace"]
+        assert env.backend.dump() == self.fresh(env.rec.last_good.commands)
+
+    def test_no_delta_option_always_replaces(self, env):
+        env.rec.incremental = False
+        env.rec.reconcile("startup")
+        write(env.config, self.EDIT)
+        assert env.rec.reconcile("file")
+        assert "transact" not in env.backend.calls and env.backend.calls.count("replace") == 2
+
+    def test_drift_repair_replaces_the_whole_table(self, env):
+        env.rec.reconcile("startup")
+        good = env.backend.dump()
+        env.backend.tamper()
+        env.clock.advance(2.0)
+        env.rec.tick()
+        assert env.backend.dump() == good
+        assert "transact" not in env.backend.calls and env.backend.calls.count("replace") == 2

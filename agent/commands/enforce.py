@@ -84,6 +84,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--debounce", type=float, default=0.15, metavar="SECONDS",
                    help="quiet time after a file event before reconciling (default 0.15)")
     p.add_argument("--remove-on-exit", action="store_true", help="delete the table on SIGTERM")
+    p.add_argument("--no-delta", action="store_true",
+                   help="replace the whole table on every change (default: an edit is applied as "
+                        "a delta of the changed sets and chains when the kernel still holds the "
+                        "last commit)")
     p.add_argument("--no-link-events", action="store_true", help="do not watch link events")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     _common(p)
@@ -359,6 +363,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         rec = _reconciler(args.config, args, backend, notifier=notifier,
                           debounce=args.debounce, resync=args.resync)
+        rec.incremental = not args.no_delta
         daemon = Daemon(rec, netns=args.netns, notifier=notifier, remove_on_exit=args.remove_on_exit,
                         watch_links=not args.no_link_events)
         try:

@@ -143,7 +143,8 @@ class _Builder:
         self.rules: list[dict] = []
         self.rule_index: dict[tuple[str, str], RuleRef] = {}
         self.levels: dict[str, _Level] = {}
-        self._level_by_key: dict[str, str] = {}
+        self._level_by_key: dict[tuple, str] = {}
+        self._level_base: dict[tuple, str] = {}  # (direction, platform, nsg) -> lvl_<h8>
         self.level_summary: dict[str, dict] = {}
         self.elements = 0
 
@@ -163,15 +164,25 @@ class _Builder:
         """The chain name for this level's resolved content (created once per content)."""
         # The tuple itself is the sharing key (rules and terms hash cheaply); the text form,
         # which spells out every prefix, is built only to name a new level.
+        # Names come from the NSG and direction, not from the resolved content, so that an
+        # edit of the content (an ASG member, a tag prefix) keeps every name and can be
+        # applied as a delta (agent/compiler/delta.py). A second resolution of the same NSG
+        # and direction (VirtualNetwork or ASGs of another VNet) is variant v2, v3, ... in
+        # the order NICs are compiled (sorted by name).
         key = (direction.value, platform, lv.nsg, lv.rules)
         if key in self._level_by_key:
             name = self._level_by_key[key]
         else:
-            digest = _digest(repr(key))
-            n = 8
-            while f"lvl_{digest[:n]}" in self.levels:
-                n += 2
-            name = f"lvl_{digest[:n]}"
+            base_key = (direction.value, platform, lv.nsg)
+            base = self._level_base.get(base_key)
+            if base is None:
+                digest = _digest(repr(base_key))
+                n = 8
+                while f"lvl_{digest[:n]}" in self._level_base.values():
+                    n += 2
+                base = self._level_base[base_key] = f"lvl_{digest[:n]}"
+            variant = sum(1 for k in self._level_by_key if k[:3] == base_key) + 1
+            name = base if variant == 1 else f"{base}v{variant}"
             self._level_by_key[key] = name
             self.levels[name] = _Level(name, lv.nsg, direction, platform, lv.rules)
         self.levels[name].users.append(user)
