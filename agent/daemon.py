@@ -404,7 +404,7 @@ class Reconciler:
             base = self._delta_base() if incremental else None
             if base is not None:
                 commands = delta(base.commands, desired.commands)
-                phases.mark("delta")
+                phases.mark("diff")
                 if commands is not None:
                     try:
                         self.backend.transact(commands)
@@ -417,7 +417,7 @@ class Reconciler:
                     self.backend.check(desired.commands)
                     phases.mark("check")
                 self._replace(desired)
-            phases.mark(how)
+            phases.mark("transact" if how == "delta" else "replace")
             # Known window: another process committing between our replace and this read
             # would be taken as part of our commit (microseconds; documented).
             generation = self._generation()

@@ -30,6 +30,9 @@ from bench.generate import LINK_PREFIXLEN, PORT_FLIP, SERVER_NIC, Generated
 
 STEPS = ("load", "resolve", "compile", "serialize", "replace")
 APPLY_STEPS = ("compile", "serialize", "replace")  # "compile + apply"
+# An ASG or tag change, the daemon's way: a delta against the table the kernel holds.
+CHANGE_STEPS = ("load", "resolve", "compile", "serialize", "diff", "apply")
+CHANGE_APPLY_STEPS = ("compile", "serialize", "diff", "apply")
 
 
 @dataclass
@@ -49,12 +52,17 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def pipeline(path: Path, mode: str, interfaces: dict[str, str], backend: Any, t: Timings) -> Any:
+def pipeline(path: Path, mode: str, interfaces: dict[str, str], backend: Any, t: Timings,
+             previous: list[dict] | None = None) -> Any:
     """load -> resolve -> compile -> serialize -> replace, each step timed into ``t``; the
-    garbage collector paused meanwhile and one collection afterwards, as in the daemon."""
+    garbage collector paused meanwhile and one collection afterwards, as in the daemon.
+    With ``previous`` (the commands the kernel holds) it applies like the daemon's edits:
+    diff (agent.compiler.delta) -> apply (one transaction of the delta; the whole table
+    when there is no delta), and records in ``t.info["how"]`` which it was."""
     import gc
 
     from agent.compiler import HostPlacement, compile_ruleset
+    from agent.compiler.delta import delta
     from agent.nft import batch_payload
 
     was_enabled = gc.isenabled()
@@ -68,10 +76,20 @@ def pipeline(path: Path, mode: str, interfaces: dict[str, str], backend: Any, t:
         t.add("compile", s)
         if backend is not None:
             commands = list(rs.commands)
-            payload, s = _timed(lambda: batch_payload(commands))
+            payload, s = _timed(lambda: batch_payload(commands))  # the daemon hashes it
             t.add("serialize", s)
-            _, s = _timed(lambda: backend.replace(commands, payload=payload))
-            t.add("replace", s)
+            if previous is None:
+                _, s = _timed(lambda: backend.replace(commands, payload=payload))
+                t.add("replace", s)
+            else:
+                diff, s = _timed(lambda: delta(previous, commands))
+                t.add("diff", s)
+                apply = (lambda: backend.transact(diff)) if diff is not None else \
+                    (lambda: backend.replace(commands, payload=payload))
+                _, s = _timed(apply)
+                t.add("apply", s)
+                t.info.setdefault("how", []).append(
+                    f"delta of {len(diff)} commands" if diff is not None else "replace")
     finally:
         if was_enabled:
             gc.enable()
@@ -112,7 +130,8 @@ def _summary_info(rs: Any) -> dict[str, Any]:
 
 def change(lab: netns.Lab, gen: Generated, tmpdir: Path, kind: str, mode: str, reps: int,
            log: Callable[[str], None]) -> Timings:
-    """An ASG membership change or a service-tag file change, as a full rebuild and swap.
+    """An ASG membership change or a service-tag file change, applied the daemon's way: full
+    load, resolve and compile, then a delta against the table the kernel holds.
 
     Each repetition toggles the change (on, off, on, ...) so every apply changes the table."""
     from agent.nft import NftBackend
@@ -126,6 +145,7 @@ def change(lab: netns.Lab, gen: Generated, tmpdir: Path, kind: str, mode: str, r
     t = Timings()
     try:
         base_rs = pipeline(path, mode, {SERVER_NIC: ifname}, backend, Timings())
+        held = base_rs.commands
         digests = {base_rs.to_json().__hash__()}
         if kind == "asg":
             nic, group = _asg_toggle(state)
@@ -134,7 +154,21 @@ def change(lab: netns.Lab, gen: Generated, tmpdir: Path, kind: str, mode: str, r
             tag_path = work / state["serviceTags"]["files"][0]
             tags = json.loads(tag_path.read_text())
             target = _referenced_tag(gen, tags)
-            extra = "2001:db8:ffff::/48"
+            # A prefix the earlier rules do not already decide, so the table really changes
+            # (checked by compiling, untimed).
+            base_json = base_rs.to_json()
+            original = list(target["properties"]["addressPrefixes"])
+            extra = None
+            for candidate in TAG_CANDIDATES:
+                target["properties"]["addressPrefixes"] = original + [candidate]
+                _atomic_write(tag_path, json.dumps(tags, indent=1))
+                if pipeline(path, mode, {SERVER_NIC: ifname}, None, Timings()).to_json() != base_json:
+                    extra = candidate
+                    break
+            target["properties"]["addressPrefixes"] = original
+            _atomic_write(tag_path, json.dumps(tags, indent=1))
+            if extra is None:
+                raise ValueError(f"no prefix added to {target['name']} changes the table")
             t.info["change"] = f"service tag {target['name']} gains/loses one prefix ({extra})"
         for r in range(reps):
             on = r % 2 == 0
@@ -146,10 +180,11 @@ def change(lab: netns.Lab, gen: Generated, tmpdir: Path, kind: str, mode: str, r
                 prefixes = [p for p in target["properties"]["addressPrefixes"] if p != extra]
                 target["properties"]["addressPrefixes"] = prefixes + [extra] if on else prefixes
                 _atomic_write(tag_path, json.dumps(tags, indent=1))
-            rs = pipeline(path, mode, {SERVER_NIC: ifname}, backend, t)
+            rs = pipeline(path, mode, {SERVER_NIC: ifname}, backend, t, previous=held)
+            held = rs.commands
             digests.add(rs.to_json().__hash__())
         t.info["distinct_tables"] = len(digests)
-        total = [sum(t.steps[s][i] for s in APPLY_STEPS) for i in range(reps)]
+        total = [sum(t.steps[s][i] for s in CHANGE_APPLY_STEPS) for i in range(reps)]
         log(f"  {kind} change: compile+apply median {sorted(total)[len(total) // 2] * 1000:.0f} ms")
         return t
     finally:
@@ -266,6 +301,11 @@ def memory_profile(gen: Generated, tmpdir: Path, ns: str, mode: str, trace: bool
     last = out["steps"][-1]
     log(f"  memory ({'tracemalloc' if trace else 'RSS'}): VmHWM {last['hwm_kb'] / 1024:.0f} MiB")
     return out
+
+
+# Prefixes tried for the service-tag change, in order (documentation and shared ranges).
+TAG_CANDIDATES = ("2001:db8:ffff::/48", "198.51.100.128/25", "203.0.113.128/25", "100.64.0.0/16",
+                  "100.65.0.0/16", "100.66.0.0/16")
 
 
 def _asg_toggle(state: dict) -> tuple[dict, str]:
