@@ -240,11 +240,10 @@ class Reconciler:
         phases.mark("compile")
         files = {str(Path(p).absolute()): (file_digest(Path(p)) or "") for p in loaded.files}
         files[str(loaded.path.absolute())] = loaded.sha256
-        commands = list(rs.commands)
-        payload, digest = payload_and_digest(commands)
-        phases.mark("serialize")
-        return Desired(loaded, policy, commands, dict(rs.summary),
-                       rule_index_json(rs.rule_index), digest, files, payload)
+        # Serialized later, and only when needed: before a full replace, or after a delta
+        # is in force (so the JSON of the whole table is off the edit's critical path).
+        return Desired(loaded, policy, list(rs.commands), dict(rs.summary),
+                       rule_index_json(rs.rule_index), "", files)
 
     def reconcile(self, reason: str) -> bool:
         """One full load + resolve + compile + apply. True when the kernel now enforces the
@@ -285,13 +284,20 @@ class Reconciler:
                 self.log.exception("compile.failed", file=str(self.config), error=str(e))
                 self._record_error("compile", f"{type(e).__name__}: {e}")
                 return False
-            if desired.payload is None:  # a subclass's load(): serialize here
-                phases.mark("load")
-                desired.payload, desired.sha256 = payload_and_digest(desired.commands)
-                phases.mark("serialize")
             self.seen_files = dict(desired.files)
+            diff = None
+            base = self._delta_base()
+            if base is not None:  # the kernel holds the last good table: what differs?
+                diff = delta(base.commands, desired.commands)
+                phases.mark("diff")
+                if diff == [] and base.payload is not None:  # the very same table
+                    desired.payload, desired.sha256 = base.payload, base.sha256
+            if desired.payload is None and not diff:  # needed now: unchanged check, replace
+                phases.mark("load")
+                self._serialize(desired)
+                phases.mark("serialize")
             committed = self.status.commit
-            if committed is not None and desired.sha256 == committed.ruleset_sha256:
+            if committed is not None and desired.payload is not None and desired.sha256 == committed.ruleset_sha256:
                 generation = self._generation()
                 phases.mark("unchanged_check")
                 if self._kernel_holds(committed, generation):
@@ -311,7 +317,12 @@ class Reconciler:
                     self._announce(desired)
                     self._log_timing(reason, "unchanged", phases)
                     return True
-            return self._apply(desired, reason, phases)
+            return self._apply(desired, reason, phases, diff=diff)
+
+    @staticmethod
+    def _serialize(desired: Desired) -> None:
+        """The batch as libnftables gets it, and its digest (what tells rulesets apart)."""
+        desired.payload, desired.sha256 = payload_and_digest(desired.commands)
 
     def _kernel_holds(self, committed: Commit, generation: int | None) -> bool:
         """Does the kernel still hold ``committed`` untouched? No transaction since the commit
@@ -366,7 +377,7 @@ class Reconciler:
             else:
                 table = "missing" if found is None else "changed"
             self.log.warning("drift.detected", table=table, expected=self.kernel_fingerprint, found=found)
-            if self._apply(self.last_good, "drift", incremental=False):
+            if self._apply(self.last_good, "drift"):
                 self.log.info("drift.repaired", ruleset_sha256=self.last_good.sha256)
 
     def remove(self) -> bool:
@@ -395,24 +406,26 @@ class Reconciler:
         return self.last_good if self._generation() == self.kernel_generation else None
 
     def _apply(self, desired: Desired, reason: str, phases: _Phases | None = None,
-               incremental: bool = True) -> bool:
+               diff: list[dict] | None = None) -> bool:
+        """Make the kernel enforce ``desired``: ``diff`` (agent.compiler.delta against the
+        table the kernel holds) as one transaction when there is one, else the whole table
+        replaced in one transaction."""
         phases = phases or _Phases()
         try:
             # One transaction: libnftables refuses the batch as a whole (nothing applied) if
             # any command fails; only then does the backend bisect to the failing command.
             how, delta_size = "replace", None
-            base = self._delta_base() if incremental else None
-            if base is not None:
-                commands = delta(base.commands, desired.commands)
-                phases.mark("diff")
-                if commands is not None:
-                    try:
-                        self.backend.transact(commands)
-                        how, delta_size = "delta", len(commands)
-                    except NftError as e:  # nothing of it applied: replace the table instead
-                        self.log.warning("apply.delta_refused", reason=reason, error=str(e),
-                                         commands=len(commands))
+            if diff:
+                try:
+                    self.backend.transact(diff)
+                    how, delta_size = "delta", len(diff)
+                except NftError as e:  # nothing of it applied: replace the table instead
+                    self.log.warning("apply.delta_refused", reason=reason, error=str(e),
+                                     commands=len(diff))
             if how == "replace":
+                if desired.payload is None:
+                    self._serialize(desired)
+                    phases.mark("serialize")
                 if self.check_first:
                     self.backend.check(desired.commands)
                     phases.mark("check")
@@ -441,6 +454,9 @@ class Reconciler:
                                hint="nftables needs CAP_NET_ADMIN in the target namespace")
                 raise FatalError(f"cannot program nftables: {e} (CAP_NET_ADMIN missing?)") from e
             return False
+        if desired.payload is None:  # a delta is in force: now the whole batch and its digest
+            self._serialize(desired)
+            phases.mark("serialize")
         self.failures = 0
         self.retry_at = None
         self.kernel_fingerprint = fingerprint

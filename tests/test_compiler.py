@@ -235,3 +235,16 @@ class TestLevels:
         assert info["mode"] == "classify"
         assert info["elements"] == rs.summary["set_elements"] - 2  # all but the iif/oifname dispatch
         assert 20_000 < info["elements"] < 150_000
+
+
+def test_output_does_not_depend_on_earlier_compiles():
+    """The set-element cache kept between compiles never changes what a compile emits."""
+    a, b = _policy("webservers-asg.yaml"), _policy("port80.yaml")
+    first = compile_ruleset(a, _host(a)).to_json()
+    compile_ruleset(b, _host(b))
+    compile_ruleset(big_policy(200, 20), HostPlacement({"nic0": "eth0"}))
+    assert compile_ruleset(a, _host(a)).to_json() == first
+    big1 = compile_ruleset(big_policy(200, 20), HostPlacement({"nic0": "eth0"})).to_json()
+    compile_ruleset(a, _host(a))
+    compile_ruleset(a, _host(a))  # the big policy's sets are gone from the cache now
+    assert compile_ruleset(big_policy(200, 20), HostPlacement({"nic0": "eth0"})).to_json() == big1

@@ -585,6 +585,14 @@ class TestDelta:
         assert env.backend.dump() == self.fresh(env.rec.last_good.commands)
         applied = [e for e in logs if e["event"] == "config.applied"][0]
         assert applied["how"] == "delta" and 0 < applied["delta_commands"] < len(env.rec.last_good.commands)
+        # the whole batch is serialized after the delta is in force, for the commit record
+        # and a later full replace
+        from agent.nft import batch_payload
+        import hashlib
+        assert env.rec.last_good.payload == batch_payload(env.rec.last_good.commands)
+        assert env.store.read().commit.ruleset_sha256 == hashlib.sha256(env.rec.last_good.payload).hexdigest()
+        timing = [e for e in logs if e["event"] == "reconcile.timing"][0]
+        assert list(timing).index("transact_ms") < list(timing).index("serialize_ms")
 
     def test_another_transaction_means_a_full_replace(self, env):
         """Any nftables transaction since our commit (generation moved): no delta."""
