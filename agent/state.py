@@ -17,12 +17,12 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agent.policy import Policy
+    from agent.policy import AddressTerm, Policy, ResolvedRule
 
 DEFAULT_STATE_DIR = "/run/nsg-agent"
 
@@ -53,7 +53,12 @@ class Status:
     pid: int | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True, default=str) + "\n"
+        # Shallow: the commit's fields are plain dicts, lists and strings already, and
+        # dataclasses.asdict's deep copy of a maximum-size rule index cost 0.16 s.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.commit is not None:
+            data["commit"] = {f.name: getattr(self.commit, f.name) for f in fields(self.commit)}
+        return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict) -> "Status":
@@ -121,8 +126,19 @@ def rule_digests(policy: "Policy", interfaces: dict[str, str]) -> dict[str, str]
             continue
         for level in nic.inbound + nic.outbound:
             for rule in level.rules:
-                per_rule.setdefault(f"{level.nsg}: {rule.log_name}", set()).add(repr(rule))
+                per_rule.setdefault(f"{level.nsg}: {rule.log_name}", set()).add(_rule_key(rule))
     return {k: _digest(sorted(v)) for k, v in per_rule.items()}
+
+
+def _rule_key(rule: "ResolvedRule") -> str:
+    """The resolved rule as text, addresses as integer ranges: the repr of int tuples is
+    C-speed, where formatting 180k prefixes as CIDR text took 0.6 s at the benchmark maximum."""
+    def term(t: "AddressTerm") -> tuple:
+        return (t.label, t.any, t.ranges(4), t.ranges(6)) if not t.any else (t.label, True)
+
+    return repr((rule.nsg, rule.name, rule.priority, rule.direction.value, rule.access.value,
+                 rule.protocol.value, term(rule.source), rule.source_ports.ranges,
+                 term(rule.destination), rule.destination_ports.ranges, rule.default, rule.platform))
 
 
 def set_sizes(commands: list[dict]) -> dict[str, int]:
