@@ -40,6 +40,7 @@ from agent.state import Commit, Status, StatusStore, rule_digests, set_sizes
 DEFAULT_DEBOUNCE = 0.15
 DEFAULT_RESYNC = 5.0
 MAX_BACKOFF = 30.0
+IDLE_GC_DELAY = 5.0  # seconds without a reconcile before the deferred full garbage collection
 # A file renamed into place or closed after writing is complete: reconcile after this short
 # settle time (enough to coalesce several files renamed together) instead of the debounce.
 COMPLETE_SETTLE = 0.02
@@ -168,6 +169,7 @@ class Reconciler:
         # transaction) when the kernel provably still holds the last commit; else, and for
         # drift repair, the whole table is replaced.
         self.incremental = True
+        self.gc_due_at: float | None = None  # clock() when the deferred full collection may run
         self.applied_clock: float | None = None  # clock() of the last commit
         self._baseline: threading.Thread | None = None
         self._phases = _Phases()
@@ -228,6 +230,18 @@ class Reconciler:
             if now >= self.next_resync:
                 self.next_resync = now + self.resync_interval
                 self.resync()
+            if self.gc_due_at is not None and now >= self.gc_due_at and self.dirty_at is None:
+                self.idle_collect()
+
+    def idle_collect(self) -> None:
+        """The full garbage collection deferred by reconcile(), when nothing is pending."""
+        self.gc_due_at = None
+        if not gc.isenabled():  # someone else manages the collector
+            return
+        t0 = time.perf_counter()
+        gc.unfreeze()
+        gc.collect()
+        self.log.debug("reconcile.gc", ms=round((time.perf_counter() - t0) * 1000, 1))
 
     # the work ------------------------------------------------------------------------------
     def load(self) -> Desired:
@@ -250,8 +264,9 @@ class Reconciler:
         file; False when the file is bad or the apply failed (the last good state stays).
 
         The cyclic garbage collector is paused from load to replace: with the last good
-        policy and batch alive, its passes cost about 40% of load + compile. One full
-        collection runs after the apply instead, once the new rules are in force."""
+        policy and batch alive, its passes cost about 40% of load + compile. Afterwards the
+        live state is frozen (see below) and one full collection runs once the daemon has
+        been idle for IDLE_GC_DELAY seconds (``idle_collect``)."""
         with self._lock:
             if not gc.isenabled():  # someone else manages the collector: leave it alone
                 return self._reconcile(reason, _Phases())
@@ -260,10 +275,13 @@ class Reconciler:
             try:
                 return self._reconcile(reason, phases)
             finally:
+                # What is alive now is the enforced state: long-lived. Freezing it (O(1)) keeps
+                # the collector from scanning it: a pass over a maximum-size state takes
+                # ~300 ms, which held up the next edit. The few cycles left over are
+                # collected once the daemon has been idle for IDLE_GC_DELAY (idle_collect).
                 gc.enable()
-                t0 = time.perf_counter()
-                gc.collect()
-                self.log.debug("reconcile.gc", ms=round((time.perf_counter() - t0) * 1000, 1))
+                gc.freeze()
+                self.gc_due_at = self.clock() + IDLE_GC_DELAY
 
     def _reconcile(self, reason: str, phases: _Phases) -> bool:
         with self._lock:

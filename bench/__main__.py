@@ -361,23 +361,24 @@ def run_control(lab, rep, cmp_gen, max_gen, tmpdir, cfg, quick) -> None:
         t = changes.get(("maximum", kind))
         if t is None:
             continue
-        all_ms = _med(_per_rep(t, csteps)) * 1000
-        split = ", ".join(f"{s} {_med(t.steps[s]) * 1000:.0f}" for s in csteps)
+        all_ms = _med(_per_rep(t, control.CHANGE_ENFORCED_STEPS)) * 1000
+        split = ", ".join(f"{s} {_med(t.steps[s]) * 1000:.0f}" for s in control.CHANGE_ENFORCED_STEPS)
         hows = sorted(set(t.info.get("how", [])))
-        big = max(csteps, key=lambda s: _med(t.steps[s]))
+        agent_ms = sum(_med(t.steps[s]) for s in ("load", "resolve", "compile", "diff")) * 1000
         rep.targets.append(Target(
             f"{'ASG membership' if kind == 'asg' else 'service-tag file'} change at the maximum NSG", "≤ 100 ms",
-            f"{all_ms:,.0f} ms, the daemon's path: {' / '.join(hows)} ({split} ms)", all_ms <= 100,
+            f"{all_ms:,.0f} ms until the kernel enforces it, the daemon's path: {' / '.join(hows)} ({split} ms; "
+            f"then, off the critical path, serialize {_med(t.steps['serialize']) * 1000:,.0f} ms)", all_ms <= 100,
             f"the kernel part is the apply, {_med(t.steps['apply']) * 1000:,.0f} ms (a full replace would be "
-            f"{_med(tmax.steps['replace']) * 1000:,.0f} ms); the largest step is {big}, "
-            f"{_med(t.steps[big]) * 1000:,.0f} ms: the daemon loads, resolves and compiles the whole file on every "
-            "change; 100 ms needs an incremental compile (only the classes the change touches)"
-            if all_ms > 100 else ""))
+            f"{_med(tmax.steps['replace']) * 1000:,.0f} ms); the other {agent_ms:,.0f} ms are the agent loading, "
+            "resolving and compiling the whole file and diffing the table: 100 ms needs an incremental compile "
+            "(only the classes the change touches)" if all_ms > 100 else ""))
     rep.sections.append(steps_table(
         "## Control plane: ASG and service-tag changes\n\nWhat the daemon does for such a change, in one "
         "long-lived process: load (the unchanged service-tag file cached by (path, sha256)), resolve, compile, "
-        "serialize (the daemon hashes the batch), diff against the table the kernel holds "
-        "(agent/compiler/delta.py), apply the delta in one transaction; classify mode; each repetition toggles "
+        "diff against the table the kernel holds (agent/compiler/delta.py), apply the delta in one transaction, "
+        "then serialize the whole batch (for the daemon's records and a later full replace); classify mode; "
+        "'compile + diff + apply' and 'all steps' are per repetition; each repetition toggles "
         "the change so every apply really changes the table. The comparison rows use the comparison size with "
         f"ASG and tag rules added ({chg_scale.describe()}); "
         f"median (min–max) over {cfg['change_reps']} repetitions:",

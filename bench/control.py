@@ -31,8 +31,9 @@ from bench.generate import LINK_PREFIXLEN, PORT_FLIP, SERVER_NIC, Generated
 STEPS = ("load", "resolve", "compile", "serialize", "replace")
 APPLY_STEPS = ("compile", "serialize", "replace")  # "compile + apply"
 # An ASG or tag change, the daemon's way: a delta against the table the kernel holds.
-CHANGE_STEPS = ("load", "resolve", "compile", "serialize", "diff", "apply")
-CHANGE_APPLY_STEPS = ("compile", "serialize", "diff", "apply")
+CHANGE_STEPS = ("load", "resolve", "compile", "diff", "apply", "serialize")
+CHANGE_ENFORCED_STEPS = ("load", "resolve", "compile", "diff", "apply")  # until the kernel has it
+CHANGE_APPLY_STEPS = ("compile", "diff", "apply")
 
 
 @dataclass
@@ -74,22 +75,25 @@ def pipeline(path: Path, mode: str, interfaces: dict[str, str], backend: Any, t:
         t.add("resolve", s)
         rs, s = _timed(lambda: compile_ruleset(policy, HostPlacement(interfaces=interfaces), mode=mode))
         t.add("compile", s)
-        if backend is not None:
+        if backend is not None and previous is None:
             commands = list(rs.commands)
             payload, s = _timed(lambda: batch_payload(commands))  # the daemon hashes it
             t.add("serialize", s)
-            if previous is None:
-                _, s = _timed(lambda: backend.replace(commands, payload=payload))
-                t.add("replace", s)
+            _, s = _timed(lambda: backend.replace(commands, payload=payload))
+            t.add("replace", s)
+        elif backend is not None:  # the daemon's edit path: the batch serialized after
+            commands = list(rs.commands)
+            diff, s = _timed(lambda: delta(previous, commands))
+            t.add("diff", s)
+            if diff is not None:
+                _, s = _timed(lambda: backend.transact(diff))
             else:
-                diff, s = _timed(lambda: delta(previous, commands))
-                t.add("diff", s)
-                apply = (lambda: backend.transact(diff)) if diff is not None else \
-                    (lambda: backend.replace(commands, payload=payload))
-                _, s = _timed(apply)
-                t.add("apply", s)
-                t.info.setdefault("how", []).append(
-                    f"delta of {len(diff)} commands" if diff is not None else "replace")
+                _, s = _timed(lambda: backend.replace(commands, payload=batch_payload(commands)))
+            t.add("apply", s)
+            _, s = _timed(lambda: batch_payload(commands))
+            t.add("serialize", s)
+            t.info.setdefault("how", []).append(
+                f"delta of {len(diff)} commands" if diff is not None else "replace")
     finally:
         if was_enabled:
             gc.enable()

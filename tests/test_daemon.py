@@ -630,3 +630,22 @@ class TestDelta:
         env.rec.tick()
         assert env.backend.dump() == good
         assert "transact" not in env.backend.calls and env.backend.calls.count("replace") == 2
+
+
+def test_live_state_is_frozen_and_collected_when_idle(env):
+    """After a reconcile the enforced state is frozen out of the collector's passes; the full
+    collection waits until the daemon has been idle."""
+    import gc
+
+    from agent.daemon import IDLE_GC_DELAY
+
+    gc.unfreeze()
+    assert env.rec.reconcile("startup")
+    assert gc.isenabled() and gc.get_freeze_count() > 0
+    with capture_logs() as logs:
+        env.clock.advance(IDLE_GC_DELAY / 2)
+        env.rec.tick()
+        assert gc.get_freeze_count() > 0 and "reconcile.gc" not in events(logs)
+        env.clock.advance(IDLE_GC_DELAY)
+        env.rec.tick()
+    assert gc.get_freeze_count() == 0 and "reconcile.gc" in events(logs)
