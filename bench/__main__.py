@@ -155,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             if not args.skip_dataplane and not args.skip_fabric:
                 run_fabric(lab, rep, max_gen, tmpdir, cfg, quick)
             if not args.skip_control:
+                if not args.skip_dataplane:
+                    waited, idle = machine.wait_quiet()
+                    log(f"waited {waited:.0f} s for a quiet machine before the control plane (CPU idle {idle:.0%})")
+                    rep.machine["quiet wait before the control plane"] = f"{waited:.0f} s (CPU idle {idle:.0%} after it)"
                 run_control(lab, rep, cmp_gen, max_gen, tmpdir, cfg, quick)
         except KeyboardInterrupt:
             log("interrupted: cleaning up")

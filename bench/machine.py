@@ -48,3 +48,28 @@ def record() -> dict[str, str]:
         "git": (_out("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD") or "unknown")
                + (" (+ uncommitted changes)" if dirty else ""),
     }
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(idle + iowait, total) jiffies of all CPUs, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields)
+
+
+def wait_quiet(min_idle: float = 0.85, limit: float = 30.0) -> tuple[float, float]:
+    """Wait (at most ``limit`` s) until the CPUs were at least ``min_idle`` idle over one
+    second: the kernel tears namespaces (and their big nftables tables) down asynchronously
+    after they are deleted, and that work must not land in the next phase's timings.
+    Returns (seconds waited, idle fraction of the last second)."""
+    import time
+
+    start = time.monotonic()
+    idle_frac = 0.0
+    while True:
+        i0, t0 = _cpu_times()
+        time.sleep(1.0)
+        i1, t1 = _cpu_times()
+        idle_frac = (i1 - i0) / max(t1 - t0, 1)
+        waited = time.monotonic() - start
+        if idle_frac >= min_idle or waited >= limit:
+            return waited, idle_frac
