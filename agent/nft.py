@@ -456,16 +456,15 @@ class FakeBackend:
         self._apply(copy.deepcopy(self.table), commands)
 
     def replace(self, commands: list[dict], payload: bytes | None = None) -> None:
-        with self._lock:
-            self._maybe_fail("replace")
-            assert_own_table(commands)
-            self.table = self._apply(copy.deepcopy(self.table), commands)
-            self.batches.append(copy.deepcopy(commands))
-            self.gen += 1
+        self._commit("replace", commands)
 
     def transact(self, commands: list[dict]) -> None:
+        self._commit("transact", commands)
+
+    def _commit(self, op: str, commands: list[dict]) -> None:
+        """One batch, all or nothing, like a kernel transaction."""
         with self._lock:
-            self._maybe_fail("transact")
+            self._maybe_fail(op)
             assert_own_table(commands)
             self.table = self._apply(copy.deepcopy(self.table), commands)
             self.batches.append(copy.deepcopy(commands))
