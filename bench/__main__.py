@@ -500,7 +500,7 @@ def run_control(lab, rep, cmp_gen, max_gen, tmpdir, cfg, quick) -> None:
                    if rep.nft_cli_rss else "")
                 + f"; after the replace the agent holds {by['replace']['rss_kb'] / 1024:.0f} MiB (libnftables' "
                 "context is freed after every call and its heap handed back to the system)"
-                + (f"; replacing the table again, as every change does, peaks at "
+                + (f"; replacing the table again (startup, drift repair, structural changes) peaks at "
                    f"{by['replace again']['hwm_kb'] / 1024:.0f} MiB" if "replace again" in by else "")
                 + ". The daemon's own peak is higher still: it keeps the last good state while building the next "
                 "one.")
@@ -529,8 +529,9 @@ def run_control(lab, rep, cmp_gen, max_gen, tmpdir, cfg, quick) -> None:
         "- **Full rebuild at the maximum policy, where the time goes** (median seconds, classify mode, warm "
         "caches): " + ", ".join(f"{s} {v:.2f} s ({100 * v / total:.0f}%)" for s, v in split.items())
         + f"; total {total:.2f} s. The replace step is nft's per-element work ({repl_us:.1f} µs "
-        f"× {full_elems:,} elements when replacing, {load_us:.1f} µs when loading fresh); every change (file edit, ASG membership, service tag) pays it, because "
-        "the daemon rebuilds and swaps the whole table.")
+        f"× {full_elems:,} elements when replacing, {load_us:.1f} µs when loading fresh). The daemon pays it at "
+        "startup, for drift repair and for structural changes; edits, ASG memberships and service-tag changes "
+        "go as deltas of the changed sets and chains (see 'ASG and service-tag changes').")
     missed = [t for t in rep.targets if t.met is False and ("compile" in t.name or "change" in t.name or "save" in t.name)]
     if missed:
         log("profiling load + resolve + compile at the maximum policy")
