@@ -68,15 +68,15 @@ _CONSTANT_TERMS = {
 _PLATFORM_EXEMPT = AddressTerm.of("AzurePlatform", (HOST_VIP, IMDS))
 
 
-def _default_rules(nsg: str) -> list[tuple[str, int, Direction, str, str, Access]]:
-    return [
-        ("AllowVNetInBound", 65000, Direction.INBOUND, "VirtualNetwork", "VirtualNetwork", Access.ALLOW),
-        ("AllowAzureLoadBalancerInBound", 65001, Direction.INBOUND, "AzureLoadBalancer", "*", Access.ALLOW),
-        ("DenyAllInBound", 65500, Direction.INBOUND, "*", "*", Access.DENY),
-        ("AllowVnetOutBound", 65000, Direction.OUTBOUND, "VirtualNetwork", "VirtualNetwork", Access.ALLOW),
-        ("AllowInternetOutBound", 65001, Direction.OUTBOUND, "*", "Internet", Access.ALLOW),
-        ("DenyAllOutBound", 65500, Direction.OUTBOUND, "*", "*", Access.DENY),
-    ]
+# Azure's default rules of every NSG: (name, priority, direction, source, destination, access).
+DEFAULT_RULES: tuple[tuple[str, int, Direction, str, str, Access], ...] = (
+    ("AllowVNetInBound", 65000, Direction.INBOUND, "VirtualNetwork", "VirtualNetwork", Access.ALLOW),
+    ("AllowAzureLoadBalancerInBound", 65001, Direction.INBOUND, "AzureLoadBalancer", "*", Access.ALLOW),
+    ("DenyAllInBound", 65500, Direction.INBOUND, "*", "*", Access.DENY),
+    ("AllowVnetOutBound", 65000, Direction.OUTBOUND, "VirtualNetwork", "VirtualNetwork", Access.ALLOW),
+    ("AllowInternetOutBound", 65001, Direction.OUTBOUND, "*", "Internet", Access.ALLOW),
+    ("DenyAllOutBound", 65500, Direction.OUTBOUND, "*", "*", Access.DENY),
+)
 
 
 class TermMemo:
@@ -188,7 +188,7 @@ class Resolver:
         key = (nsg.name.lower(), vnet_name.lower())
         if key not in self._rule_cache:
             out = [self._resolve_rule(nsg.name, r, vnet_name) for r in nsg.securityRules]
-            for name, prio, direction, src, dst, access in _default_rules(nsg.name):
+            for name, prio, direction, src, dst, access in DEFAULT_RULES:
                 out.append(ResolvedRule(
                     nsg=nsg.name, name=name, priority=prio, direction=direction, access=access,
                     protocol=Protocol.ANY,

@@ -48,6 +48,17 @@ def run(*cmd: str, check: bool = True, timeout: float = 10.0) -> subprocess.Comp
     return subprocess.run(list(cmd), check=check, capture_output=True, text=True, timeout=timeout)
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 10 s: a daemon under test never outlives its test."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def root_tables() -> str:
     return run("nft", "list", "tables").stdout
 
@@ -336,13 +347,7 @@ def agent_daemon(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
         yield start
     finally:
         for a in started:
-            if a.proc.poll() is None:
-                a.proc.terminate()
-                try:
-                    a.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    a.proc.kill()
-                    a.proc.wait(5)
+            stop_process(a.proc)
 
 
 def poll(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> float | None:

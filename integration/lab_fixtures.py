@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+from host_helpers import stop_process
 
 from agent import loader, semantics
 from agent.lab import build, naming, nsexec, probe
@@ -184,13 +185,7 @@ class LabDaemon:
         raise AssertionError(f"lab run did not apply #{count} within {timeout}s:\n{self.log()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 @pytest.fixture

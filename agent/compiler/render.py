@@ -301,17 +301,9 @@ class _Builder:
                 stage1_rules.append([family_guard, goto(fp.root)])
             # Chains of the tree nodes: the level chain holds the stage-1 root; a remote-first
             # class's chain holds the root of its sub-tree; other nodes get chains of their own.
-            node_chains = {}
             trees = [(fp.tree, None)] + [(fp.stage2[c][0][1], names[c]) for c in fp.classes
                                         if _is_tree(fp.stage2[c])]
-            for tree, root_chain in trees:
-                for i, (node, d, _) in enumerate(tree):
-                    if i == 0 and root_chain is not None:
-                        node_chains[(node, d)] = root_chain
-                    elif i > 0 and (node, d) not in node_chains:
-                        node_chains[(node, d)] = f"{lv.name}_n{node_no}"
-                        node_no += 1
-
+            in_tree = {(node, d) for tree, _ in trees for node, d, _ in tree}
             roots = {(tree[0][0], tree[0][1]) for tree, _ in trees if tree}
 
             def passable(node: int, d: int) -> int | None:
@@ -325,16 +317,29 @@ class _Builder:
                     return None
                 child = pieces[0][2]
                 if fp.dims[d] == D_DPORT or (fp.dims[d] == D_SPORT and not (
-                        d + 1 < len(fp.dims) and fp.dims[d + 1] == D_DPORT and (child, d + 1) in node_chains)):
+                        d + 1 < len(fp.dims) and fp.dims[d + 1] == D_DPORT and (child, d + 1) in in_tree)):
                     return None
                 return child
+
+            skip = {key: passable(*key) for key in in_tree}  # node -> child it passes through
+            # Chains of the tree nodes: the level chain holds the stage-1 root; a remote-first
+            # class's chain holds the root of its sub-tree; other nodes that decide something
+            # get chains of their own, numbered in order.
+            node_chains = {}
+            for tree, root_chain in trees:
+                for i, (node, d, _) in enumerate(tree):
+                    if i == 0 and root_chain is not None:
+                        node_chains[(node, d)] = root_chain
+                    elif i > 0 and (node, d) not in node_chains and skip[(node, d)] is None:
+                        node_chains[(node, d)] = f"{lv.name}_n{node_no}"
+                        node_no += 1
 
             def step(child: int, d: int) -> dict:
                 """The verdict for ``child`` reached after dimension ``d``: the next node's
                 chain (nodes that decide nothing skipped), else the class or rule chain."""
                 d += 1
-                while (child, d) in node_chains and (g := passable(child, d)) is not None:
-                    child, d = g, d + 1
+                while (child, d) in in_tree and skip[(child, d)] is not None:
+                    child, d = skip[(child, d)], d + 1
                 if (child, d) in node_chains:
                     return E.verdict("goto", node_chains[(child, d)])
                 return goto(child)
@@ -343,8 +348,10 @@ class _Builder:
             for t, (tree, root_chain) in enumerate(trees):
                 for i, (node, d, bg) in enumerate(tree):
                     level_root = t == 0 and i == 0
+                    if i > 0 and skip[(node, d)] is not None:
+                        continue
                     chain = None if level_root else node_chains[(node, d)]
-                    if chain in emitted or (i > 0 and passable(node, d) is not None):
+                    if chain in emitted:
                         continue
                     emitted.add(chain)
                     dim = fp.dims[d]
