@@ -48,12 +48,12 @@ def run(*cmd: str, check: bool = True, timeout: float = 10.0) -> subprocess.Comp
     return subprocess.run(list(cmd), check=check, capture_output=True, text=True, timeout=timeout)
 
 
-def stop_process(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL after 10 s: a daemon under test never outlives its test."""
+def stop_process(proc: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` s: a process under test never outlives its test."""
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
@@ -182,12 +182,7 @@ def echo_server() -> Iterator[Callable[..., subprocess.Popen]]:
                     f.close()
                 except OSError:
                     pass
-            p.terminate()
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+            stop_process(p, grace=5)
 
 
 class Prober:
