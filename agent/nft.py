@@ -39,6 +39,10 @@ from agent.netns import NetnsRunner
 
 TABLE_FAMILY = "inet"
 TABLE_NAME = "nsg_agent"  # the same value as agent.compiler.TABLE_NAME (checked in tests)
+# A full replace goes through this second table for the length of one replace (see
+# staged_replace): the agent owns it too, and it never outlives the replace.
+HOLD_TABLE = "nsg_agent_hold"
+OWN_TABLES = (TABLE_NAME, HOLD_TABLE)
 SCHEMA = {"metainfo": {"json_schema_version": 1}}
 _OBJECTS = ("table", "chain", "rule", "set", "map", "element", "counter", "flowtable", "quota",
             "limit", "ct helper", "ct timeout", "ct expectation", "secmark", "synproxy")
@@ -86,7 +90,8 @@ class Backend(Protocol):
 
 
 def assert_own_table(commands: Iterable[dict]) -> None:
-    """Raise NftError if a command would touch anything but ``inet nsg_agent``."""
+    """Raise NftError if a command would touch anything but ``inet nsg_agent`` (or its
+    short-lived twin ``inet nsg_agent_hold``, see :func:`staged_replace`)."""
     for i, cmd in enumerate(commands):
         if not isinstance(cmd, dict) or len(cmd) != 1:
             raise NftError("refusing a malformed command", command=cmd, index=i)
@@ -102,7 +107,7 @@ def assert_own_table(commands: Iterable[dict]) -> None:
             raise NftError(f"refusing to {verb} {kind!r}: the agent only touches its own table",
                            command=cmd, index=i)
         table = obj.get("name") if kind == "table" else obj.get("table")
-        if obj.get("family") != TABLE_FAMILY or table != TABLE_NAME:
+        if obj.get("family") != TABLE_FAMILY or table not in OWN_TABLES:
             raise NftError(
                 f"refusing to touch {obj.get('family')} {table}: the agent owns only "
                 f"{TABLE_FAMILY} {TABLE_NAME}", command=cmd, index=i)
@@ -148,6 +153,67 @@ def listing_fingerprint(listing: dict | None) -> str | None:
         return None
     canon = json.dumps(_strip_counters(items), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def _in_table(cmd: dict, table: str) -> dict:
+    """The command aimed at ``table`` (shallow: the element lists are shared)."""
+    verb, body = next(iter(cmd.items()))
+    kind, obj = next(iter(body.items()))
+    key = "name" if kind == "table" else "table"
+    return {verb: {kind: {**obj, key: table}}}
+
+
+def _delete_hold() -> dict:
+    return {"delete": {"table": {"family": TABLE_FAMILY, "name": HOLD_TABLE}}}
+
+
+def staged_replace(commands: list[dict]) -> list[list[dict]] | None:
+    """A full-replace batch (``add``/``delete``/``add table`` + everything) cut into three
+    transactions so that no new connection the old and the new ruleset both allow is ever
+    dropped; None when the batch has another shape (then it runs as one transaction).
+
+    Why: nf_tables publishes a transaction's new generation (every new chain's rules become
+    live) *before* its commit loop, and only after that loop do set backends with a commit
+    step (pipapo: the concatenated interval maps of the class lookup) swap in the elements
+    the transaction added. In between, the new table's rules run against maps that look
+    empty: a lookup misses and the packet falls through to its level's drop. The window is
+    the commit loop, which grows with the batch (15-45 ms for a few thousand objects): allowed
+    first SYNs were lost just before every full-replace commit. A map's elements are live only
+    after a commit that is not the one making the map reachable. So:
+
+    1. build ``inet nsg_agent_hold``: the new ruleset, its base chains empty (inert);
+    2. in one transaction, fill the hold's base chains (it enforces the new ruleset from this
+       flip on; its maps were committed in step 1) and replace ``inet nsg_agent`` by the new
+       ruleset with empty base chains (inert): the old table stops as the hold starts;
+    3. in one transaction, fill ``inet nsg_agent``'s base chains (its maps were committed in
+       step 2) and delete the hold: the table starts as the hold stops.
+
+    Exactly one table enforces at any time (the other is inert: base chains without rules,
+    policy accept). A kill between the steps leaves the old ruleset (after 1) or the new one
+    held by the hold (after 2) in force; the next replace sees the hold and finishes in one
+    transaction (NftBackend.replace)."""
+    if len(commands) < 3 or [next(iter(c)) for c in commands[:3]] != ["add", "delete", "add"]:
+        return None
+    preamble, body = commands[:3], commands[3:]
+    base_chains: list[dict] = []  # chains with a hook, as compiled
+    base_rules: list[dict] = []  # the rules of those chains, in order
+    rest: list[dict] = []  # everything else: regular chains, sets and maps, their rules
+    for cmd in body:
+        verb, inner = next(iter(cmd.items()))
+        kind, obj = next(iter(inner.items()))
+        if verb != "add" or kind == "table":
+            return None
+        if kind == "chain" and "hook" in obj:
+            base_chains.append(cmd)
+        elif kind == "rule" and any(obj.get("chain") == c["add"]["chain"]["name"] for c in base_chains):
+            base_rules.append(cmd)
+        else:
+            rest.append(cmd)
+    inert = [{"add": {"chain": {**c["add"]["chain"], "policy": "accept"}}} for c in base_chains]
+    live = [c for c in base_chains if c["add"]["chain"].get("policy", "accept") != "accept"] + base_rules
+    hold = [_in_table(c, HOLD_TABLE) for c in preamble + inert + rest]
+    return [hold, [_in_table(c, HOLD_TABLE) for c in live] + preamble + inert + rest,
+            live + [_delete_hold()]]
 
 
 def batch_payload(commands: list[dict]) -> bytes:
@@ -287,14 +353,37 @@ class NftBackend:
         return found
 
     def replace(self, commands: list[dict], payload: bytes | None = None) -> None:
-        """Run the whole batch as ONE transaction (``payload``: its :func:`batch_payload`,
-        when the caller already has it). All or nothing: if libnftables or the kernel refuses
-        any command, nothing is applied and the previous table stays in force. Only then are
-        dry runs spent, bisecting to the first failing command for a precise error."""
+        """Replace the table with the batch (``payload``: its :func:`batch_payload`, when
+        the caller already has it). For the packets, all or nothing: either the previous
+        ruleset or the new one decides each of them, and if libnftables or the kernel refuses
+        any command the previous ruleset stays in force. Only then are dry runs spent,
+        bisecting to the first failing command for a precise error.
+
+        A batch of the compiled shape goes as the three transactions of
+        :func:`staged_replace` (no allowed connection dropped at the switch). When a hold
+        table is left by a replace killed half-way, the batch runs as one transaction that
+        also deletes the hold."""
         assert_own_table(commands)
-        rc, _, err = self._run(commands, payload=payload)
-        if rc == 0:
+        steps = staged_replace(commands)
+        if steps is not None and self._hold_present():
+            steps, payload, commands = None, None, commands + [_delete_hold()]
+        if steps is None:
+            rc, _, err = self._run(commands, payload=payload)
+            if rc != 0:
+                self._refused(commands, err)
             return
+        for i, step in enumerate(steps):
+            rc, _, err = self._run(step)
+            if rc == 0:
+                continue
+            if i == 1:
+                self._run([_delete_hold()])  # still inert: the previous table never stopped
+            if i < 2:
+                self._refused(commands, err)
+            raise NftError("the kernel refused the last step of the replace (the new ruleset is "
+                           f"enforced by {TABLE_FAMILY} {HOLD_TABLE} until the next replace)", error=err)
+
+    def _refused(self, commands: list[dict], err: str) -> None:
         try:
             index = self._first_failing(commands)
         except Exception:  # noqa: BLE001 - the diagnosis is best effort; the refusal stands
@@ -302,6 +391,11 @@ class NftBackend:
         raise NftError("the kernel refused the ruleset; the previous table stays in force",
                        error=err, command=commands[index] if index is not None else None,
                        index=index)
+
+    def _hold_present(self) -> bool:
+        rc, out, _ = self._run([{"list": {"tables": {"family": TABLE_FAMILY}}}])
+        return rc == 0 and any((i.get("table") or {}).get("name") == HOLD_TABLE
+                               for i in (out or {}).get("nftables", []))
 
     def transact(self, commands: list[dict]) -> None:
         """Run ``commands`` (a delta of the agent's own table, agent.compiler.delta) as ONE
@@ -313,6 +407,8 @@ class NftBackend:
             raise NftError("the kernel refused the delta; nothing of it was applied", error=err)
 
     def delete_table(self) -> bool:
+        if self._hold_present():  # left by a replace killed half-way
+            self._run([_delete_hold()])
         cmd = {"delete": {"table": {"family": TABLE_FAMILY, "name": TABLE_NAME}}}
         rc, _, err = self._run([cmd])
         if rc == 0:

@@ -96,10 +96,13 @@ def host_pair() -> Iterator[HostPair]:
 
 
 @contextlib.contextmanager
-def make_host_pair() -> Iterator[HostPair]:
-    """The context manager behind ``host_pair`` (for module-scoped fixtures)."""
+def make_host_pair(prefix: str = "nsgh") -> Iterator[HostPair]:
+    """The context manager behind ``host_pair`` (for module-scoped fixtures). ``prefix``
+    names the namespaces (``<prefix>-s<id>``) and interfaces (``<prefix>s<id>``): the fault
+    suite uses its own, ``nsgf``."""
     tag = secrets.token_hex(3)
-    pair = HostPair(srv=f"nsgh-s{tag}", cli=f"nsgh-c{tag}", srv_if=f"nsghs{tag}", cli_if=f"nsghc{tag}")
+    pair = HostPair(srv=f"{prefix}-s{tag}", cli=f"{prefix}-c{tag}", srv_if=f"{prefix}s{tag}",
+                    cli_if=f"{prefix}c{tag}")
     created: list[str] = []
     try:
         for ns in (pair.srv, pair.cli):

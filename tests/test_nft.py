@@ -176,3 +176,71 @@ def test_batch_payload_is_one_schema_batch():
     data = _json.loads(batch_payload(BATCH))
     assert data["nftables"] == [SCHEMA, *BATCH]
     assert ruleset_sha256(BATCH) == hashlib.sha256(batch_payload(BATCH)).hexdigest()
+
+
+class TestStagedReplace:
+    """A full replace is cut into three transactions so that the maps a live rule reads were
+    always committed by an earlier transaction (see agent.nft.staged_replace)."""
+
+    @staticmethod
+    def _targets(step: list[dict]) -> set[str]:
+        out = set()
+        for cmd in step:
+            verb, body = next(iter(cmd.items()))
+            kind, obj = next(iter(body.items()))
+            out.add(obj["name"] if kind == "table" else obj["table"])
+        return out
+
+    def test_three_steps_each_switching_one_table(self):
+        """Step 1 builds only the hold, with inert base chains; step 2 makes the hold live and
+        rebuilds nsg_agent inert; step 3 makes nsg_agent live and deletes the hold."""
+        from agent.nft import HOLD_TABLE, staged_replace
+
+        drop_chain = {**CHAIN, "name": "output", "hook": "output", "policy": "drop"}
+        batch = BATCH[:4] + [{"add": {"chain": drop_chain}}] + BATCH[4:] + [rule("x", chain="output")]
+        one, two, three = staged_replace(batch)
+        assert self._targets(one) == {HOLD_TABLE}
+        chains = [c["add"]["chain"] for c in one if "chain" in c.get("add", {})]
+        assert {c["name"]: c["policy"] for c in chains} == {"input": "accept", "output": "accept"}
+        assert not [c for c in one if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] in ("input", "output")]
+        # step 2: the hold's base rules (and its real policies), then nsg_agent rebuilt inert
+        hold_live = [c for c in two if self._targets([c]) == {HOLD_TABLE}]
+        assert [next(iter(c["add"])) for c in hold_live] == ["chain", "rule", "rule", "rule"]
+        assert hold_live[0]["add"]["chain"]["policy"] == "drop"
+        rest = two[len(hold_live):]
+        assert rest[:3] == BATCH[:3] and self._targets(rest) == {TABLE_NAME}
+        assert all(c["add"]["chain"]["policy"] == "accept" for c in rest[3:] if "chain" in c.get("add", {}))
+        # step 3: the real base rules and policy, the hold deleted last
+        assert three[-1] == {"delete": {"table": {"family": "inet", "name": HOLD_TABLE}}}
+        assert [c["add"]["rule"]["comment"] for c in three if "rule" in c.get("add", {})] == \
+            ["nsg: UserRule_a", "nsg: DefaultRule_DenyAllInBound", "x"]
+        assert three[0]["add"]["chain"]["policy"] == "drop"
+
+    def test_everything_of_the_batch_lands_in_nsg_agent(self):
+        """Steps 2 and 3 together carry every command of the batch aimed at nsg_agent."""
+        from agent.nft import staged_replace
+
+        _, two, three = staged_replace(BATCH)
+        mine = [c for c in two + three if self._targets([c]) == {TABLE_NAME}]
+        as_text = lambda cs: sorted(map(repr, cs))  # noqa: E731
+        inert = [c for c in mine if "chain" in c.get("add", {}) and "hook" in c["add"]["chain"]]
+        assert as_text([c for c in mine if c not in inert]) == as_text([c for c in BATCH if "chain" not in c.get("add", {})])
+
+    @pytest.mark.parametrize("batch", [
+        [{"add": {"chain": CHAIN}}],
+        BATCH[:3] + [{"flush": {"chain": {"family": "inet", "table": TABLE_NAME, "name": "input"}}}],
+        BATCH[:3] + [{"add": {"table": T}}],
+    ], ids=["no-preamble", "a-delta-verb", "a-fourth-table-command"])
+    def test_other_shapes_run_as_one_transaction(self, batch):
+        """Anything but the compiled shape is not staged (None)."""
+        from agent.nft import staged_replace
+
+        assert staged_replace(batch) is None
+
+    def test_the_guard_accepts_the_hold_and_nothing_else(self):
+        """inet nsg_agent_hold is the agent's too; other names stay refused."""
+        from agent.nft import HOLD_TABLE
+
+        assert_own_table([{"delete": {"table": {"family": "inet", "name": HOLD_TABLE}}}])
+        with pytest.raises(NftError):
+            assert_own_table([{"delete": {"table": {"family": "inet", "name": HOLD_TABLE + "x"}}}])
