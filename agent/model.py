@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -500,6 +500,9 @@ class Lab(_Base):
 
 
 class DesiredState(_Base):
+    # "none": the daemon removes its table and enforces nothing (the explicit way to stop
+    # enforcing through the file; an empty file, or one without this host's NICs, is refused).
+    enforce: Literal["all", "none"] = "all"
     virtualNetworks: Annotated[list[VirtualNetwork], BeforeValidator(_as_list)] = []
     networkInterfaces: Annotated[list[NetworkInterface], BeforeValidator(_as_list)] = []
     applicationSecurityGroups: Annotated[list[ApplicationSecurityGroup], BeforeValidator(_as_list)] = []
