@@ -28,11 +28,12 @@ from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from agent import files as input_files
 from agent import loader, semantics
 from agent.compiler.delta import delta
 from agent.errors import LoadError
 from agent.logging import get_logger
-from agent.nft import Backend, NftError, batch_payload
+from agent.nft import Backend, NftError, batch_payload, stamp_commands
 from agent.notify import Notifier
 from agent.policy import Policy
 from agent.state import Commit, Status, StatusStore, rule_digests, set_sizes
@@ -44,6 +45,9 @@ IDLE_GC_DELAY = 5.0  # seconds without a reconcile before the deferred full garb
 # A file renamed into place or closed after writing is complete: reconcile after this short
 # settle time (enough to coalesce several files renamed together) instead of the debounce.
 COMPLETE_SETTLE = 0.02
+# A file some process still holds open for writing, or that changed while it was read, is
+# not final: look again after this long (the last good state stays meanwhile).
+UNSETTLED_RETRY = 0.25
 
 
 class CompiledRuleset(Protocol):
@@ -183,6 +187,28 @@ class Reconciler:
         self.seen_files: dict[str, str | None] = {}  # last attempt: file -> sha256
         self.status = Status(netns=store.netns, pid=os.getpid())
         self.applies = 0
+        # The record read at start had an apply's intent without its outcome (a kill between
+        # the two): until one apply has gone through, nothing is taken as already enforced.
+        self.unverified = False
+        self._warned_insecure: set[str] = set()
+
+    def restore(self, previous: Status) -> None:
+        """Start from the record a previous process left: its commit, and whether an apply it
+        began was recorded as finished (see agent.state: intent before, outcome after)."""
+        self.status.commit = previous.commit
+        pending = previous.pending
+        if pending is None:
+            return
+        c = previous.commit
+        if c is not None and c.ruleset_sha256 == pending.get("ruleset_sha256") \
+                and c.applied_at >= pending.get("started_at", 0):
+            self.store.clear_intent()  # the outcome was written, only the cleanup was missed
+            return
+        self.unverified = True
+        self.status.pending = pending
+        self.log.warning("status.unverified", pending=pending,
+                         commit=c.ruleset_sha256 if c else None,
+                         action="the next reconcile applies the file in full")
 
     # events ----------------------------------------------------------------------------------
     def mark_dirty(self, reason: str, *, immediate: bool = False, complete: bool = False) -> None:
@@ -288,6 +314,9 @@ class Reconciler:
             self.log.info("reconcile.start", reason=reason)
             self.seen_files = {str(p): file_digest(p) for p in self.watched_files()}
             self._phases = phases  # load() marks its steps here (subclasses' load() may not)
+            if input_files.open_for_writing(self.config):
+                return self._unsettled("open for writing")
+            before = input_files.identity(self.config)
             try:
                 desired = self.load()
             except LoadError as e:
@@ -302,7 +331,20 @@ class Reconciler:
                 self.log.exception("compile.failed", file=str(self.config), error=str(e))
                 self._record_error("compile", f"{type(e).__name__}: {e}")
                 return False
+            if input_files.identity(self.config) != before:
+                return self._unsettled("changed while it was read")
+            self._warn_insecure(desired)
+            refusal = self._incomplete(desired)
+            if refusal is not None:
+                self.log.error("config.incomplete", file=str(self.config), problem=refusal,
+                               enforcing=self.last_good.loaded.sha256 if self.last_good else None)
+                self._record_error("incomplete", refusal)
+                self.notifier.status("config refused (incomplete); "
+                                     + ("enforcing the last good state" if self.last_good else "nothing enforced"))
+                return False
             self.seen_files = dict(desired.files)
+            if desired.loaded.state.enforce == "none":
+                return self._enforce_none(desired, reason)
             diff = None
             base = self._delta_base()
             if base is not None:  # the kernel holds the last good table: what differs?
@@ -321,21 +363,84 @@ class Reconciler:
                 if self._kernel_holds(committed, generation):
                     # The kernel already holds exactly this ruleset (an edit that changes
                     # nothing, a link event, or a restart of the daemon): keep it, and its
-                    # counters.
+                    # counters. At a start this is adoption: nothing is written to the kernel.
+                    adopted = self.last_good is None and self.applies == 0
                     self.last_good = desired
                     self.kernel_fingerprint = committed.kernel_fingerprint
                     self.kernel_generation = generation
                     if self.applied_clock is None:
                         self.applied_clock = self.clock()
                     self.status.last_error = None
-                    self._write_commit(desired, applied_at=None)
+                    self._write_commit(desired, applied_at=None, how="adopted" if adopted else committed.how)
                     phases.mark("status")
-                    self.log.info("config.unchanged", reason=reason, file=str(self.config),
-                                  sha256=desired.loaded.sha256, ruleset_sha256=desired.sha256)
+                    self.log.info("config.adopted" if adopted else "config.unchanged", reason=reason,
+                                  file=str(self.config), sha256=desired.loaded.sha256,
+                                  ruleset_sha256=desired.sha256)
                     self._announce(desired)
-                    self._log_timing(reason, "unchanged", phases)
+                    self._log_timing(reason, "adopted" if adopted else "unchanged", phases)
                     return True
             return self._apply(desired, reason, phases, diff=diff)
+
+    def _unsettled(self, why: str) -> bool:
+        """The file is not final yet (an in-place write in progress): keep the last good
+        state and look again shortly."""
+        self.log.warning("config.unsettled", file=str(self.config), why=why, retry_in=UNSETTLED_RETRY)
+        due = self.clock() + UNSETTLED_RETRY
+        self.dirty_reasons.append("unsettled")
+        self.dirty_at = due if self.dirty_at is None else min(self.dirty_at, due)
+        return False
+
+    def _incomplete(self, desired: Desired) -> str | None:
+        """Why ``desired`` must not replace what is enforced, or None. A file that describes
+        nothing (empty, ``null``, whitespace) or none of this host's NICs, where the last good
+        state (or the recorded commit) enforced some, is far more likely a truncated write
+        than an intent: removing enforcement takes ``nsg-agent remove`` or ``enforce: none``."""
+        state = desired.loaded.state
+        if state.enforce == "none":
+            return None
+        if not (state.networkInterfaces or state.networkSecurityGroups or state.virtualNetworks):
+            return ("the file describes nothing (empty, null or only whitespace): not enforced; "
+                    "to stop enforcing use 'nsg-agent remove' or 'enforce: none'")
+        had = (host_interfaces(self.last_good.policy) if self.last_good is not None
+               else (self.status.commit.summary.get("nics") if self.status.commit is not None else None))
+        if had and not host_interfaces(desired.policy):
+            return (f"the file puts none of this host's NICs under enforcement where the enforced "
+                    f"state has {len(had)} ({', '.join(sorted(had))}): not enforced; to stop "
+                    f"enforcing use 'nsg-agent remove' or 'enforce: none'")
+        return None
+
+    def _enforce_none(self, desired: Desired, reason: str) -> bool:
+        """``enforce: none``: remove the table and forget the commit."""
+        try:
+            existed = self.backend.delete_table()
+        except Exception as e:  # noqa: BLE001 - like a failed apply: keep running, retry
+            self.log.error("apply.failed", reason=reason, error=str(e))
+            self._record_error("apply", str(e))
+            self.retry_at = self.clock() + max(self.debounce, 0.5)
+            return False
+        self.last_good = None
+        self.kernel_fingerprint = self.kernel_generation = None
+        self.unverified = False
+        self.status.commit = None
+        self.status.last_error = None
+        self._write_status()
+        self.log.info("config.enforce_none", file=str(self.config), sha256=desired.loaded.sha256,
+                      table_existed=existed)
+        text = f"enforcing nothing ({desired.loaded.path.name} says enforce: none)"
+        if not self.ready:
+            self.ready = True
+            self.notifier.ready(text)
+        else:
+            self.notifier.status(text)
+        return True
+
+    def _warn_insecure(self, desired: Desired) -> None:
+        """Files that someone other than root could write decide what the firewall admits:
+        said once per file and directory (``config.insecure``)."""
+        for problem in input_files.insecure([Path(f) for f in desired.files]):
+            if problem["path"] not in self._warned_insecure:
+                self._warned_insecure.add(problem["path"])
+                self.log.warning("config.insecure", **problem)
 
     @staticmethod
     def _serialize(desired: Desired) -> None:
@@ -344,12 +449,18 @@ class Reconciler:
 
     def _kernel_holds(self, committed: Commit, generation: int | None) -> bool:
         """Does the kernel still hold ``committed`` untouched? No transaction since the commit
-        (same generation) proves it without a listing; otherwise the listing fingerprint
-        decides, when one was taken."""
+        (same generation) proves it without a listing; otherwise the table's stamp must be
+        the commit's digest and the fingerprint (down to set elements) the one taken after
+        the commit. Never while the record is unverified (a kill between intent and outcome)."""
+        if self.unverified:
+            return False
         if generation is not None and committed.kernel_generation is not None:
             if generation == committed.kernel_generation:
                 return True
         if committed.kernel_fingerprint is None:
+            return False
+        read_stamp = getattr(self.backend, "stamp", None)
+        if read_stamp is not None and read_stamp() != committed.ruleset_sha256:
             return False
         return self._kernel_fingerprint() == committed.kernel_fingerprint
 
@@ -429,25 +540,27 @@ class Reconciler:
         table the kernel holds) as one transaction when there is one, else the whole table
         replaced in one transaction."""
         phases = phases or _Phases()
+        if desired.payload is None:  # the digest goes into the intent and the table's stamp
+            self._serialize(desired)
+            phases.mark("serialize")
+        self._write_intent(desired)
+        phases.mark("intent")
         try:
             # One transaction: libnftables refuses the batch as a whole (nothing applied) if
             # any command fails; only then does the backend bisect to the failing command.
             how, delta_size = "replace", None
             if diff:
                 try:
-                    self.backend.transact(diff)
+                    self.backend.transact(diff + stamp_commands(desired.sha256, refresh=True))
                     how, delta_size = "delta", len(diff)
                 except NftError as e:  # nothing of it applied: replace the table instead
                     self.log.warning("apply.delta_refused", reason=reason, error=str(e),
                                      commands=len(diff))
             if how == "replace":
-                if desired.payload is None:
-                    self._serialize(desired)
-                    phases.mark("serialize")
                 if self.check_first:
                     self.backend.check(desired.commands)
                     phases.mark("check")
-                self._replace(desired)
+                self.backend.replace(desired.commands + stamp_commands(desired.sha256))
             phases.mark("transact" if how == "delta" else "replace")
             # Known window: another process committing between our replace and this read
             # would be taken as part of our commit (microseconds; documented).
@@ -464,6 +577,8 @@ class Reconciler:
             detail = e.as_dict() if isinstance(e, NftError) else {"message": f"{type(e).__name__}: {e}"}
             self.log.error("apply.failed", reason=reason, error=str(e), retry_in=round(delay, 3),
                            failures=self.failures, enforcing=self.last_good.sha256 if self.last_good else None)
+            if isinstance(e, NftError) and not self.unverified:
+                self._clear_intent()  # refused as a whole: the kernel holds what it held
             self._record_error("apply", str(e), [detail])
             if self.last_good is None and _lacks_permission(e):
                 # Retrying cannot help, and under systemd READY would never come: fail fast
@@ -472,9 +587,6 @@ class Reconciler:
                                hint="nftables needs CAP_NET_ADMIN in the target namespace")
                 raise FatalError(f"cannot program nftables: {e} (CAP_NET_ADMIN missing?)") from e
             return False
-        if desired.payload is None:  # a delta is in force: now the whole batch and its digest
-            self._serialize(desired)
-            phases.mark("serialize")
         self.failures = 0
         self.retry_at = None
         self.kernel_fingerprint = fingerprint
@@ -489,7 +601,10 @@ class Reconciler:
                       sha256=desired.loaded.sha256, ruleset_sha256=desired.sha256,
                       chains=s.get("chains"), rules=s.get("rules"), sets=s.get("sets"),
                       set_elements=s.get("set_elements"), modes=s.get("modes_used"))
-        self._write_commit(desired, applied_at=self.wall())
+        self.unverified = False
+        self.status.pending = None
+        self._write_commit(desired, applied_at=self.wall(), how=how)
+        self._clear_intent()
         phases.mark("status")
         self._announce(desired)
         self._flush(desired)
@@ -497,15 +612,21 @@ class Reconciler:
         self._log_timing(reason, "applied", phases)
         return True
 
-    def _replace(self, desired: Desired) -> None:
-        if desired.payload is not None:
-            try:
-                self.backend.replace(desired.commands, payload=desired.payload)
-                return
-            except TypeError as e:  # a backend without the payload parameter
-                if "payload" not in str(e):
-                    raise
-        self.backend.replace(desired.commands)
+    def _write_intent(self, desired: Desired) -> None:
+        """Before the transaction: what is about to be applied (a small file of its own, so
+        the large status file is written once per apply)."""
+        intent = {"ruleset_sha256": desired.sha256, "sha256": desired.loaded.sha256,
+                  "source": str(desired.loaded.path.absolute()), "started_at": self.wall()}
+        try:
+            self.store.write_intent(intent)
+        except OSError as e:
+            self.log.error("status.write_failed", path=str(self.store.intent_path), error=str(e))
+
+    def _clear_intent(self) -> None:
+        try:
+            self.store.clear_intent()
+        except OSError as e:
+            self.log.error("status.write_failed", path=str(self.store.intent_path), error=str(e))
 
     # the listing baseline -------------------------------------------------------------------
     def start_baseline(self) -> threading.Thread | None:
@@ -572,7 +693,7 @@ class Reconciler:
         self.log.info("conntrack.flushed", count=len(cuts),
                       flows=[c.as_log() if hasattr(c, "as_log") else str(c) for c in cuts[:50]])
 
-    def _write_commit(self, desired: Desired, applied_at: float | None) -> None:
+    def _write_commit(self, desired: Desired, applied_at: float | None, how: str = "replace") -> None:
         rules = rule_digests(desired.policy, host_interfaces(desired.policy))
         sets = set_sizes(desired.commands)
         prev = self.status.commit
@@ -581,7 +702,7 @@ class Reconciler:
             applied_at=applied_at if applied_at is not None else (prev.applied_at if prev else self.wall()),
             mode=self.mode, ruleset_sha256=desired.sha256, summary=desired.summary,
             rule_index=desired.rule_index, rules=rules, sets=sets,
-            kernel_fingerprint=self.kernel_fingerprint, kernel_generation=self.kernel_generation)
+            kernel_fingerprint=self.kernel_fingerprint, kernel_generation=self.kernel_generation, how=how)
         self._write_status()
 
     def _record_error(self, kind: str, message: str, problems: list | None = None) -> None:

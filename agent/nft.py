@@ -84,6 +84,7 @@ class Backend(Protocol):
     def counters(self) -> dict[tuple[str, str], RuleCounter]: ...
     def fingerprint(self) -> str | None: ...
     def generation(self) -> int | None: ...
+    def stamp(self) -> str | None: ...
 
 
 # --- pure helpers shared by the real and the fake backend ---------------------------------
@@ -120,7 +121,7 @@ def table_counters(listing: dict | None) -> dict[tuple[str, str], RuleCounter]:
     out: dict[tuple[str, str], RuleCounter] = {}
     for item in (listing or {}).get("nftables", []):
         rule = item.get("rule")
-        if not rule or not rule.get("comment"):
+        if not rule or not rule.get("comment") or rule.get("chain") == STAMP_CHAIN:
             continue
         packets = nbytes = 0
         for expr in rule.get("expr", []):
@@ -214,6 +215,57 @@ def staged_replace(commands: list[dict]) -> list[list[dict]] | None:
     hold = [_in_table(c, HOLD_TABLE) for c in preamble + inert + rest]
     return [hold, [_in_table(c, HOLD_TABLE) for c in live] + preamble + inert + rest,
             live + [_delete_hold()]]
+
+
+# The table carries the digest of the ruleset it holds: the comment of the one rule of a
+# chain nothing jumps to (a table's own comment cannot be changed by a later transaction,
+# and a delta must update the digest too). Read back cheaply by listing that chain alone.
+STAMP_CHAIN = "nsg_stamp"
+STAMP_PREFIX = "nsg-agent ruleset "
+
+
+def stamp_commands(digest: str, *, refresh: bool = False) -> list[dict]:
+    """Commands that record ``digest`` in the table (``refresh``: replacing the stamp of a
+    table that has one, as the last part of a delta)."""
+    chain = {"family": TABLE_FAMILY, "table": TABLE_NAME, "name": STAMP_CHAIN}
+    rule = {"add": {"rule": {**chain, "chain": STAMP_CHAIN, "expr": [{"return": None}],
+                             "comment": STAMP_PREFIX + digest}}}
+    rule["add"]["rule"].pop("name")
+    if refresh:
+        return [{"flush": {"chain": chain}}, rule]
+    return [{"add": {"chain": chain}}, rule]
+
+
+def stamp_of(listing: dict | None) -> str | None:
+    """The digest in a listing of the stamp chain (None: no stamp)."""
+    for item in (listing or {}).get("nftables", []):
+        comment = (item.get("rule") or {}).get("comment") or ""
+        if comment.startswith(STAMP_PREFIX):
+            return comment[len(STAMP_PREFIX):]
+    return None
+
+
+def set_digests(documents: Iterable[dict], table: str = TABLE_NAME) -> dict[str, str]:
+    """A digest per named set and map of ``table``, over its declaration and its elements
+    (in a stable order), from listings of sets and maps (``list sets``/``list maps``)."""
+    out: dict[str, str] = {}
+    for doc in documents:
+        for item in doc.get("nftables", []):
+            kind = "set" if "set" in item else "map" if "map" in item else None
+            if kind is None or item[kind].get("table") != table:
+                continue
+            obj = {k: v for k, v in item[kind].items() if k not in ("handle", "elem")}
+            elems = sorted(json.dumps(e, sort_keys=True, separators=(",", ":")) for e in item[kind].get("elem", []))
+            blob = json.dumps([kind, obj, elems], sort_keys=True, separators=(",", ":"))
+            out[obj["name"]] = hashlib.sha256(blob.encode()).hexdigest()
+    return out
+
+
+def combined_fingerprint(listing_digest: str, sets: dict[str, str]) -> str:
+    """The fingerprint of a table: its terse listing's digest (chains, rules, set
+    declarations, handles) and the digest of every set's elements."""
+    blob = json.dumps([listing_digest, sorted(sets.items())], separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def batch_payload(commands: list[dict]) -> bytes:
@@ -434,10 +486,37 @@ class NftBackend:
         return table_counters(self.list_table(terse=True))
 
     def fingerprint(self) -> str | None:
-        """Digest of the terse listing (handles included, counters blanked); None when the
-        table is absent. Hashes libnftables' output text without parsing it."""
+        """Digest of the table down to set elements; None when the table is absent: the
+        terse listing (handles included, counters blanked; its text hashed without parsing)
+        combined with a digest per set and map (:func:`set_digests`, one more listing of the
+        sets and maps alone, without the rules)."""
         text = self._list(terse=True, raw=True)
-        return None if text is None else listing_text_fingerprint(text)
+        if text is None:
+            return None
+        return combined_fingerprint(listing_text_fingerprint(text), self.set_digests())
+
+    def set_digests(self) -> dict[str, str]:
+        """Digest of each named set and map (declaration + elements) of the table."""
+        cmds = [{"list": {"sets": {"family": TABLE_FAMILY}}}, {"list": {"maps": {"family": TABLE_FAMILY}}}]
+        rc, out, err = self._run(cmds, read=True, raw=True)
+        if rc != 0:
+            raise NftError("cannot list the sets", error=err)
+        # one JSON document per list command, one per line
+        docs = [json.loads(line) for line in (out or b"").splitlines() if line.strip()]
+        return set_digests(docs)
+
+    def stamp(self) -> str | None:
+        """The ruleset digest the table carries (see STAMP_CHAIN); None when the table (or its
+        stamp) is absent, "" while a hold table is present (a replace did not finish)."""
+        if self._hold_present():
+            return ""
+        cmd = {"list": {"chain": {"family": TABLE_FAMILY, "table": TABLE_NAME, "name": STAMP_CHAIN}}}
+        rc, out, err = self._run([cmd], read=True)
+        if rc != 0:
+            if "No such file or directory" in err:
+                return None
+            raise NftError("cannot list the stamp", error=err, command=cmd, index=0)
+        return stamp_of(out or None)
 
     def generation(self) -> int | None:
         """An opaque number that changes with every committed nftables transaction in the
@@ -545,6 +624,16 @@ class FakeBackend:
         self.table.rules.pop()
         self.gen += 1
 
+    def tamper_element(self, name: str, elem: Any) -> None:
+        """Someone else adds an element to one of the agent's sets or maps (no rule changes)."""
+        assert self.table is not None
+        self.table.sets[name]["elem"].append(elem)
+        self.gen += 1
+
+    def foreign_commit(self) -> None:
+        """A transaction in another table of the namespace: only the generation moves."""
+        self.gen += 1
+
     # protocol
     def check(self, commands: list[dict]) -> None:
         self._maybe_fail("check")
@@ -596,11 +685,18 @@ class FakeBackend:
         return table_counters(self.list_table(terse=True))
 
     def fingerprint(self) -> str | None:
-        return listing_fingerprint(self.list_table(terse=True))
+        """Down to set elements, like the real backend's."""
+        return listing_fingerprint(self.list_table(terse=False))
 
     def generation(self) -> int | None:
         self.calls.append("generation")
         return self.gen
+
+    def stamp(self) -> str | None:
+        self.calls.append("stamp")
+        if self.table is None:
+            return None
+        return stamp_of({"nftables": [{"rule": r} for r in self.table.rules if r["chain"] == STAMP_CHAIN]})
 
     def dump(self) -> str:
         """Sorted, nft-like text of the table (empty string when absent)."""

@@ -55,6 +55,13 @@ def comments(backend: FakeBackend) -> set[str]:
     return {r["comment"] for r in backend.table.rules} if backend.table else set()
 
 
+def policy_rules(backend: FakeBackend) -> list[dict]:
+    """The table's rules without the stamp (the digest the table carries)."""
+    from agent.nft import STAMP_CHAIN
+
+    return [r for r in backend.table.rules if r["chain"] != STAMP_CHAIN]
+
+
 def events(logs: list[dict]) -> list[str]:
     return [entry["event"] for entry in logs]
 
@@ -68,7 +75,8 @@ class TestReconcile:
         status = env.store.read()
         assert status.commit is not None and status.last_error is None
         assert status.commit.sha256 == __import__("hashlib").sha256(env.config.read_bytes()).hexdigest()
-        assert status.commit.summary["rules"] == len(env.backend.table.rules)
+        assert status.commit.summary["rules"] == len(policy_rules(env.backend))
+        assert env.backend.stamp() == status.commit.ruleset_sha256  # the table says what it holds
         assert "config.applied" in events(logs) and "agent.ready" in events(logs)
         assert env.notifier.sent[0][0] == "READY=1"
 
@@ -382,7 +390,7 @@ class TestRealCompiler:
         rec = Reconciler(examples_dir / "port80-subnet-nic.yaml", backend, store, compile_fn=compile_host)
         assert rec.reconcile("startup")
         commit = store.read().commit
-        assert commit.summary["rules"] == len(backend.table.rules)
+        assert commit.summary["rules"] == len(policy_rules(backend))
         assert commit.rule_index and all("|" in k for k in commit.rule_index)
         json.dumps(commit.rule_index)
 
@@ -568,8 +576,13 @@ class TestDelta:
 
     @staticmethod
     def fresh(commands) -> str:
+        """The fake after a full replace of ``commands`` (stamped with their digest)."""
+        import hashlib
+
+        from agent.nft import batch_payload, stamp_commands
+
         fake = FakeBackend()
-        fake.replace(commands)
+        fake.replace(commands + stamp_commands(hashlib.sha256(batch_payload(commands)).hexdigest()))
         return fake.dump()
 
     EDIT = policy_text().replace("access: Allow", "access: Deny", 1)  # allow-http now denies
@@ -587,14 +600,15 @@ class TestDelta:
         assert env.backend.dump() == self.fresh(env.rec.last_good.commands)
         applied = [e for e in logs if e["event"] == "config.applied"][0]
         assert applied["how"] == "delta" and 0 < applied["delta_commands"] < len(env.rec.last_good.commands)
-        # the whole batch is serialized after the delta is in force, for the commit record
-        # and a later full replace
+        # the whole batch is serialized before the delta: its digest is the intent written
+        # before the transaction and the stamp the delta leaves in the table
         from agent.nft import batch_payload
         import hashlib
         assert env.rec.last_good.payload == batch_payload(env.rec.last_good.commands)
         assert env.store.read().commit.ruleset_sha256 == hashlib.sha256(env.rec.last_good.payload).hexdigest()
+        assert env.backend.stamp() == env.rec.last_good.sha256
         timing = [e for e in logs if e["event"] == "reconcile.timing"][0]
-        assert list(timing).index("transact_ms") < list(timing).index("serialize_ms")
+        assert list(timing).index("serialize_ms") < list(timing).index("intent_ms") < list(timing).index("transact_ms")
 
     def test_another_transaction_means_a_full_replace(self, env):
         """Any nftables transaction since our commit (generation moved): no delta."""

@@ -16,7 +16,17 @@ import sys
 from typing import Any
 
 from agent.errors import LoadError
-from agent.state import DEFAULT_STATE_DIR, Plan, Status, StatusStore, make_plan, rule_digests, set_sizes
+from agent.state import (
+    DEFAULT_STATE_DIR,
+    NamespaceLocked,
+    Plan,
+    Status,
+    StatusFileError,
+    StatusStore,
+    make_plan,
+    rule_digests,
+    set_sizes,
+)
 
 EXIT_OK, EXIT_INVALID, EXIT_FAILED = 0, 2, 3
 MODES = ("classify", "simple")
@@ -127,6 +137,15 @@ def _quiet_logging() -> None:
     configure("warning")
 
 
+def read_record(store: StatusStore) -> tuple[Status, str | None]:
+    """The record, or an empty one and the reason when the status file is not the agent's
+    (read-only commands report it and leave the file where it is)."""
+    try:
+        return store.read(), None
+    except StatusFileError as e:
+        return Status(netns=store.netns), str(e)
+
+
 # --- plan ----------------------------------------------------------------------------------
 
 
@@ -140,27 +159,35 @@ def build_plan(file: str, mode: str, store: StatusStore, backend: Any | None) ->
     interfaces = host_interfaces(policy)
     rs = compile_host(policy, interfaces, mode)
     rules, sets = rule_digests(policy, interfaces), set_sizes(rs.commands)
-    commit = store.read().commit
+    status, problem = read_record(store)
+    commit = status.commit
     plan = make_plan(commit, rules, sets)
+    plan.record_problem = problem or ("an apply was interrupted (record unverified)" if status.unverified else None)
     if backend is not None:
         fingerprint = backend.fingerprint()
         plan.table_present = fingerprint is not None
-        plan.drift = commit is not None and not kernel_matches(backend, commit, fingerprint)
+        plan.drift = commit is not None and not kernel_matches(backend, status, fingerprint)
         if commit is None and fingerprint is None:
             plan.drift = False
     return plan, dict(rs.summary)
 
 
-def kernel_matches(backend: Any, commit: Any, fingerprint: str | None) -> bool:
-    """Does the kernel still hold ``commit``? No nft transaction since the commit (same
-    generation) proves it; otherwise the listing fingerprint decides. (The daemon records
-    the generation at once and takes the listing fingerprint shortly after the apply.)"""
-    if commit is None or fingerprint is None:
+def kernel_matches(backend: Any, status: Status, fingerprint: str | None) -> bool:
+    """Does the kernel still hold the record's commit? Never while the record is unverified
+    (an apply's intent without its outcome). No nft transaction since the commit (same
+    generation) proves it; otherwise the table's stamp must be the commit's digest and the
+    fingerprint (down to set elements) the one taken after the commit. (The daemon records
+    the generation at once and takes the fingerprint shortly after the apply.)"""
+    commit = status.commit
+    if commit is None or fingerprint is None or status.unverified:
         return False
     generation = getattr(commit, "kernel_generation", None)
     read = getattr(backend, "generation", None)
     if generation is not None and read is not None and read() == generation:
         return True
+    stamp = getattr(backend, "stamp", None)
+    if stamp is not None and stamp() != commit.ruleset_sha256:
+        return False
     return commit.kernel_fingerprint is not None and fingerprint == commit.kernel_fingerprint
 
 
@@ -180,6 +207,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def render_plan(plan: Plan, summary: dict) -> str:
     lines = []
+    if plan.record_problem:
+        lines.append(f"record: {plan.record_problem}")
     if plan.table_present is False:
         lines.append("kernel: table inet nsg_agent is absent (applying creates it)")
     elif plan.table_present and plan.drift:
@@ -215,11 +244,18 @@ def _reconciler(file: str, args: argparse.Namespace, backend: Any, **kw: Any):
 
     store = StatusStore(args.state_dir, args.netns)
     flusher = (lambda policy: conntrack.flush_denied(backend.runner, policy)) if hasattr(backend, "runner") else None
-    previous = store.read()
     rec = Reconciler(file, backend, store, mode=args.mode, flusher=flusher, **kw)
+    try:
+        previous = store.read()
+    except StatusFileError as e:
+        # Not the agent's record: set it aside (kept for inspection) and rebuild it from the
+        # kernel and the file by applying.
+        moved = store.set_aside()
+        rec.log.error("status.corrupt", error=str(e), moved_to=str(moved) if moved else None,
+                      action="rebuilding the record from the kernel and the file")
+        previous = Status(netns=store.netns)
     rec.status.last_error = None
-    if previous.commit is not None:
-        rec.status.commit = previous.commit
+    rec.restore(previous)
     return rec
 
 
@@ -257,10 +293,11 @@ def cmd_remove(args: argparse.Namespace) -> int:
     finally:
         backend.close()
     store = StatusStore(args.state_dir, args.netns)
-    status = store.read()
+    status, _ = read_record(store)
     status.commit = None
     if store.path.exists():
         store.write(status)
+    store.clear_intent()
     print(f"table inet nsg_agent {'deleted' if existed else 'was not present'} in {args.netns or 'this namespace'}")
     return EXIT_OK
 
@@ -269,12 +306,15 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def collect_status(store: StatusStore, backend: Any | None) -> dict:
-    status: Status = store.read()
-    out: dict[str, Any] = {"netns": store.netns or "host", "status_file": str(store.path)}
+    status, problem = read_record(store)
+    out: dict[str, Any] = {"netns": store.netns or "host", "status_file": str(store.path),
+                           "record_error": problem, "pending": status.pending,
+                           "unverified": status.unverified}
     c = status.commit
     out["commit"] = None if c is None else {
         "source": c.source, "sha256": c.sha256, "files": c.files, "applied_at": c.applied_at,
         "applied": _when(c.applied_at), "mode": c.mode, "ruleset_sha256": c.ruleset_sha256,
+        "how": c.how,
         "counts": {k: c.summary.get(k) for k in ("chains", "rules", "sets", "set_elements", "modes_used")},
     }
     out["last_error"] = status.last_error
@@ -289,9 +329,12 @@ def collect_status(store: StatusStore, backend: Any | None) -> dict:
             rules.append({"chain": chain, "comment": comment, "packets": ctr.packets, "bytes": ctr.bytes,
                           **({"nsg": ref.get("nsg"), "rule": ref.get("rule"), "direction": ref.get("direction")}
                              if isinstance(ref, dict) else {})})
+        stamp = backend.stamp() if hasattr(backend, "stamp") else None
         out["kernel"] = {
             "table_present": fingerprint is not None,
-            "matches_commit": kernel_matches(backend, c, fingerprint),
+            "matches_commit": kernel_matches(backend, status, fingerprint),
+            # the digest of the ruleset the table carries ("" while a replace is half done)
+            "ruleset_sha256": stamp,
             "rules": rules,
         }
     return out
@@ -299,13 +342,29 @@ def collect_status(store: StatusStore, backend: Any | None) -> dict:
 
 def render_status(data: dict, show_all: bool = False) -> str:
     lines = [f"namespace: {data['netns']}"]
+    if data.get("record_error"):
+        lines.append(f"record:    UNUSABLE: {data['record_error']}")
     c = data["commit"]
+    k = data["kernel"]
+    if data.get("unverified"):
+        p = data.get("pending") or {}
+        holds = ""
+        if k is not None:
+            s = k.get("ruleset_sha256")
+            holds = (" (kernel: the pending ruleset)" if s and s == p.get("ruleset_sha256") else
+                     " (kernel: the committed ruleset)" if s and c and s == c["ruleset_sha256"] else
+                     " (kernel: neither)")
+        lines.append(f"record:    UNVERIFIED: an apply of {p.get('source', '?')} (ruleset "
+                     f"{str(p.get('ruleset_sha256', '?'))[:12]}) began and its outcome was not recorded"
+                     f"{holds}; the next apply or daemon start resolves it")
     if c is None:
         lines.append("enforcing: nothing (no commit recorded)")
     else:
         n = c["counts"]
         lines += [f"source:    {c['source']}", f"sha256:    {c['sha256']}",
-                  f"applied:   {c['applied']}  (mode {c['mode']}, {', '.join(n.get('modes_used') or [])})",
+                  f"applied:   {c['applied']}  (mode {c['mode']}, {', '.join(n.get('modes_used') or [])})"
+                  + ("; adopted at the daemon's start (the kernel already held it, nothing written)"
+                     if c.get("how") == "adopted" else ""),
                   f"counts:    {n.get('chains')} chains, {n.get('rules')} rules, {n.get('sets')} sets, "
                   f"{n.get('set_elements')} elements"]
     err = data["last_error"]
@@ -313,7 +372,6 @@ def render_status(data: dict, show_all: bool = False) -> str:
         lines.append(f"last error ({err.get('kind')}, {_when(err.get('time'))}): {err.get('message')}")
     else:
         lines.append("last error: none")
-    k = data["kernel"]
     if k is None:
         lines.append("kernel:    not read (needs root)")
     else:
@@ -358,6 +416,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=args.lab, name=args.lab_name, mode=args.mode, debounce=args.debounce,
             resync=args.resync, log_level=args.log_level, down_on_exit=False))
     configure(args.log_level, sys.stderr)
+    store = StatusStore(args.state_dir, args.netns)
+    try:
+        store.lock()  # one daemon per namespace, held until the process exits
+    except (NamespaceLocked, OSError) as e:
+        raise _failed(str(e)) from None
     notifier = Notifier()
     backend = _backend(args.netns)
     try:
