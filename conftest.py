@@ -13,3 +13,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_addoption(parser):
+    """``--long``: the fault suite (integration/faults) runs many more iterations."""
+    parser.addoption("--long", action="store_true", default=False,
+                     help="fault suite: many more iterations of every fault (minutes to hours)")

@@ -13,6 +13,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from agent.loader import load
 from agent.policy import Access, Direction, Flow
 from agent.semantics import protocol_number, resolve, verify
 
-from nspawn import (CONTAINER_ADDR, PEER_ADDR, Container, HarnessError, apt_mirror,
+from nspawn import (CONTAINER_ADDR, PEER_ADDR, REPO, Container, HarnessError, apt_mirror,
                     ensure_rootfs, ensure_wheelhouse, install_script_packages, missing_tools,
                     rootfs_packages, tcp_listener, tcp_probe, wait_for)
 
@@ -94,14 +95,15 @@ def observed(c: Container) -> dict[int, bool]:
 
 
 def startup_events(c: Container, pid: int) -> list[str]:
-    """The reconcile outcomes (config.applied / config.unchanged) logged by process ``pid``."""
+    """The reconcile outcomes (config.applied / config.unchanged / config.adopted) logged by
+    process ``pid``."""
     def events() -> list[str]:
         out = c.exec("journalctl", "--no-pager", "-o", "cat", f"_PID={pid}", check=False).stdout
         found = []
         for line in out.splitlines():
             with contextlib.suppress(ValueError):
                 ev = json.loads(line).get("event")
-                if ev in ("config.applied", "config.unchanged"):
+                if ev in ("config.applied", "config.unchanged", "config.adopted"):
                     found.append(ev)
         return found
     return wait_for(events, timeout=20, what=f"a reconcile outcome logged by pid {pid}")
@@ -191,11 +193,20 @@ def test_agent_service_under_systemd(container: Container, tmp_path: Path):
         # 1. start: `systemctl start` of a Type=notify unit returns once READY=1 arrived.
         c.exec("systemctl", "start", UNIT, timeout=90)
         props = c.unit_properties(UNIT, "ActiveState", "SubState", "Type", "MainPID", "NRestarts",
-                                  "StatusText", "WatchdogUSec")
+                                  "StatusText", "WatchdogUSec", "MemoryMax")
         assert (props["ActiveState"], props["SubState"], props["Type"]) == ("active", "running", "notify")
         assert props["StatusText"], "the agent reports a STATUS= line"
         first_pid = int(props["MainPID"])
         assert first_pid > 0
+
+        # The exposure docs/systemd.md states is what this systemd says about the unit.
+        analysis = c.exec("systemd-analyze", "security", "--no-pager", UNIT, check=False).stdout
+        measured = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", analysis)
+        documented = re.search(r"`systemd-analyze security` rates it (\d+\.\d+)\s+\(\"(\w+)\"\)",
+                               (REPO / "docs" / "systemd.md").read_text())
+        assert measured and documented, analysis[-2000:]
+        assert documented.groups() == measured.groups(), "docs/systemd.md states another exposure"
+        assert props["MemoryMax"] == str(1 << 30)
 
         # 2. the rules are in the container's namespace (and only there: root_nft_guard).
         ruleset = c.exec("nft", "list", "table", "inet", "nsg_agent").stdout
@@ -238,7 +249,8 @@ def test_agent_service_under_systemd(container: Container, tmp_path: Path):
             after = wait_for(restarted, timeout=60, interval=0.3, what="restart after kill -9")
             assert int(after["NRestarts"]) >= 1
             # The new process adopted the table it found (no rebuild, counters kept).
-            assert startup_events(c, int(after["MainPID"])) [-1] == "config.unchanged"
+            assert startup_events(c, int(after["MainPID"]))[-1] == "config.adopted"
+            assert "adopted" in c.exec("nsg-agent", "status").stdout
             assert observed(c) == expect
             ruleset = c.exec("nft", "list", "table", "inet", "nsg_agent").stdout
             assert "allow-app-from-peer" in ruleset
