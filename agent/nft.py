@@ -168,30 +168,50 @@ def _delete_hold() -> dict:
     return {"delete": {"table": {"family": TABLE_FAMILY, "name": HOLD_TABLE}}}
 
 
-def staged_replace(commands: list[dict]) -> list[list[dict]] | None:
-    """A full-replace batch (``add``/``delete``/``add table`` + everything) cut into three
-    transactions so that no new connection the old and the new ruleset both allow is ever
-    dropped; None when the batch has another shape (then it runs as one transaction).
+def _retire(chains: list[dict], table: str) -> list[dict]:
+    """Make a table inert: its base chains flushed (and accepting)."""
+    out = []
+    for c in chains:
+        ref = {"family": TABLE_FAMILY, "table": table, "name": c["name"]}
+        out.append({"flush": {"chain": ref}})
+        if c.get("policy", "accept") != "accept":
+            out.append({"add": {"chain": {**{k: v for k, v in c.items() if k != "handle"}, "table": table,
+                                          "policy": "accept"}}})
+    return out
 
-    Why: nf_tables publishes a transaction's new generation (every new chain's rules become
-    live) *before* its commit loop, and only after that loop do set backends with a commit
-    step (pipapo: the concatenated interval maps of the class lookup) swap in the elements
-    the transaction added. In between, the new table's rules run against maps that look
-    empty: a lookup misses and the packet falls through to its level's drop. The window is
-    the commit loop, which grows with the batch (15-45 ms for a few thousand objects): allowed
-    first SYNs were lost just before every full-replace commit. A map's elements are live only
-    after a commit that is not the one making the map reachable. So:
 
-    1. build ``inet nsg_agent_hold``: the new ruleset, its base chains empty (inert);
-    2. in one transaction, fill the hold's base chains (it enforces the new ruleset from this
-       flip on; its maps were committed in step 1) and replace ``inet nsg_agent`` by the new
-       ruleset with empty base chains (inert): the old table stops as the hold starts;
-    3. in one transaction, fill ``inet nsg_agent``'s base chains (its maps were committed in
-       step 2) and delete the hold: the table starts as the hold stops.
+def staged_replace(commands: list[dict], current: list[dict] | None = None) -> list[list[dict]] | None:
+    """A full-replace batch (``add``/``delete``/``add table`` + everything) cut into seven
+    transactions so that a new connection that the old and the new ruleset both allow is
+    never dropped and nothing either denies is ever admitted; None when the batch has
+    another shape (then it runs as one transaction). ``current``: the base chains of the
+    table the kernel holds now (None: no table).
 
-    Exactly one table enforces at any time (the other is inert: base chains without rules,
-    policy accept). A kill between the steps leaves the old ruleset (after 1) or the new one
-    held by the hold (after 2) in force; the next replace sees the hold and finishes in one
+    Why. nf_tables publishes a transaction's new generation (every new rule becomes live)
+    *before* its commit loop, and only after that loop do the set backends with a commit step
+    (the interval sets and maps of this compiler: rbtree, whose lookups read an array built at
+    commit, and pipapo) publish the elements the transaction added. In between, the new
+    table's rules read sets that look empty, miss, and fall through to their level's drop:
+    a window as long as the commit loop (15-45 ms for a few thousand objects), measured as
+    lost first SYNs just before every full replace. Second, a packet whose chain evaluation
+    straddles the flip runs the old rules (the generation is read once per chain) but looks
+    elements up in the new generation: if the same transaction deletes the sets of a table
+    that was live, the lookup misses and the packet is dropped (rare: about one per hundred
+    replaces). So a table becomes live only in a transaction after the one that filled its
+    sets, and a live table stops (its base chains flushed) in a transaction that deletes
+    nothing it reads; only an inert table is deleted:
+
+    1. build ``inet nsg_agent_hold`` (the new ruleset) with its base chains empty: inert;
+    2. the hold's base rules: it is live (with the old table: a packet must pass both);
+    3. the old ``inet nsg_agent`` inert (its base chains flushed): the hold alone decides;
+    4. ``inet nsg_agent`` rebuilt with the new ruleset, inert;
+    5. its base rules: live (with the hold: both hold the new ruleset);
+    6. the hold inert;  7. the hold deleted.
+
+    Activation and retirement are never in one transaction, so a packet straddling a flip
+    always meets at least one live table (no hook order can let it slip between two
+    switches). A kill between steps leaves the old ruleset, the new one, or both (a packet
+    must pass both) in force; the next replace finds the hold and finishes in one
     transaction (NftBackend.replace)."""
     if len(commands) < 3 or [next(iter(c)) for c in commands[:3]] != ["add", "delete", "add"]:
         return None
@@ -212,9 +232,14 @@ def staged_replace(commands: list[dict]) -> list[list[dict]] | None:
             rest.append(cmd)
     inert = [{"add": {"chain": {**c["add"]["chain"], "policy": "accept"}}} for c in base_chains]
     live = [c for c in base_chains if c["add"]["chain"].get("policy", "accept") != "accept"] + base_rules
-    hold = [_in_table(c, HOLD_TABLE) for c in preamble + inert + rest]
-    return [hold, [_in_table(c, HOLD_TABLE) for c in live] + preamble + inert + rest,
-            live + [_delete_hold()]]
+    new_base = [c["add"]["chain"] for c in base_chains]
+
+    def hold(cmds: list[dict]) -> list[dict]:
+        return [_in_table(c, HOLD_TABLE) for c in cmds]
+
+    steps = [hold(preamble + inert + rest), hold(live), _retire(current or [], TABLE_NAME),
+             preamble + inert + rest, live, _retire(new_base, HOLD_TABLE), [_delete_hold()]]
+    return [s for s in steps if s]
 
 
 # The table carries the digest of the ruleset it holds: the comment of the one rule of a
@@ -416,24 +441,29 @@ class NftBackend:
         table is left by a replace killed half-way, the batch runs as one transaction that
         also deletes the hold."""
         assert_own_table(commands)
-        steps = staged_replace(commands)
-        if steps is not None and self._hold_present():
-            steps, payload, commands = None, None, commands + [_delete_hold()]
+        tables = self._tables()
+        steps = None
+        if HOLD_TABLE not in tables:
+            steps = staged_replace(commands, self._base_chains() if TABLE_NAME in tables else None)
+        else:
+            payload, commands = None, commands + [_delete_hold()]
         if steps is None:
             rc, _, err = self._run(commands, payload=payload)
             if rc != 0:
                 self._refused(commands, err)
             return
         for i, step in enumerate(steps):
+            assert_own_table(step)
             rc, _, err = self._run(step)
             if rc == 0:
                 continue
-            if i == 1:
-                self._run([_delete_hold()])  # still inert: the previous table never stopped
-            if i < 2:
+            if i <= 1:  # the hold is inert (or absent): the previous table never stopped
+                if i == 1:
+                    self._run([_delete_hold()])
                 self._refused(commands, err)
-            raise NftError("the kernel refused the last step of the replace (the new ruleset is "
-                           f"enforced by {TABLE_FAMILY} {HOLD_TABLE} until the next replace)", error=err)
+            raise NftError(f"the kernel refused step {i + 1} of the replace; the table and "
+                           f"{TABLE_FAMILY} {HOLD_TABLE} stay as they are (each holding the old "
+                           "or the new ruleset) until the next replace", error=err)
 
     def _refused(self, commands: list[dict], err: str) -> None:
         try:
@@ -444,10 +474,22 @@ class NftBackend:
                        error=err, command=commands[index] if index is not None else None,
                        index=index)
 
-    def _hold_present(self) -> bool:
+    def _tables(self) -> set[str]:
+        """The names of the family's tables that are the agent's."""
         rc, out, _ = self._run([{"list": {"tables": {"family": TABLE_FAMILY}}}])
-        return rc == 0 and any((i.get("table") or {}).get("name") == HOLD_TABLE
-                               for i in (out or {}).get("nftables", []))
+        names = {(i.get("table") or {}).get("name") for i in (out or {}).get("nftables", [])} if rc == 0 else set()
+        return names & set(OWN_TABLES)
+
+    def _hold_present(self) -> bool:
+        return HOLD_TABLE in self._tables()
+
+    def _base_chains(self) -> list[dict]:
+        """The base chains of ``inet nsg_agent`` as the kernel holds them."""
+        rc, out, err = self._run([{"list": {"chains": {"family": TABLE_FAMILY}}}])
+        if rc != 0:
+            raise NftError("cannot list the chains", error=err)
+        return [i["chain"] for i in (out or {}).get("nftables", [])
+                if "chain" in i and i["chain"].get("table") == TABLE_NAME and "hook" in i["chain"]]
 
     def transact(self, commands: list[dict]) -> None:
         """Run ``commands`` (a delta of the agent's own table, agent.compiler.delta) as ONE

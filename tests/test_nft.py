@@ -191,37 +191,52 @@ class TestStagedReplace:
             out.add(obj["name"] if kind == "table" else obj["table"])
         return out
 
-    def test_three_steps_each_switching_one_table(self):
-        """Step 1 builds only the hold, with inert base chains; step 2 makes the hold live and
-        rebuilds nsg_agent inert; step 3 makes nsg_agent live and deletes the hold."""
+    def test_seven_steps_activation_and_retirement_apart(self):
+        """The hold is built inert, made live, the old table made inert, rebuilt inert, made
+        live, the hold made inert, then deleted: no step both starts and stops a table, and
+        only inert tables are deleted."""
         from agent.nft import HOLD_TABLE, staged_replace
 
         drop_chain = {**CHAIN, "name": "output", "hook": "output", "policy": "drop"}
         batch = BATCH[:4] + [{"add": {"chain": drop_chain}}] + BATCH[4:] + [rule("x", chain="output")]
-        one, two, three = staged_replace(batch)
-        assert self._targets(one) == {HOLD_TABLE}
-        chains = [c["add"]["chain"] for c in one if "chain" in c.get("add", {})]
-        assert {c["name"]: c["policy"] for c in chains} == {"input": "accept", "output": "accept"}
-        assert not [c for c in one if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] in ("input", "output")]
-        # step 2: the hold's base rules (and its real policies), then nsg_agent rebuilt inert
-        hold_live = [c for c in two if self._targets([c]) == {HOLD_TABLE}]
-        assert [next(iter(c["add"])) for c in hold_live] == ["chain", "rule", "rule", "rule"]
-        assert hold_live[0]["add"]["chain"]["policy"] == "drop"
-        rest = two[len(hold_live):]
-        assert rest[:3] == BATCH[:3] and self._targets(rest) == {TABLE_NAME}
-        assert all(c["add"]["chain"]["policy"] == "accept" for c in rest[3:] if "chain" in c.get("add", {}))
-        # step 3: the real base rules and policy, the hold deleted last
-        assert three[-1] == {"delete": {"table": {"family": "inet", "name": HOLD_TABLE}}}
-        assert [c["add"]["rule"]["comment"] for c in three if "rule" in c.get("add", {})] == \
-            ["nsg: UserRule_a", "nsg: DefaultRule_DenyAllInBound", "x"]
-        assert three[0]["add"]["chain"]["policy"] == "drop"
+        old_base = [{**CHAIN, "handle": 7}, {**CHAIN, "name": "forward", "hook": "forward", "policy": "drop"}]
+        steps = staged_replace(batch, old_base)
+        assert len(steps) == 7
+        build, hold_live, old_inert, rebuild, live, hold_inert, drop = steps
+        assert self._targets(build) == self._targets(hold_live) == self._targets(hold_inert) == {HOLD_TABLE}
+        assert self._targets(old_inert) == self._targets(rebuild) == self._targets(live) == {TABLE_NAME}
+        # built and rebuilt inert: base chains accepting, without rules
+        for step in (build, rebuild):
+            chains = [c["add"]["chain"] for c in step if "chain" in c.get("add", {}) and "hook" in c["add"]["chain"]]
+            assert {c["name"]: c["policy"] for c in chains} == {"input": "accept", "output": "accept"}
+            assert not [c for c in step if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] in ("input", "output")]
+        assert rebuild[:3] == BATCH[:3]
+        # made live: the base rules and the real policies, nothing deleted or flushed
+        for step in (hold_live, live):
+            assert {next(iter(c)) for c in step} == {"add"}
+            assert [c["add"]["rule"]["comment"] for c in step if "rule" in c["add"]] == \
+                ["nsg: UserRule_a", "nsg: DefaultRule_DenyAllInBound", "x"]
+            assert [c["add"]["chain"]["policy"] for c in step if "chain" in c["add"]] == ["drop"]
+        # made inert: only base chains flushed (and a drop policy turned to accept)
+        assert [c for c in old_inert if "flush" in c] == [
+            {"flush": {"chain": {"family": "inet", "table": TABLE_NAME, "name": n}}} for n in ("input", "forward")]
+        assert [c["add"]["chain"] for c in old_inert if "add" in c] == [
+            {**CHAIN, "name": "forward", "hook": "forward", "policy": "accept"}]
+        assert [c for c in hold_inert if "flush" in c] == [
+            {"flush": {"chain": {"family": "inet", "table": HOLD_TABLE, "name": n}}} for n in ("input", "output")]
+        assert drop == [{"delete": {"table": {"family": "inet", "name": HOLD_TABLE}}}]
 
-    def test_everything_of_the_batch_lands_in_nsg_agent(self):
-        """Steps 2 and 3 together carry every command of the batch aimed at nsg_agent."""
+    def test_no_table_yet_means_no_step_to_make_it_inert(self):
         from agent.nft import staged_replace
 
-        _, two, three = staged_replace(BATCH)
-        mine = [c for c in two + three if self._targets([c]) == {TABLE_NAME}]
+        assert len(staged_replace(BATCH, None)) == 6
+
+    def test_everything_of_the_batch_lands_in_nsg_agent(self):
+        """The rebuild and the activation together carry every command of the batch."""
+        from agent.nft import staged_replace
+
+        steps = staged_replace(BATCH)
+        mine = [c for c in steps[2] + steps[3] if self._targets([c]) == {TABLE_NAME}]
         as_text = lambda cs: sorted(map(repr, cs))  # noqa: E731
         inert = [c for c in mine if "chain" in c.get("add", {}) and "hook" in c["add"]["chain"]]
         assert as_text([c for c in mine if c not in inert]) == as_text([c for c in BATCH if "chain" not in c.get("add", {})])

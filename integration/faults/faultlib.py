@@ -80,7 +80,7 @@ class Agents:
 
     def close(self) -> None:
         for a in self.started:
-            stop_process(a.proc)
+            stop_process(a.proc, grace=3)
 
 
 def wait_event(agent: AgentProcess, names: tuple[str, ...], after: int, timeout: float) -> dict | None:
@@ -138,16 +138,13 @@ def tables(ns: str, listing: dict | None = None) -> dict[tuple[str, str], Table]
     return out
 
 
-def enforced(ns: str) -> tuple[str | None, list[str]]:
-    """The ruleset digest the namespace's agent tables enforce, and what is wrong with them
-    (empty when exactly one of nsg_agent / nsg_agent_hold is live and the other inert)."""
+def enforced(ns: str) -> tuple[set[str | None], list[str]]:
+    """The ruleset digests the namespace's live agent tables carry (one table, or during a
+    replace both nsg_agent and nsg_agent_hold: then a packet must pass both), and what is
+    wrong (no live table at all)."""
     ts = tables(ns)
-    ours = {k: t for k, t in ts.items() if k[0] == "inet" and k[1] in ("nsg_agent", "nsg_agent_hold")}
-    live = [t for t in ours.values() if t.live]
-    problems = []
-    if len(live) != 1:
-        problems.append(f"{len(live)} live agent tables ({sorted(t.name for t in live)})")
-    return (live[0].stamp if len(live) == 1 else None), problems
+    live = [t for k, t in ts.items() if k[0] == "inet" and k[1] in ("nsg_agent", "nsg_agent_hold") and t.live]
+    return {t.stamp for t in live}, ([] if live else ["no live agent table: nothing enforced"])
 
 
 @dataclass
@@ -172,22 +169,25 @@ def compiled(path: Path, mode: str = "classify") -> Compiled:
     return Compiled(digest, rs.summary["rules"], set_sizes(rs.commands))
 
 
-def complete(ns: str, expected: dict[str, Compiled]) -> tuple[str | None, list[str]]:
-    """The name in ``expected`` the kernel enforces, checked whole (rule and element counts
-    of the live table equal that compile: never partial), and any problems."""
+def complete(ns: str, expected: dict[str, Compiled]) -> tuple[set[str], list[str]]:
+    """The names in ``expected`` the kernel's live tables enforce, each checked whole (its
+    rule and element counts equal that compile: never partial), and any problems."""
     ts = tables(ns)
-    digest, problems = enforced(ns)
-    if problems:
-        return None, problems
-    name = next((n for n, c in expected.items() if c.digest == digest), None)
-    if name is None:
-        return None, [f"the live table's stamp {digest!r} is none of {sorted(expected)}"]
-    live = next(t for k, t in ts.items() if k[1] in ("nsg_agent", "nsg_agent_hold") and t.live)
-    c = expected[name]
-    if live.rules != c.rules or live.elements != c.elements:
-        return name, [f"partial: {live.rules} rules / {sum(live.elements.values())} elements in the kernel, "
-                      f"{c.rules} / {sum(c.elements.values())} compiled"]
-    return name, []
+    digests, problems = enforced(ns)
+    names: set[str] = set()
+    for k, t in ts.items():
+        if k[0] != "inet" or k[1] not in ("nsg_agent", "nsg_agent_hold") or not t.live:
+            continue
+        name = next((n for n, c in expected.items() if c.digest == t.stamp), None)
+        if name is None:
+            problems.append(f"{t.name}: stamp {t.stamp!r} is none of {sorted(expected)}")
+            continue
+        names.add(name)
+        c = expected[name]
+        if t.rules != c.rules or t.elements != c.elements:
+            problems.append(f"{t.name} partial: {t.rules} rules / {sum(t.elements.values())} elements, "
+                            f"{c.rules} / {sum(c.elements.values())} compiled")
+    return names, problems
 
 
 def read_record(state_dir: Path, ns: str) -> tuple[dict | None, dict | None]:
@@ -200,19 +200,20 @@ def read_record(state_dir: Path, ns: str) -> tuple[dict | None, dict | None]:
     return load(state_dir / ns / "status.json"), load(state_dir / ns / "intent.json")
 
 
-def record_problems(state_dir: Path, ns: str, kernel_digest: str | None) -> tuple[bool, list[str]]:
-    """Is the record true (its commit is what the kernel enforces), or marked unverified
-    with the kernel holding the commit or the pending ruleset? (unverified?, problems)"""
+def record_problems(state_dir: Path, ns: str, live: set[str | None]) -> tuple[bool, list[str]]:
+    """Is the record true (its commit is what the kernel enforces), or marked unverified with
+    the kernel holding the commit, the pending ruleset or both? (unverified?, problems).
+    ``live``: the digests of the live agent tables."""
     status, intent = read_record(state_dir, ns)
-    commit = (status or {}).get("commit") or {}
+    commit = ((status or {}).get("commit") or {}).get("ruleset_sha256")
     if intent is None:
-        if commit.get("ruleset_sha256") != kernel_digest:
-            return False, [f"the record says {str(commit.get('ruleset_sha256'))[:12]}, the kernel "
-                           f"enforces {str(kernel_digest)[:12]}, and nothing marks it unverified"]
+        if live != {commit}:
+            return False, [f"the record says {str(commit)[:12]}, the kernel enforces "
+                           f"{sorted(str(d)[:12] for d in live)}, and nothing marks it unverified"]
         return False, []
-    if kernel_digest not in (commit.get("ruleset_sha256"), intent.get("ruleset_sha256")):
-        return True, [f"unverified record, but the kernel ({str(kernel_digest)[:12]}) holds neither "
-                      "the commit nor the pending ruleset"]
+    if not live <= {commit, intent.get("ruleset_sha256")}:
+        return True, [f"unverified record, but the kernel ({sorted(str(d)[:12] for d in live)}) holds "
+                      "other than the commit or the pending ruleset"]
     return True, []
 
 
@@ -276,7 +277,7 @@ def bench_state(pair: HostPair, rules: int, seed: int = 1) -> tuple[dict, Any]:
     g = generate(Scale(rules=rules, prefixes=50, nics=2, asgs=2, seed=seed))
     for ns, ifname, addr in ((pair.srv, pair.srv_if, SERVER_ADDRESS), (pair.cli, pair.cli_if, CLIENT_ADDRESS)):
         r = run("ip", "-n", ns, "addr", "add", f"{addr}/16", "dev", ifname, check=False)
-        assert r.returncode == 0 or "exists" in r.stderr, r.stderr
+        assert r.returncode == 0 or "already assigned" in r.stderr or "exists" in r.stderr, r.stderr
     return g.state_with_interface(pair.srv_if), g
 
 
