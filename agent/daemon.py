@@ -577,7 +577,7 @@ class Reconciler:
             detail = e.as_dict() if isinstance(e, NftError) else {"message": f"{type(e).__name__}: {e}"}
             self.log.error("apply.failed", reason=reason, error=str(e), retry_in=round(delay, 3),
                            failures=self.failures, enforcing=self.last_good.sha256 if self.last_good else None)
-            if isinstance(e, NftError) and not self.unverified:
+            if isinstance(e, NftError) and e.applied_nothing and not self.unverified:
                 self._clear_intent()  # refused as a whole: the kernel holds what it held
             self._record_error("apply", str(e), [detail])
             if self.last_good is None and _lacks_permission(e):

@@ -52,8 +52,11 @@ class NftError(Exception):
     """libnftables refused a command. ``command`` is the failing command when known."""
 
     def __init__(self, message: str, *, error: str = "", command: dict | None = None,
-                 index: int | None = None):
+                 index: int | None = None, applied_nothing: bool = True):
         self.error = error.strip()
+        # False when earlier transactions of a staged replace went through: the kernel no
+        # longer holds exactly what it held before the call.
+        self.applied_nothing = applied_nothing
         self.command = command
         self.index = index
         detail = f": {self.error}" if self.error else ""
@@ -463,7 +466,7 @@ class NftBackend:
                 self._refused(commands, err)
             raise NftError(f"the kernel refused step {i + 1} of the replace; the table and "
                            f"{TABLE_FAMILY} {HOLD_TABLE} stay as they are (each holding the old "
-                           "or the new ruleset) until the next replace", error=err)
+                           "or the new ruleset) until the next replace", error=err, applied_nothing=False)
 
     def _refused(self, commands: list[dict], err: str) -> None:
         try:

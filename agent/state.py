@@ -245,6 +245,11 @@ class StatusStore:
             raise StatusFileError(f"status file {path} is larger than {MAX_STATUS_BYTES} bytes")
         return raw
 
+    def ensure_dir(self) -> None:
+        """Make (or check) the directories now: UnsafePath if a symlink or a directory
+        writable by others was planted there."""
+        os.close(_open_dir(self.dir, create=True))
+
     def set_aside(self) -> Path | None:
         """Move an unusable status file out of the way (``status.json.bad-<time>``, kept
         for inspection); returns the new path (None when there was nothing to move)."""

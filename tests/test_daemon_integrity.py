@@ -368,8 +368,13 @@ class TestLock:
             with pytest.raises(NamespaceLocked) as err:
                 StatusStore(tmp_path, "nsgh-x").lock()
             assert f"pid {holder.pid}" in str(err.value) and "nsgh-x" in str(err.value)
-            assert StatusStore(tmp_path, "nsgh-y").lock() is None  # another namespace: free
+            other = StatusStore(tmp_path, "nsgh-y")
+            other.lock()  # another namespace: free
+            other.unlock()
         finally:
             holder.stdin.close()
+            holder.stdout.close()
             holder.wait(10)
-        StatusStore(tmp_path, "nsgh-x").lock()  # released with the process
+        again = StatusStore(tmp_path, "nsgh-x")
+        again.lock()  # released with the process
+        again.unlock()

@@ -246,6 +246,10 @@ def _reconciler(file: str, args: argparse.Namespace, backend: Any, **kw: Any):
     flusher = (lambda policy: conntrack.flush_denied(backend.runner, policy)) if hasattr(backend, "runner") else None
     rec = Reconciler(file, backend, store, mode=args.mode, flusher=flusher, **kw)
     try:
+        store.ensure_dir()  # before anything reaches the kernel: the record must be writable
+    except OSError as e:
+        raise _failed(f"state directory {store.dir}: {e}") from None
+    try:
         previous = store.read()
     except StatusFileError as e:
         # Not the agent's record: set it aside (kept for inspection) and rebuild it from the

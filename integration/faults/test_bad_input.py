@@ -49,7 +49,7 @@ def huge(path: Path) -> None:
     with open(path, "w") as f:
         f.write("networkSecurityGroups:\n")
         chunk = "  - {name: n, securityRules: []}\n" * 10_000
-        while f.tell() < 80 << 20:  # over the default 64 MB limit of item 1
+        while f.tell() < 200 << 20:  # the issue's 200 MB (item 1's default limit: 64 MB)
             f.write(chunk)
 
 
@@ -78,7 +78,7 @@ CORPUS: dict[str, tuple[Callable[[Path], None], bool]] = {
     "alias-bomb": (alias_bomb, True),
     "symlink-to-dev-zero": (symlink_to("/dev/zero"), True),
     "fifo": (fifo, True),
-    "80-MB-file": (huge, True),
+    "200-MB-file": (huge, True),
     "priority-5000-digits": (text(RULE.format(p="9" * 5000, port="80")), True),
     "port-5000-digits": (text(RULE.format(p="100", port="9" * 5000)), True),
     "lists-nested-1000-deep": (deep, True),

@@ -1,13 +1,15 @@
 """Under load: a bounded prober opens new connections to an allowed and to a denied port,
 and keeps one long-lived connection, through 100 reloads (70 full replaces, then 30 deltas
-after a restart that adopts the table): 0 denied admitted, 0 allowed refused, 0 established
-dropped (namespaces nsgf-*; the prober: probe_load.py, bounded in time and count)."""
+after a restart that adopts the table, with kill -9 and restarts among them): 0 denied
+admitted, 0 allowed refused, 0 established dropped (namespaces nsgf-*; the prober:
+probe_load.py, bounded in time and count)."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
+import signal
 import subprocess
 from pathlib import Path
 
@@ -40,6 +42,7 @@ def test_no_connection_lost_or_admitted_through_reloads(fault_pair, echo_server,
     allowed, denied = gen.flows["first"].port, gen.flows["none"].port
     assert (gen.flows["first"].access, gen.flows["none"].access) == ("Allow", "Deny")
     full, deltas = (210, 90) if long_mode else (70, 30)
+    kill_every = 3 if long_mode else 10  # during the delta phase: kill -9 and restart
     texts = variants(state, full + deltas + 1)
     config = tmp_path / "desired-state.json"
     config.write_text(texts[0])
@@ -60,11 +63,18 @@ def test_no_connection_lost_or_admitted_through_reloads(fault_pair, echo_server,
     try:
         assert prober.stdout.readline().strip() == "started"
         lagging = []
+        kills = 0
         for i in range(1, full + deltas + 1):
             if i == full + 1:  # a restart without --no-delta: it adopts, then edits go as deltas
                 stop_process(agent.proc)
                 agent = agents.start(config, pair.srv, state_dir)
                 agent.wait_for("config.adopted", timeout=60)
+            elif i > full + 1 and (i - full) % kill_every == 0:
+                agent.proc.send_signal(signal.SIGKILL)
+                agent.proc.wait(10)
+                agent = agents.start(config, pair.srv, state_dir)
+                agent.wait_for("agent.ready", timeout=60)
+                kills += 1
             write_atomically(config, texts[i])
             if not poll(lambda: committed(texts[i]), timeout=30, interval=0.02):
                 lagging.append(i)
@@ -73,13 +83,14 @@ def test_no_connection_lost_or_admitted_through_reloads(fault_pair, echo_server,
         stop_process(prober)
     result = json.loads(out.strip().splitlines()[-1])
     hows = [e["how"] for a in agents.started for e in a.events() if e["event"] == "config.applied"]
-    record("under load", reloads=full + deltas, full_replaces=hows.count("replace") - 1,
+    record("under load", reloads=full + deltas, kill_restarts=kills, full_replaces=hows.count("replace") - 1,
            deltas=hows.count("delta"), new_allowed=result["allowed_attempts"],
            allowed_refused=len(result["allowed_refused"]), new_denied=result["denied_attempts"],
            denied_admitted=len(result["denied_admitted"]), stream_echoes=result["stream_echoes"],
            established_dropped=len(result["stream_lost"]))
     assert not lagging, f"reloads not committed within 30 s: {lagging}"
     assert hows.count("delta") >= deltas // 2, hows  # the second phase really went as deltas
+    assert kills >= 2
     assert result["allowed_attempts"] > 0 and result["denied_attempts"] > 0 and result["stream_echoes"] > 0
     assert result["denied_admitted"] == [], "a denied connection was admitted"
     assert result["allowed_refused"] == [], "an allowed connection was refused"
