@@ -188,6 +188,20 @@ def echo_server() -> Iterator[Callable[..., subprocess.Popen]]:
             stop_process(p, grace=5)
 
 
+def tcp_echo(src: str, dst: str, port: int, timeout: float) -> bool:
+    """Connect from src to dst:port (in the calling thread's namespace), send one request and
+    read the echo: True when it all worked."""
+    with socket.socket() as s:
+        s.settimeout(timeout)
+        s.bind((src, 0))
+        try:
+            s.connect((dst, port))
+            s.sendall(b"ping")
+            return s.recv(16) == b"ping"
+        except OSError:
+            return False
+
+
 class Prober:
     """Real packets from inside one namespace: sockets made in a thread that entered it."""
 
@@ -202,17 +216,7 @@ class Prober:
 
     def tcp(self, src: str, dst: str, port: int, timeout: float = 0.6) -> bool:
         """Connect from src to dst:port and get one echo back."""
-        def go() -> bool:
-            with socket.socket() as s:
-                s.settimeout(timeout)
-                s.bind((src, 0))
-                try:
-                    s.connect((dst, port))
-                    s.sendall(b"ping")
-                    return s.recv(16) == b"ping"
-                except OSError:
-                    return False
-        return self.runner.call(go, timeout=timeout * 4 + 5)
+        return self.runner.call(tcp_echo, src, dst, port, timeout, timeout=timeout * 4 + 5)
 
     def udp(self, src: str, dst: str, port: int, timeout: float = 0.6) -> bool:
         def go() -> bool:

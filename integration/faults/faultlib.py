@@ -138,11 +138,11 @@ def tables(ns: str, listing: dict | None = None) -> dict[tuple[str, str], Table]
     return out
 
 
-def enforced(ns: str) -> tuple[set[str | None], list[str]]:
+def enforced(ns: str, ts: dict[tuple[str, str], Table] | None = None) -> tuple[set[str | None], list[str]]:
     """The ruleset digests the namespace's live agent tables carry (one table, or during a
     replace both nsg_agent and nsg_agent_hold: then a packet must pass both), and what is
-    wrong (no live table at all)."""
-    ts = tables(ns)
+    wrong (no live table at all). ``ts``: tables() already read."""
+    ts = tables(ns) if ts is None else ts
     live = [t for k, t in ts.items() if k[0] == "inet" and k[1] in ("nsg_agent", "nsg_agent_hold") and t.live]
     return {t.stamp for t in live}, ([] if live else ["no live agent table: nothing enforced"])
 
@@ -173,7 +173,7 @@ def complete(ns: str, expected: dict[str, Compiled]) -> tuple[set[str], list[str
     """The names in ``expected`` the kernel's live tables enforce, each checked whole (its
     rule and element counts equal that compile: never partial), and any problems."""
     ts = tables(ns)
-    digests, problems = enforced(ns)
+    _, problems = enforced(ns, ts)
     names: set[str] = set()
     for k, t in ts.items():
         if k[0] != "inet" or k[1] not in ("nsg_agent", "nsg_agent_hold") or not t.live:

@@ -21,22 +21,13 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]
+from host_helpers import tcp_echo as attempt  # noqa: E402 - the same probe as the tests'
 
 CONNECT_TIMEOUT = 0.8
 DENIED_TIMEOUT = 0.25  # a denied SYN is dropped: waiting longer proves nothing more
-
-
-def attempt(src: str, dst: str, port: int, timeout: float) -> bool:
-    """Connect, send one request, read the echo: True when it all worked."""
-    with socket.socket() as s:
-        s.settimeout(timeout)
-        s.bind((src, 0))
-        try:
-            s.connect((dst, port))
-            s.sendall(b"ping")
-            return s.recv(16) == b"ping"
-        except OSError:
-            return False
 
 
 class Counter:

@@ -31,6 +31,17 @@ def two_files(pair, tmp_path, rules: int = 200):
     return files, expected
 
 
+def enforcing_after(agent, started: float) -> float:
+    """Seconds from ``started`` (wall clock, just before the process was started) to the
+    process's first outcome that leaves the kernel enforcing the file (applied or adopted),
+    by the timestamp the daemon logged."""
+    import datetime
+
+    agent.wait_for("agent.ready", timeout=60)
+    first = next(e for e in agent.events() if e["event"] in ("config.applied", "config.adopted"))
+    return datetime.datetime.fromisoformat(first["timestamp"].replace("Z", "+00:00")).timestamp() - started
+
+
 def apply_cmd(path, pair, state_dir) -> list[str]:
     return [NSG_AGENT, "apply", str(path), "--netns", pair.srv, "--state-dir", str(state_dir)]
 
@@ -91,10 +102,10 @@ def test_kill_9_during_the_daemons_reconcile(fault_pair, agents, tmp_path, long_
     config = tmp_path / "desired-state.json"
     config.write_text(files["a"].read_text())
     state_dir = tmp_path / "run"
-    t0 = time.monotonic()
+    t0 = time.time()
     agent = agents.start(config, pair.srv, state_dir)
     agent.wait_for("agent.ready", timeout=60)
-    first_start = time.monotonic() - t0  # process start + load + compile + one full apply
+    first_start = enforcing_after(agent, t0)  # process start + load + compile + one full apply
     rng = random.Random(7)
     problems: list[str] = []
     converge: list[float] = []
@@ -109,7 +120,7 @@ def test_kill_9_during_the_daemons_reconcile(fault_pair, agents, tmp_path, long_
         agent.proc.wait(10)
         _, was_unverified = check(pair, state_dir, expected, f"kill {i}", problems)
         unverified += was_unverified
-        t0 = time.monotonic()
+        t0 = time.time()
         agent = agents.start(config, pair.srv, state_dir)
 
         def converged() -> bool:
@@ -122,7 +133,7 @@ def test_kill_9_during_the_daemons_reconcile(fault_pair, agents, tmp_path, long_
         if not took:
             problems.append(f"kill {i}: no convergence to {current} within 60 s")
             continue
-        converge.append(time.monotonic() - t0)
+        converge.append(enforcing_after(agent, t0))
         ready = agent.wait_for("agent.ready", timeout=30)
         adopted += any(e["event"] == "config.adopted" for e in agent.events())
         assert ready and agent.proc.poll() is None
@@ -131,6 +142,6 @@ def test_kill_9_during_the_daemons_reconcile(fault_pair, agents, tmp_path, long_
            first_start_s=round(first_start, 2), converge_max_s=round(max(converge, default=0), 2))
     assert not problems, "\n".join(problems)
     # Bounded by one apply plus a second: a restart costs at most what the first start cost
-    # (process start, load, compile, one full apply), plus 1 s; 3 s more of margin for a
+    # (process start, load, compile, one full apply), plus 1 s; 1 s more of margin for a
     # shared 2-core machine.
-    assert max(converge) <= first_start + 1 + 3, (first_start, converge)
+    assert max(converge) <= first_start + 1 + 1, (first_start, converge)
