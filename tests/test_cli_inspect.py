@@ -233,7 +233,7 @@ def test_verify_icmp_without_ports(capsys):
     """ICMP flows are verified with addresses only."""
     got, out, _ = run(capsys, "verify", HUB, "--nic", "db1", "--direction", "Inbound", "--protocol", "icmp",
                       "--local", "10.3.1.4", "--remote", "10.1.1.4")
-    assert got == 0 and out.startswith("Allow by rule AllowVNetInBound")
+    assert got == 0 and out.startswith("Allow by rule AllowVnetInBound")
 
 
 BAD_VERIFY = [
