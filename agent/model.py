@@ -14,7 +14,6 @@ import re
 from typing import Annotated, Any
 
 from pydantic import (
-    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -438,9 +437,25 @@ class VirtualNetwork(_Base):
     name: str
     addressSpace: Annotated[list[str], BeforeValidator(_as_list)]
     subnets: Annotated[list[Subnet], BeforeValidator(_as_list)] = []
-    peerings: Annotated[list[VirtualNetworkPeering], BeforeValidator(_as_list)] = Field(
-        default=[], validation_alias=AliasChoices("peerings", "virtualNetworkPeerings"))
+    # Azure's key is virtualNetworkPeerings; both keys may be given (their entries add up).
+    peerings: Annotated[list[VirtualNetworkPeering], BeforeValidator(_as_list)] = []
     onPremisesPrefixes: StrList = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _azure_peerings(cls, data: Any) -> Any:
+        data = flatten_properties(data)
+        if isinstance(data, dict) and "virtualNetworkPeerings" in data:
+            data = dict(data)
+            azure = data.pop("virtualNetworkPeerings")
+            own = data.get("peerings")
+            if own is None:
+                data["peerings"] = azure
+            elif isinstance(own, list) and isinstance(azure, list):
+                data["peerings"] = own + azure
+            else:  # a wrong type: let the field's own validation name it
+                data["peerings"] = own if not isinstance(own, list) else azure
+        return data
 
     @field_validator("addressSpace", mode="before")
     @classmethod

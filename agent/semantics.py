@@ -170,23 +170,32 @@ class Resolver:
         found = self.state.subnet(subnet_ref) if subnet_ref else None
         return (found[1].routeTable or "").lower() if found else ""
 
+    def virtual_network_prefixes(self, vnet_name: str, subnet_ref: str | None = None) -> list[str]:
+        """The VirtualNetwork tag's prefixes as Azure lists them (tagMap): the VNet's address
+        space, the peers' (in force, access allowed), on-premises prefixes, the subnet's
+        user-defined route prefixes, then 168.63.129.16/32; not collapsed."""
+        vnet = self.state.vnet(vnet_name)
+        out: list[str] = []
+        if vnet is not None:
+            out += vnet.addressSpace
+            for peer in networks.peers_in_virtual_network(self.state, vnet.name):
+                out += self.state.vnet(peer).addressSpace  # type: ignore[union-attr]
+            out += vnet.onPremisesPrefixes
+        table_name = self._route_table(subnet_ref)
+        table = self.state.route_table(table_name) if table_name else None
+        out += [r.addressPrefix for r in (table.routes if table else [])]
+        out.append(str(HOST_VIP))
+        seen: set[str] = set()
+        return [p for p in out if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+
     def virtual_network_set(self, vnet_name: str, subnet_ref: str | None = None) -> PrefixSet:
         """The VirtualNetwork tag of a NIC in ``vnet_name`` (in subnet ``subnet_ref``, whose
         user-defined routes join it)."""
         key = (vnet_name.lower(), self._route_table(subnet_ref))
         found = self._vnet_cache.get(key)
         if found is None:
-            vnet = self.state.vnet(vnet_name)
-            cidrs: list[tuple[int, int, int]] = []
-            if vnet is not None:
-                cidrs += [prefix_cidr(p) for p in vnet.addressSpace + vnet.onPremisesPrefixes]
-                for peer in networks.peers_in_virtual_network(self.state, vnet.name):
-                    other = self.state.vnet(peer)
-                    cidrs += [prefix_cidr(p) for p in other.addressSpace]  # type: ignore[union-attr]
-            if key[1]:
-                table = self.state.route_table(key[1])
-                cidrs += [prefix_cidr(r.addressPrefix) for r in (table.routes if table else [])]
-            found = _HOST_VIP_SET | PrefixSet.from_cidrs(cidrs)
+            found = PrefixSet.from_cidrs(
+                prefix_cidr(p) for p in self.virtual_network_prefixes(vnet_name, subnet_ref))
             self._vnet_cache[key] = found
         return found
 
