@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agent import networks
+from agent.errors import InvalidInput
 from agent.lab import naming
 from agent.model import DesiredState
 
@@ -32,7 +33,7 @@ PLATFORM_ADDRESS = ipaddress.IPv4Address("168.63.129.16")
 FORBIDDEN = ipaddress.IPv4Network("192.0.2.0/24")
 
 
-class LabPlanError(ValueError):
+class LabPlanError(InvalidInput, ValueError):
     """The desired state cannot be built as a lab (with every reason at once)."""
 
     def __init__(self, problems: list[str]):
