@@ -109,6 +109,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "last commit)")
     p.add_argument("--no-link-events", action="store_true", help="do not watch link events")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
+                   help="auto (default): readable lines on a terminal, JSON lines otherwise")
     _common(p)
     p.set_defaults(func=cmd_run)
 
@@ -488,8 +490,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         return lab_commands.cmd_run(argparse.Namespace(
             file=args.lab, name=args.lab_name, mode=args.mode, debounce=args.debounce,
-            resync=args.resync, log_level=args.log_level, down_on_exit=args.remove_on_exit))
-    configure(args.log_level, sys.stderr)
+            resync=args.resync, log_level=args.log_level, down_on_exit=args.remove_on_exit,
+            log_format=args.log_format))
+    configure(args.log_level, sys.stderr, fmt=args.log_format)
     notifier = Notifier()
     backend = _backend(args.netns)
     try:
