@@ -28,7 +28,7 @@ def wants_json(fmt: str, stream: IO[str] | None = None) -> bool:
 
 
 def configure(level: str = "info", stream: IO[str] | None = None, *, json_output: bool = True,
-              fmt: str | None = None) -> None:
+              fmt: str | None = None, observers: tuple = ()) -> None:
     """Route structlog to ``stream`` (stderr by default): JSON lines, or with
     ``fmt="console"`` (or ``"auto"`` on a terminal) structlog's console renderer."""
     if fmt is not None:
@@ -41,6 +41,7 @@ def configure(level: str = "info", stream: IO[str] | None = None, *, json_output
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            *observers,  # e.g. agent.metrics.Metrics.observe: counts outcomes as they are logged
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, _stdlib_logging.INFO)),

@@ -111,8 +111,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
                    help="auto (default): readable lines on a terminal, JSON lines otherwise")
+    p.add_argument("--metrics", metavar="[HOST:]PORT", default=None,
+                   help="serve Prometheus metrics on HOST:PORT (HOST defaults to 127.0.0.1); see docs/metrics.md")
+    p.add_argument("--metrics-textfile", metavar="PATH", default=None,
+                   help="write the metrics to PATH after each reconcile (node_exporter's textfile collector)")
     _common(p)
     p.set_defaults(func=cmd_run)
+
+    p = subparsers.add_parser(
+        "metrics", help="print the Prometheus metrics once (or write them for the textfile collector)",
+        description="The kernel-side metrics of one namespace (per-rule packets and bytes, enforced "
+                    "counts, last apply, kernel matches commit) in Prometheus' text format.")
+    p.add_argument("--textfile", metavar="PATH", help="write to PATH (atomically) instead of stdout")
+    _common(p)
+    p.set_defaults(func=cmd_metrics)
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -344,6 +356,21 @@ def cmd_apply(args: argparse.Namespace) -> int:
         backend.close()
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from agent import metrics
+
+    backend = _backend(args.netns)
+    try:
+        m = metrics.Metrics(metrics.reader(StatusStore(args.state_dir, args.netns), backend), daemon=False)
+        if args.textfile:
+            m.write_textfile(args.textfile)
+        else:
+            sys.stdout.write(m.text().decode())
+    finally:
+        backend.close()
+    return EXIT_OK
+
+
 def cmd_confirm(args: argparse.Namespace) -> int:
     from agent import confirm
 
@@ -492,9 +519,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=args.lab, name=args.lab_name, mode=args.mode, debounce=args.debounce,
             resync=args.resync, log_level=args.log_level, down_on_exit=args.remove_on_exit,
             log_format=args.log_format))
-    configure(args.log_level, sys.stderr, fmt=args.log_format)
     notifier = Notifier()
     backend = _backend(args.netns)
+    metrics = None
+    if args.metrics or args.metrics_textfile:
+        from agent import metrics as metrics_mod
+
+        metrics = metrics_mod.Metrics(metrics_mod.reader(StatusStore(args.state_dir, args.netns), backend))
+        metrics.textfile = args.metrics_textfile
+    configure(args.log_level, sys.stderr, fmt=args.log_format,
+              observers=(metrics.observe,) if metrics is not None else ())
+    if metrics is not None and args.metrics:
+        try:
+            metrics.serve(args.metrics if ":" in args.metrics else f"127.0.0.1:{args.metrics}")
+        except (OSError, ValueError) as e:
+            backend.close()
+            raise _failed(f"--metrics {args.metrics}: cannot listen: {e}") from None
     try:
         rec = _reconciler(args.config, args, backend, notifier=notifier,
                           debounce=args.debounce, resync=args.resync)
