@@ -31,7 +31,7 @@ from typing import Any, Callable, Protocol
 from agent import files as input_files
 from agent import loader, semantics
 from agent.compiler.delta import delta
-from agent.errors import LoadError
+from agent.errors import LoadError, OperationFailed
 from agent.logging import get_logger
 from agent.nft import Backend, NftError, batch_payload, stamp_commands
 from agent.notify import Notifier
@@ -127,7 +127,7 @@ class _Phases:
         self._t = now
 
 
-class FatalError(Exception):
+class FatalError(OperationFailed):
     """The daemon cannot work at all (e.g. no permission to program nftables)."""
 
 
@@ -704,6 +704,12 @@ class Reconciler:
             rule_index=desired.rule_index, rules=rules, sets=sets,
             kernel_fingerprint=self.kernel_fingerprint, kernel_generation=self.kernel_generation, how=how)
         self._write_status()
+        if applied_at is not None or not self.store.applied_path.exists():
+            # a new commit (or none remembered yet): what it enforces, for plan's rule diffs
+            try:
+                self.store.write_applied(desired.loaded.state)
+            except OSError as e:
+                self.log.error("status.write_failed", path=str(self.store.applied_path), error=str(e))
 
     def _record_error(self, kind: str, message: str, problems: list | None = None) -> None:
         self.status.last_error = {"time": self.wall(), "kind": kind, "message": message,

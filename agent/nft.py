@@ -35,6 +35,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
+from agent.errors import OperationFailed
 from agent.netns import NetnsRunner
 
 TABLE_FAMILY = "inet"
@@ -48,7 +49,7 @@ _OBJECTS = ("table", "chain", "rule", "set", "map", "element", "counter", "flowt
             "limit", "ct helper", "ct timeout", "ct expectation", "secmark", "synproxy")
 
 
-class NftError(Exception):
+class NftError(OperationFailed):
     """libnftables refused a command. ``command`` is the failing command when known."""
 
     def __init__(self, message: str, *, error: str = "", command: dict | None = None,
@@ -294,6 +295,27 @@ def combined_fingerprint(listing_digest: str, sets: dict[str, str]) -> str:
     declarations, handles) and the digest of every set's elements."""
     blob = json.dumps([listing_digest, sorted(sets.items())], separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
+
+_RESTORE_ORDER = {"table": 0, "chain": 1, "set": 2, "map": 2, "flowtable": 2, "rule": 3}
+
+
+def listing_to_batch(listing: dict | None) -> list[dict]:
+    """The batch that puts back the table a (full, non-terse) listing shows, replacing
+    whatever table is there then: add + delete + add table, then its chains, sets, maps and
+    rules without kernel handles. For an absent table: the batch that removes ours. Used to
+    roll back an unconfirmed apply (agent.confirm)."""
+    table = {"family": TABLE_FAMILY, "name": TABLE_NAME}
+    batch: list[dict] = [{"add": {"table": dict(table)}}, {"delete": {"table": dict(table)}}]
+    items = [i for i in (listing or {}).get("nftables", []) if "metainfo" not in i]
+    objs = []
+    for item in items:
+        (kind, obj), = item.items()
+        if kind not in _RESTORE_ORDER:
+            continue
+        objs.append((_RESTORE_ORDER[kind], kind, {k: v for k, v in obj.items() if k != "handle"}))
+    if any(kind == "table" for _, kind, _ in objs):
+        batch += [{"add": {kind: obj}} for _, kind, obj in sorted(objs, key=lambda t: t[0])]
+    return batch
 
 
 def batch_payload(commands: list[dict]) -> bytes:

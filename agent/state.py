@@ -339,6 +339,37 @@ class StatusStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    # The desired state of the last commit, as the model parsed it (applied.json beside the
+    # status file): what ``plan`` diffs rule by rule against and what the lock-out check
+    # calls "the current policy". Written after each commit.
+    @property
+    def applied_path(self) -> Path:
+        return self.dir / "applied.json"
+
+    def write_applied(self, state: Any) -> None:
+        self._write(self.applied_path, state.model_dump_json(exclude_defaults=True).encode())
+
+    def read_applied(self) -> Any:
+        """The last commit's DesiredState, or None (nothing applied, or unreadable)."""
+        from pydantic import ValidationError
+
+        from agent.model import DesiredState
+
+        try:
+            dfd = _open_dir(self.dir, create=False)
+        except OSError:
+            return None
+        try:
+            raw = self._read_file(dfd, self.applied_path)
+        except StatusFileError:
+            return None
+        finally:
+            os.close(dfd)
+        try:
+            return DesiredState.model_validate_json(raw) if raw is not None else None
+        except (ValueError, ValidationError):
+            return None
+
 
 MAX_STATUS_BYTES = 256 << 20  # the rule index of the benchmark maximum is ~60 MB
 

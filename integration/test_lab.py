@@ -13,7 +13,7 @@ import pytest
 
 from agent.cli import main
 from agent.lab import nsexec
-from lab_fixtures import EXAMPLES, Lab, root_lab_links
+from lab_fixtures import EXAMPLES, REPO, Lab, root_lab_links
 
 pytestmark = [pytest.mark.root]
 
@@ -101,7 +101,7 @@ def test_statefulness(scenario, src, dst, service, observed, reason):
 @pytest.mark.parametrize("src, dst, service, observed, reason", [
     ("b", "c", "tcp/8080", "denied", "deny c-nsg (nic, inbound at c): UserRule_deny-from-b"),
     ("b", "c", "icmp", "denied", "deny c-nsg (nic, inbound at c): UserRule_deny-from-b"),
-    ("a", "c", "tcp/8080", "allowed", "allow c-nsg (nic, inbound at c): DefaultRule_AllowVNetInBound"),
+    ("a", "c", "tcp/8080", "allowed", "allow c-nsg (nic, inbound at c): DefaultRule_AllowVnetInBound"),
     ("c", "b", "udp/53", "denied", "deny b-nsg (nic, inbound at b): UserRule_deny-vnet-in"),
     ("a", "b", "tcp/8080", "denied", "deny b-nsg (nic, inbound at b): UserRule_deny-vnet-in"),
 ], ids=["b-to-c-denied", "b-to-c-icmp-denied", "a-to-c-allowed", "c-to-b-denied", "a-to-b-other-port"])
@@ -201,3 +201,102 @@ def test_port80_combinations(module_labs, nic, observed, reason):
     assert (cell.observed, cell.match) == (observed, True)
     assert reason.split(' ', 1)[1] in cell.predicted.reason and cell.predicted.reason.startswith(reason.split(' ', 1)[0])
     assert report.mismatches == []
+
+
+# --- issue 9: Azure's Internet tag, platform drops and routes, with real packets ------------
+
+EXACT = """\
+virtualNetworks:
+  - name: v
+    addressSpace: [10.44.0.0/16]
+    subnets:
+      - {{name: s1, addressPrefix: 10.44.1.0/24, networkSecurityGroup: s-nsg}}
+networkInterfaces:
+  - {{name: web, subnet: v/s1, ipAddresses: [10.44.1.4]}}
+  - {{name: peer, subnet: v/s1, ipAddresses: [10.44.1.5]}}
+networkSecurityGroups:
+  - name: s-nsg
+    securityRules:
+      - {{name: internet-80, priority: 100, direction: Inbound, access: Allow, protocol: Tcp,
+         sourceAddressPrefix: Internet, sourcePortRange: "*", destinationAddressPrefix: "*", destinationPortRange: "80"}}
+      - {{name: vnet-any-in, priority: 110, direction: Inbound, access: Allow, protocol: "*",
+         sourceAddressPrefix: VirtualNetwork, sourcePortRange: "*", destinationAddressPrefix: "*", destinationPortRange: "*"}}
+      - {{name: any-out, priority: 100, direction: Outbound, access: Allow, protocol: "*",
+         sourceAddressPrefix: "*", sourcePortRange: "*", destinationAddressPrefix: "*", destinationPortRange: "*"}}
+platform: {{platformDrops: {drops}}}
+lab:
+  externalHosts:
+    - {{name: inet, address: 198.51.100.44}}
+    - {{name: private, address: 172.31.0.100}}
+    - {{name: unrouted, address: 10.200.0.44}}
+"""
+
+
+def test_internet_tag_gre_and_none_routes_with_real_packets(make_lab):
+    """Real packets agree with Azure's recorded semantics: an 'allow Internet' rule admits a
+    public host but not 172.31.0.100 (private space is neither tag); GRE is dropped by the
+    platform although every rule allows it (and passes once platform drops are off, so the
+    drop is the platform's, not an artifact); a host at 10.200.0.44 (system route 10.0.0.0/8,
+    next hop None) is unreachable whatever the NSG says."""
+    lab = make_lab("exact", EXACT.format(drops="true"))
+    report = lab.probe(ports=[80])
+    assert [r.as_dict() for r in report.mismatches] == []
+    assert lab.cell(report, "inet", "web", "tcp/80").observed == "allowed"
+    private = lab.cell(report, "private", "web", "tcp/80")
+    assert private.observed == "denied" and "DenyAllInBound" in private.predicted.reason
+    gre = lab.cell(report, "peer", "web", "gre")
+    assert gre.observed == "denied" and "PlatformRule_BlockGre" in gre.predicted.reason
+    assert lab.cell(report, "peer", "web", "icmp").observed == "allowed"  # the same pair, not GRE: passes
+    unrouted = lab.cell(report, "web", "unrouted", "tcp/80")
+    assert unrouted.observed == "denied" and "next hop None" in unrouted.predicted.reason
+    assert lab.cell(report, "web", "private", "tcp/80").observed_allowed  # 172.16/12 has no None route
+
+    lab.up(EXACT.format(drops="false"))
+    report = lab.probe(ports=[80], only=["peer", "web"])
+    assert [r.as_dict() for r in report.mismatches] == []
+    assert lab.cell(report, "peer", "web", "gre").observed == "allowed"
+
+
+def test_kernel_verify_agrees_with_every_cell_and_detects_an_edit(make_lab):
+    """verify --kernel: every cell of a lab's matrix (TCP, UDP, ICMP, GRE) run through a
+    traced copy of the fabric's live table decides as the prediction, through the rule the
+    prediction names; then an accept inserted in the kernel by someone else is detected."""
+    import ipaddress
+    import subprocess
+
+    from agent import kernelverify
+    from agent.lab import probe
+    from agent.nft import NftBackend
+
+    lab = make_lab("kver", EXACT.format(drops="true"))
+    policy = lab.policy()
+    cells = probe.plan_cells([e for e in probe.endpoints(lab.plan) if e.name in ("web", "peer", "inet", "private")],
+                             [probe.Service("tcp", 80), probe.Service("udp", 53), probe.Service("icmp"),
+                              probe.Service("gre")])
+    backend = NftBackend(lab.plan.fabric)
+    try:
+        listing = backend.list_table()
+    finally:
+        backend.close()
+    with kernelverify.Tracer(listing, "fabric") as tracer:
+        for cell in cells:
+            pred = probe.predict(policy, cell, 40000, lab.plan.isolation, lab.plan.unrouted)
+            if pred.reason.startswith("no route"):
+                continue  # routing, not the table, drops these: the lab's own table
+            got = tracer.trace(ipaddress.ip_address(cell.source.address), ipaddress.ip_address(cell.destination.address),
+                               probe.PROTO_NUMBER[cell.service.protocol],
+                               40000 if cell.service.port else None, cell.service.port)
+            assert (got.access == "Allow") == pred.allowed, (cell, pred, got.rules)
+            if not pred.allowed:
+                deciding = pred.reason.split(": ", 1)[1]
+                assert any(r.endswith(deciding) for r in got.rules), (cell, pred.reason, got.rules)
+    # someone opens tcp/22 to web in the kernel: the model still says Deny, the kernel Allow
+    subprocess.run(["ip", "netns", "exec", lab.plan.fabric, "nft", "insert", "rule", "inet", "nsg_agent",
+                    "nic_web_in", "tcp", "dport", "22", "accept"], check=True)
+    r = subprocess.run([str(REPO / ".venv/bin/nsg-agent"), "verify", str(lab.file), "--nic", "web",
+                        "--direction", "Inbound", "--protocol", "tcp", "--local", "10.44.1.4:22",
+                        "--remote", "198.51.100.44:40000", "--kernel", "--lab", lab.name, "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4, r.stderr
+    body = json.loads(r.stdout)
+    assert body["access"] == "Deny" and body["kernel"]["access"] == "Allow" and not body["kernel"]["agrees"]

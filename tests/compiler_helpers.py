@@ -52,6 +52,8 @@ def host_placement(policy: Policy) -> HostPlacement:
 
 def host_packet(nic: NicPolicy, ifname: str, flow: Flow, junk: int = 7) -> Packet:
     """The packet a host-mode NIC sends or receives for ``flow`` (first packet, ct new)."""
+    if flow.icmp_type is not None:  # the type is the first byte of the transport header
+        junk = flow.icmp_type << 8
     sport_local = flow.local_port if flow.local_port is not None else junk
     sport_remote = flow.remote_port if flow.remote_port is not None else junk
     if flow.direction is Direction.INBOUND:
@@ -67,16 +69,18 @@ def expected_fabric(policy: Policy, enforced: set[str], saddr: str, daddr: str, 
     enforced NIC) and then the receiver's inbound (if the destination is one) must allow."""
     src, dst = ipaddress.ip_address(saddr), ipaddress.ip_address(daddr)
     ports = protocol in (6, 17)
+    # for ICMP the bytes th sport reads start with the type
+    icmp_type = sport >> 8 if protocol in (1, 58) and sport is not None else None
     for nic in policy.nics.values():
         if nic.nic in enforced and src in nic.addresses:
             flow = Flow(Direction.OUTBOUND, protocol, src, dst,
-                        sport if ports else None, dport if ports else None)
+                        sport if ports else None, dport if ports else None, icmp_type)
             if not evaluate(nic, flow).allowed:
                 return False
     for nic in policy.nics.values():
         if nic.nic in enforced and dst in nic.addresses:
             flow = Flow(Direction.INBOUND, protocol, dst, src,
-                        dport if ports else None, sport if ports else None)
+                        dport if ports else None, sport if ports else None, icmp_type)
             if not evaluate(nic, flow).allowed:
                 return False
     return True
@@ -88,7 +92,7 @@ def expected_fabric(policy: Policy, enforced: set[str], saddr: str, daddr: str, 
 def big_policy(rules: int = 1000, prefixes: int = 20, seed: int = 1, nics: int = 1) -> Policy:
     """A NIC NSG with ``rules`` inbound rules, each with ``prefixes`` random /24, /28 or /32
     sources anywhere in IPv4, alternating Allow/Deny, TCP/UDP/* in turn, one destination port
-    or a short range; then AllowVNetInBound and DenyAllInBound. Deterministic from ``seed``."""
+    or a short range; then AllowVnetInBound and DenyAllInBound. Deterministic from ``seed``."""
     rng = random.Random(seed)
     out: list[ResolvedRule] = []
     vnet = AddressTerm.of("VirtualNetwork", [ipaddress.ip_network("10.1.0.0/16"),
@@ -109,7 +113,7 @@ def big_policy(rules: int = 1000, prefixes: int = 20, seed: int = 1, nics: int =
             source=AddressTerm.of(f"list{i}", nets), source_ports=ANY_PORT,
             destination=ANY_ADDRESS, destination_ports=ports))
     out += [
-        ResolvedRule("big-nsg", "AllowVNetInBound", 65000, Direction.INBOUND, Access.ALLOW,
+        ResolvedRule("big-nsg", "AllowVnetInBound", 65000, Direction.INBOUND, Access.ALLOW,
                      Protocol.ANY, vnet, ANY_PORT, vnet, ANY_PORT, default=True),
         ResolvedRule("big-nsg", "DenyAllInBound", 65500, Direction.INBOUND, Access.DENY,
                      Protocol.ANY, ANY_ADDRESS, ANY_PORT, ANY_ADDRESS, ANY_PORT, default=True),
