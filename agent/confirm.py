@@ -68,7 +68,9 @@ def prepare(store: StatusStore, listing: dict | None, seconds: float) -> dict:
     """Record what a rollback puts back (before the apply changes anything)."""
     from agent.nft import listing_to_batch
 
-    previous = store.read()
+    from agent.commands.enforce import read_record
+
+    previous, _ = read_record(store)
     try:
         applied = store.applied_path.read_text()
     except OSError:

@@ -152,13 +152,13 @@ class Metrics:
 def reader(store: Any, backend: Any) -> Callable[[], tuple[Any, dict | None, bool | None]]:
     """The kernel collector's read function for one namespace's status store and backend."""
     def read() -> tuple[Any, dict | None, bool | None]:
-        from agent.commands.enforce import kernel_matches
+        from agent.commands.enforce import kernel_matches, read_record
 
-        status = store.read()
+        status, _ = read_record(store)  # a foreign status file: scraped as no commit
         try:
             fingerprint = backend.fingerprint()
             kernel = backend.counters() if fingerprint is not None else None
-            matches = kernel_matches(backend, status.commit, fingerprint)
+            matches = kernel_matches(backend, status, fingerprint)
         except Exception:  # noqa: BLE001 - a scrape must not fail on a busy kernel
             return status, None, None
         return status, kernel, matches

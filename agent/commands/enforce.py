@@ -234,7 +234,7 @@ def review_change(file: str, store: StatusStore, backend: Any | None):
 
     loaded = loader.load(file)
     new = semantics.resolve(loaded.state, loaded.tags)
-    old_state = store.read_applied() if store.read().commit is not None else None
+    old_state = store.read_applied() if read_record(store)[0].commit is not None else None
     old = semantics.resolve(old_state, loaded.tags) if old_state is not None else None
     rev = review.Review(review.rule_changes(old_state, loaded.state), review.shadowed_rules(new))
     cov = None
