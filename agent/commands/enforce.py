@@ -15,6 +15,7 @@ import os
 import sys
 from typing import Any
 
+from agent.commands.inputs import add_files, add_input_options, files_label, load_options
 from agent.errors import LoadError
 from agent.state import DEFAULT_STATE_DIR, Plan, Status, StatusStore, make_plan, rule_digests, set_sizes
 
@@ -35,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Compile FILE and compare it with what was last applied (the status file) "
                     "and with the kernel (is the table there, has it drifted): rules added, "
                     "removed and changed by comment, and set sizes. Changes nothing.")
-    p.add_argument("file", metavar="FILE")
+    add_files(p)
     p.add_argument("--mode", choices=MODES, default="classify")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     _common(p)
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "table inet nsg_agent is replaced in one transaction. Records the commit in "
                     "the status file. With flushConnection on an NSG, live flows the new policy "
                     "denies are cut.")
-    p.add_argument("file", metavar="FILE")
+    add_files(p)
     p.add_argument("--mode", choices=MODES, default="classify")
     _common(p)
     p.set_defaults(func=cmd_apply)
@@ -73,8 +74,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "last good state on bad input, repair drift every --resync seconds. SIGHUP "
                     "reloads, SIGTERM exits leaving the rules in place. See docs/daemon.md.")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--config", metavar="FILE", help="host mode: enforce the file's NICs on this machine")
-    target.add_argument("--lab", metavar="FILE",
+    target.add_argument("--config", metavar="FILE", nargs="+",
+                        help="host mode: enforce the file's NICs on this machine (several files "
+                             "are merged; every file involved is watched)")
+    target.add_argument("--lab", metavar="FILE", nargs="+",
                         help="lab mode: keep the lab's topology and rules equal to FILE "
                              "(same as 'nsg-agent lab run FILE')")
     p.add_argument("--lab-name", metavar="NAME", help="with --lab: the lab's name (default from the file)")
@@ -90,6 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "last commit)")
     p.add_argument("--no-link-events", action="store_true", help="do not watch link events")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    add_input_options(p)
     _common(p)
     p.set_defaults(func=cmd_run)
 
@@ -130,12 +134,14 @@ def _quiet_logging() -> None:
 # --- plan ----------------------------------------------------------------------------------
 
 
-def build_plan(file: str, mode: str, store: StatusStore, backend: Any | None) -> tuple[Plan, dict]:
-    """Compile ``file`` and diff it against the remembered commit and the kernel."""
+def build_plan(file: Any, mode: str, store: StatusStore, backend: Any | None,
+               load_options: dict | None = None) -> tuple[Plan, dict]:
+    """Compile ``file`` (one path or several) and diff it against the remembered commit and
+    the kernel."""
     from agent import loader, semantics
     from agent.daemon import compile_host, host_interfaces
 
-    loaded = loader.load(file)
+    loaded = loader.load(file, **(load_options or {}))
     policy = semantics.resolve(loaded.state, loaded.tags)
     interfaces = host_interfaces(policy)
     rs = compile_host(policy, interfaces, mode)
@@ -169,7 +175,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     backend = None
     if os.geteuid() == 0:
         backend = _backend(args.netns)
-    plan, summary = build_plan(args.file, args.mode, store, backend)
+    plan, summary = build_plan(args.file, args.mode, store, backend, load_options(args))
     if args.json:
         print(json.dumps({"plan": plan.as_dict(), "summary": {k: summary.get(k) for k in
                           ("chains", "rules", "sets", "set_elements", "modes_used")}}, indent=2))
@@ -216,7 +222,8 @@ def _reconciler(file: str, args: argparse.Namespace, backend: Any, **kw: Any):
     store = StatusStore(args.state_dir, args.netns)
     flusher = (lambda policy: conntrack.flush_denied(backend.runner, policy)) if hasattr(backend, "runner") else None
     previous = store.read()
-    rec = Reconciler(file, backend, store, mode=args.mode, flusher=flusher, **kw)
+    rec = Reconciler(file, backend, store, load_options=load_options(args), mode=args.mode,
+                     flusher=flusher, **kw)
     rec.status.last_error = None
     if previous.commit is not None:
         rec.status.commit = previous.commit
@@ -232,7 +239,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if rec.reconcile("apply"):
             c = rec.status.commit
             s = c.summary
-            print(f"applied {args.file} (sha256 {c.sha256[:12]}) to {args.netns or 'this namespace'}: "
+            print(f"applied {files_label(args.file)} (sha256 {c.sha256[:12]}) to {args.netns or 'this namespace'}: "
                   f"{s.get('chains')} chains, {s.get('rules')} rules, {s.get('sets')} sets, "
                   f"{s.get('set_elements')} elements")
             return EXIT_OK
@@ -356,7 +363,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         return lab_commands.cmd_run(argparse.Namespace(
             file=args.lab, name=args.lab_name, mode=args.mode, debounce=args.debounce,
-            resync=args.resync, log_level=args.log_level, down_on_exit=False))
+            resync=args.resync, log_level=args.log_level, down_on_exit=False,
+            **{k: getattr(args, k) for k in ("strict", "nsg", "parameters", "max_file_size")}))
     configure(args.log_level, sys.stderr)
     notifier = Notifier()
     backend = _backend(args.netns)

@@ -19,7 +19,8 @@ import sys
 from typing import Any, Iterable
 
 from agent.errors import LoadError, Problem
-from agent.loader import LoadedState, load
+from agent.commands.inputs import add_files, files_label, load_inputs
+from agent.loader import LoadedState
 from agent.model import looks_like_address
 from agent.policy import (
     Access,
@@ -49,9 +50,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validate", help="check a desired-state file (or an Azure export) and summarise it",
         description="Load and validate FILE. Prints OK and a summary, or every problem "
                     "(file:line: field path: message). Exit 0 if valid, 2 if not.")
-    p.add_argument("file", metavar="FILE")
+    add_files(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_validate)
+
+    p = subparsers.add_parser(
+        "schema", help="print the desired-state JSON Schema (for editors and CI checks)",
+        description="Print the JSON Schema of the desired-state file, generated from the "
+                    "models the loader validates with. Point an editor at it, e.g. with the "
+                    "YAML language server: '# yaml-language-server: $schema=nsg-agent.schema.json'.")
+    p.set_defaults(func=cmd_schema)
 
     p = subparsers.add_parser(
         "effective-rules", help="a NIC's effective security rules, like the Azure portal's",
@@ -60,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "included. Tags and ASGs are shown by name; --expand lists their prefixes. "
                     "JSON follows Azure's NetworkInterfaceEffectiveNSGList shape (tag and ASG "
                     "terms always carry expanded*AddressPrefix there, as in Azure).")
-    p.add_argument("file", metavar="FILE")
+    add_files(p)
     p.add_argument("--nic", required=True, metavar="NAME", help="network interface name")
     p.add_argument("--direction", type=_direction, metavar="Inbound|Outbound",
                    help="only this direction (default: both)")
@@ -77,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "does) against a NIC's NSGs. Prints Allow or Deny and the decision at each "
                     "level. Exit 0 allow, 1 deny, 2 invalid input. For TCP and UDP give ports "
                     "(IP:PORT, or [IPv6]:PORT).")
-    p.add_argument("file", metavar="FILE")
+    add_files(p)
     p.add_argument("--nic", required=True, metavar="NAME")
     p.add_argument("--direction", required=True, type=_direction, metavar="Inbound|Outbound")
     p.add_argument("--protocol", required=True, metavar="P",
@@ -109,7 +117,7 @@ def summary(loaded: LoadedState) -> dict[str, Any]:
         "securityRules": sum(len(n.securityRules) for n in s.networkSecurityGroups),
         "applicationSecurityGroups": len(s.applicationSecurityGroups),
         "serviceTags": len(loaded.tags.tags),
-        "serviceTagFiles": len(loaded.files) - 1 if loaded.kind != "service-tags" else 1,
+        "serviceTagFiles": len(loaded.tag_files),
         "externalHosts": len(s.lab.externalHosts),
     }
 
@@ -126,24 +134,34 @@ _SUMMARY_LABELS = (
 )
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from agent.model import desired_state_schema
+
+    _print_json(desired_state_schema())
+    return EXIT_OK
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
+    label = files_label(args.file)
     try:
-        loaded = load(args.file)
+        loaded = load_inputs(args)
     except LoadError as e:
         if args.json:
-            _print_json({"ok": False, "file": args.file, "problems": [p.as_dict() for p in e.problems]})
+            _print_json({"ok": False, "file": label, "files": list(args.file),
+                         "problems": [p.as_dict() for p in e.problems]})
         else:
             n = len(e.problems)
-            print(f"INVALID {args.file}: {n} problem{'s' if n != 1 else ''}")
+            print(f"INVALID {label}: {n} problem{'s' if n != 1 else ''}")
             for p in e.problems:
                 print(f"  {p}")
         return EXIT_INVALID
     counts = summary(loaded)
     if args.json:
-        _print_json({"ok": True, "file": args.file, "kind": loaded.kind, "sha256": loaded.sha256,
+        _print_json({"ok": True, "file": label, "files": [str(f) for f in loaded.files], "kind": loaded.kind,
+                     "sha256": loaded.sha256,
                      "counts": counts, "warnings": [w.as_dict() for w in loaded.warnings]})
         return EXIT_OK
-    print(f"OK {args.file} ({loaded.kind})")
+    print(f"OK {label} ({loaded.kind})")
     rows = [[label, str(counts[key])] for key, label in _SUMMARY_LABELS]
     if counts["serviceTagFiles"] and loaded.kind != "service-tags":
         rows[6][1] += f" (from {counts['serviceTagFiles']} file{'s' if counts['serviceTagFiles'] != 1 else ''})"
@@ -160,8 +178,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # --- effective-rules ----------------------------------------------------------------------
 
 
-def _load_policy(path: str, nic_name: str) -> tuple[LoadedState, NicPolicy] | int:
-    loaded = load(path)  # LoadError -> exit 2 in agent.cli
+def _load_policy(args: argparse.Namespace, nic_name: str) -> tuple[LoadedState, NicPolicy] | int:
+    loaded = load_inputs(args)  # LoadError -> exit 2 in agent.cli
     policy = resolve(loaded.state, loaded.tags)
     try:
         return loaded, find_nic(policy, nic_name)
@@ -222,7 +240,7 @@ def _level_order(direction: Direction) -> tuple[LevelKind, LevelKind]:
 
 
 def cmd_effective_rules(args: argparse.Namespace) -> int:
-    found = _load_policy(args.file, args.nic)
+    found = _load_policy(args, args.nic)
     if isinstance(found, int):
         return found
     loaded, nic = found
@@ -457,7 +475,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except BadArgument as e:
         _error(str(e))
         return EXIT_INVALID
-    found = _load_policy(args.file, args.nic)
+    found = _load_policy(args, args.nic)
     if isinstance(found, int):
         return found
     _, nic = found
