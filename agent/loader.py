@@ -605,4 +605,24 @@ def _load_tag_files(state: DesiredState, path: Path, limits: Limits = DEFAULT_LI
             continue
         problems += [Problem(str(tag_path), p, m) for p, m in sub_problems]
         index = index.merged(sub)
+    if state.serviceTags.internet:
+        internet_path, internet, internet_problems = _load_internet_file(state.serviceTags.internet, path, limits)
+        files.append(internet_path)
+        problems += internet_problems
+        index = index.with_internet(internet)
     return index, files, problems
+
+
+def _load_internet_file(name: str, path: Path, limits: Limits = DEFAULT_LIMITS) -> tuple[Path, Any, list[Problem]]:
+    """serviceTags.internet: Azure's expansion of the Internet tag (see agent.builtin_tags)."""
+    from agent.builtin_tags import parse_internet_file
+
+    internet_path = (path.parent / name) if not Path(name).is_absolute() else Path(name)
+    try:
+        raw = reading.read_file(internet_path, limits)
+    except LoadError as e:
+        why = e.problems[0].message.removeprefix("cannot read file: ")
+        return internet_path, None, [Problem(str(path), "serviceTags.internet",
+                                             f"cannot read Internet-tag file {str(internet_path)!r}: {why}")]
+    internet, found = parse_internet_file(raw, str(internet_path))
+    return internet_path, internet, [Problem(str(internet_path), p, m) for p, m in found]

@@ -201,6 +201,8 @@ class _Base(BaseModel):
     # known and quiet.
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
     azure_ignored: ClassVar[frozenset[str]] = frozenset()
+    # Azure's resource id, kept (agent.answers repeats it in Azure-shaped answers).
+    id: str | None = Field(default=None, max_length=2048)
 
     @model_validator(mode="before")
     @classmethod
@@ -429,6 +431,7 @@ class Subnet(_Base):
     name: str
     addressPrefix: str
     networkSecurityGroup: RefName | None = None
+    routeTable: RefName | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -456,6 +459,57 @@ class Subnet(_Base):
         return parse_prefix(self.addressPrefix)
 
 
+PEERING_STATES = ("Connected", "Initiated", "Disconnected")
+
+
+class VirtualNetworkPeering(_Base):
+    """One side of an Azure VNet peering (``virtualNetworkPeerings[]``).
+
+    Azure models a peering as a resource on each VNet; traffic flows only when both sides
+    exist (``peeringState: Connected``). The shorthand ``peerings: [name]`` (a plain string)
+    stands for a connected pair: both sides at once (``pair=True``)."""
+
+    name: str
+    remoteVirtualNetwork: RefName
+    peeringState: str | None = None
+    allowVirtualNetworkAccess: bool = True
+    pair: bool = False  # written as the shorthand: stands for both sides
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            _reject_expression(data)
+            name = data.rstrip("/").rsplit("/", 1)[-1]
+            return {"name": name, "remoteVirtualNetwork": name, "pair": True}
+        data = flatten_properties(data)
+        if isinstance(data, dict) and "remoteVirtualNetwork" in data and "name" not in data:
+            data = {**data, "name": _ref_name(data["remoteVirtualNetwork"])}
+        return data
+
+    @field_validator("peeringState", mode="before")
+    @classmethod
+    def _state(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        _reject_expression(v)
+        if isinstance(v, str):
+            for known in PEERING_STATES:
+                if v.strip().lower() == known.lower():
+                    return known
+            raise ValueError(f"peeringState {v!r} is not one of: {', '.join(PEERING_STATES)}")
+        return v
+
+    @field_validator("allowVirtualNetworkAccess", mode="before")
+    @classmethod
+    def _access(cls, v: Any) -> Any:
+        return True if v is None else v
+
+    @property
+    def remote(self) -> str:
+        return self.remoteVirtualNetwork
+
+
 class VirtualNetwork(_Base):
     azure_ignored: ClassVar[frozenset[str]] = frozenset({
         "enableDdosProtection", "ddosProtectionPlan", "dhcpOptions", "encryption",
@@ -464,8 +518,25 @@ class VirtualNetwork(_Base):
     name: str
     addressSpace: Annotated[list[str], BeforeValidator(_as_list)]
     subnets: Annotated[list[Subnet], BeforeValidator(_as_list)] = []
-    peerings: RefList = []
+    # Azure's key is virtualNetworkPeerings; both keys may be given (their entries add up).
+    peerings: Annotated[list[VirtualNetworkPeering], BeforeValidator(_as_list)] = []
     onPremisesPrefixes: StrList = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _azure_peerings(cls, data: Any) -> Any:
+        data = flatten_properties(data)
+        if isinstance(data, dict) and "virtualNetworkPeerings" in data:
+            data = dict(data)
+            azure = data.pop("virtualNetworkPeerings")
+            own = data.get("peerings")
+            if own is None:
+                data["peerings"] = azure
+            elif isinstance(own, list) and isinstance(azure, list):
+                data["peerings"] = own + azure
+            else:  # a wrong type: let the field's own validation name it
+                data["peerings"] = own if not isinstance(own, list) else azure
+        return data
 
     @field_validator("addressSpace", mode="before")
     @classmethod
@@ -485,17 +556,66 @@ class VirtualNetwork(_Base):
             parse_prefix(item)
         return v
 
-    @field_validator("peerings", mode="before")
+
+NEXT_HOP_TYPES = ("VirtualNetworkGateway", "VnetLocal", "Internet", "VirtualAppliance", "None")
+
+
+class Route(_Base):
+    """A user-defined route (Azure: routeTables[].routes[])."""
+
+    name: str
+    addressPrefix: str
+    nextHopType: str
+    nextHopIpAddress: str | None = None
+
+    @field_validator("addressPrefix")
     @classmethod
-    def _peerings(cls, v: Any) -> Any:
-        # Azure: [{"name": ..., "properties": {"remoteVirtualNetwork": {"id": ...}}}]
-        out = []
-        for item in v or []:
-            item = flatten_properties(item)
-            if isinstance(item, dict) and "remoteVirtualNetwork" in item:
-                item = item["remoteVirtualNetwork"]
-            out.append(item)
-        return out
+    def _prefix(cls, v: str) -> str:
+        _reject_expression(v)
+        if not looks_like_address(v):
+            raise ValueError(
+                f"{v!r}: service tags as route prefixes are not supported; write the prefixes")
+        parse_prefix(v)
+        return v
+
+    @field_validator("nextHopType", mode="before")
+    @classmethod
+    def _hop(cls, v: Any) -> Any:
+        _reject_expression(v)
+        if isinstance(v, str):
+            for known in NEXT_HOP_TYPES:
+                if v.strip().lower() == known.lower():
+                    return known
+            raise ValueError(f"nextHopType {v!r} is not one of: {', '.join(NEXT_HOP_TYPES)}")
+        return v
+
+    @field_validator("nextHopIpAddress")
+    @classmethod
+    def _hop_ip(cls, v: str | None) -> str | None:
+        if v is not None:
+            _reject_expression(v)
+            try:
+                ipaddress.ip_address(v)
+            except ValueError:
+                raise ValueError(f"nextHopIpAddress {v!r} is not an IP address") from None
+        return v
+
+    @model_validator(mode="after")
+    def _appliance(self) -> "Route":
+        if self.nextHopType == "VirtualAppliance" and not self.nextHopIpAddress:
+            raise ValueError("a route with nextHopType VirtualAppliance needs nextHopIpAddress")
+        return self
+
+    @property
+    def network(self):
+        return parse_prefix(self.addressPrefix)
+
+
+class RouteTable(_Base):
+    name: str
+    routes: Annotated[list[Route], BeforeValidator(_as_list)] = []
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _name_check(v)))
 
 
 class IPConfiguration(_Base):
@@ -626,11 +746,17 @@ class ApplicationSecurityGroup(_Base):
 
 class ServiceTagFiles(_Base):
     files: StrList = []
+    # Azure's expansion of the Internet tag, to replace the built-in one: a text file (one
+    # prefix a line, '#' comments), a JSON list of prefixes, or an effective-NSG response
+    # (az network nic list-effective-nsg) whose tagMap.Internet is taken.
+    internet: str | None = None
 
 
 class Platform(_Base):
     outboundSmtp: str = "blocked"
     platformExemption: bool = True  # 168.63.129.16 / 169.254.169.254 exempt from NSGs
+    # GRE, IP-in-IP, multicast and broadcast are dropped inside a VNet whatever the NSGs say
+    platformDrops: bool = True
 
     @field_validator("outboundSmtp")
     @classmethod
@@ -660,6 +786,7 @@ class DesiredState(_Base):
     networkInterfaces: Annotated[list[NetworkInterface], BeforeValidator(_as_list)] = []
     applicationSecurityGroups: Annotated[list[ApplicationSecurityGroup], BeforeValidator(_as_list)] = []
     networkSecurityGroups: Annotated[list[NetworkSecurityGroup], BeforeValidator(_as_list)] = []
+    routeTables: Annotated[list[RouteTable], BeforeValidator(_as_list)] = []
     serviceTags: ServiceTagFiles = ServiceTagFiles()
     platform: Platform = Platform()
     lab: Lab = Lab()
@@ -678,6 +805,9 @@ class DesiredState(_Base):
             return None
         sub = next((s for s in vnet.subnets if s.name.lower() == sname.lower()), None)
         return (vnet, sub) if sub else None
+
+    def route_table(self, name: str) -> RouteTable | None:
+        return next((t for t in self.routeTables if t.name.lower() == name.lower()), None)
 
     def nic(self, name: str) -> NetworkInterface | None:
         return next((n for n in self.networkInterfaces if n.name.lower() == name.lower()), None)

@@ -504,10 +504,34 @@ class Level:
 
 
 @dataclass(frozen=True)
+class PlatformDrop:
+    """A packet the platform drops inside a VNet whatever the NSGs say (GRE, IP-in-IP,
+    multicast, broadcast). ``rule`` names it for verify, effective rules and the kernel's
+    comments (``PlatformRule_<name>``); the fields below say what it matches."""
+
+    rule: ResolvedRule
+    protocols: frozenset[int] | None = None  # IP protocol numbers; None: any protocol
+    destination: AddressTerm | None = None  # destination addresses; None: any
+    except_protocols: frozenset[int] = frozenset()  # protocols never dropped by this
+
+    def matches(self, flow: "Flow") -> bool:
+        if self.protocols is not None and flow.protocol not in self.protocols:
+            return False
+        if flow.protocol in self.except_protocols:
+            return False
+        if self.destination is not None:
+            _, _, dst, _ = flow.oriented()
+            return self.destination.contains(dst)
+        return True
+
+
+@dataclass(frozen=True)
 class NicPolicy:
     """Everything needed to enforce one NIC.
 
-    Outbound evaluation order (mirrored exactly by the compiler):
+    Evaluation order (mirrored exactly by the compiler):
+      0. ``platform_drops`` (both directions): GRE, IP-in-IP, multicast, broadcast are denied.
+    Outbound:
       1. ``smtp_block``: if set, outbound TCP to port 25 whose remote address is in it is
          denied by the platform (emulates subscription types).
       2. ``platform_exempt``: outbound flows to these addresses (168.63.129.16,
@@ -528,6 +552,7 @@ class NicPolicy:
     platform_exempt: AddressTerm | None = None
     smtp_block: AddressTerm | None = None
     flush_connection: bool = False  # any NSG applied to this NIC has flushConnection
+    platform_drops: tuple[PlatformDrop, ...] = ()
 
     def levels(self, direction: Direction) -> tuple[Level, ...]:
         return self.inbound if direction is Direction.INBOUND else self.outbound

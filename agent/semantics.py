@@ -1,17 +1,23 @@
 """Azure NSG semantics as pure functions: resolve a desired state into a Policy, and
 evaluate a flow against it (Network Watcher's "IP flow verify").
 
-Choices the docs leave open, made here and tested:
-- Protocol ``*`` matches every IP protocol (TCP, UDP, ICMP, ESP, AH and any other).
-- A rule whose port term is not ``*`` matches only TCP and UDP packets.
+How Azure computes it (evidence in docs/semantics.md; recorded Azure answers win over docs):
+- Internet is a fixed list of public prefixes (agent.builtin_tags), not "everything outside
+  VirtualNetwork"; nothing is subtracted, so an address can be both or neither.
 - VirtualNetwork = the VNet's address space + its on-premises prefixes + the address space of
-  every VNet peered with it (a peering listed on either side counts) + 168.63.129.16/32.
-- Internet = everything outside the NIC's VirtualNetwork prefixes (per address family).
+  every VNet with a peering in force whose local side allows access (agent.networks) + the
+  prefixes of user-defined routes on the NIC's subnet + 168.63.129.16/32.
+- AzureLoadBalancer = 168.63.129.16/32 and fe80::1234:5678:9abc/128.
+- Platform drops (on by default): GRE (47), IP-in-IP (4), multicast and broadcast are dropped
+  inside the VNet whatever the NSGs say.
 - Platform exemption (on by default): outbound flows to 168.63.129.16 and 169.254.169.254 are
   not subject to NSGs, except rules using AzurePlatformDNS / AzurePlatformIMDS /
   AzurePlatformLKM, which are evaluated for them in Azure's level order.
 - Outbound SMTP (TCP 25) to Internet is blocked by the platform when
   ``platform.outboundSmtp`` is ``blocked`` (the default, as for pay-as-you-go subscriptions).
+Choices where neither Azure's answers nor its docs settle it (documented and tested):
+- Protocol ``*`` matches every IP protocol (TCP, UDP, ICMP, ESP, AH and any other).
+- A rule whose port term is not ``*`` matches only TCP and UDP packets.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 
+from agent import networks
+from agent.builtin_tags import AZURE_LOAD_BALANCER, internet_with
 from agent.model import (
     DesiredState,
     NetworkSecurityGroup,
@@ -40,6 +48,7 @@ from agent.policy import (
     LevelDecision,
     LevelKind,
     NicPolicy,
+    PlatformDrop,
     Policy,
     PortTerm,
     Protocol,
@@ -59,10 +68,9 @@ ALL_V4 = ipaddress.ip_network("0.0.0.0/0")
 ALL_V6 = ipaddress.ip_network("::/0")
 
 _HOST_VIP_SET = PrefixSet.from_networks((HOST_VIP,))
-_ALL_SET = PrefixSet.from_networks((ALL_V4, ALL_V6))
 # Terms that do not depend on the desired state, shared by every NIC and every resolve.
 _CONSTANT_TERMS = {
-    "AzureLoadBalancer": AddressTerm.of("AzureLoadBalancer", _HOST_VIP_SET),
+    "AzureLoadBalancer": AddressTerm.of("AzureLoadBalancer", PrefixSet.parse(AZURE_LOAD_BALANCER)),
     **{name: AddressTerm.of(name, nets) for name, nets in PLATFORM_TAGS.items()},
 }
 _PLATFORM_EXEMPT = AddressTerm.of("AzurePlatform", (HOST_VIP, IMDS))
@@ -70,7 +78,7 @@ _PLATFORM_EXEMPT = AddressTerm.of("AzurePlatform", (HOST_VIP, IMDS))
 
 # Azure's default rules of every NSG: (name, priority, direction, source, destination, access).
 DEFAULT_RULES: tuple[tuple[str, int, Direction, str, str, Access], ...] = (
-    ("AllowVNetInBound", 65000, Direction.INBOUND, "VirtualNetwork", "VirtualNetwork", Access.ALLOW),
+    ("AllowVnetInBound", 65000, Direction.INBOUND, "VirtualNetwork", "VirtualNetwork", Access.ALLOW),
     ("AllowAzureLoadBalancerInBound", 65001, Direction.INBOUND, "AzureLoadBalancer", "*", Access.ALLOW),
     ("DenyAllInBound", 65500, Direction.INBOUND, "*", "*", Access.DENY),
     ("AllowVnetOutBound", 65000, Direction.OUTBOUND, "VirtualNetwork", "VirtualNetwork", Access.ALLOW),
@@ -95,6 +103,48 @@ class TermMemo:
 
 _last_terms = TermMemo()  # swapped whole at the end of each resolve()
 
+# Azure's default rule names as its API spells them; any spelling is accepted on input.
+DEFAULT_RULE_NAMES = {name.lower(): name for name, *_ in DEFAULT_RULES}
+
+
+def canonical_default_rule(name: str) -> str | None:
+    """'AllowVnetInBound' / 'DenyAllInbound' / 'defaultSecurityRules/denyallinbound' ->
+    Azure's API spelling; None if it is not a default rule's name."""
+    return DEFAULT_RULE_NAMES.get(name.rsplit("/", 1)[-1].strip().lower())
+
+
+# What the platform drops inside a VNet whatever the NSGs say (Azure's VNet FAQ: multicast,
+# broadcast, IP-in-IP and GRE). IPv6 multicast carried by ICMPv6 (neighbour discovery, MLD)
+# is the platform's own signalling and is not dropped: without it IPv6 itself stops.
+MULTICAST = ("224.0.0.0/4", "ff00::/8")
+LIMITED_BROADCAST = "255.255.255.255/32"
+
+
+def _platform_rule(name: str, destination: AddressTerm, protocol_label: str = "*") -> ResolvedRule:
+    return ResolvedRule(
+        nsg="", name=name, priority=0, direction=Direction.OUTBOUND, access=Access.DENY,
+        protocol=Protocol.ANY, source=ANY_ADDRESS, source_ports=ANY_PORT,
+        destination=destination, destination_ports=ANY_PORT, platform=True)
+
+
+_DROP_GRE = PlatformDrop(_platform_rule("BlockGre", ANY_ADDRESS), protocols=frozenset({47}))
+_DROP_IPIP = PlatformDrop(_platform_rule("BlockIpInIp", ANY_ADDRESS), protocols=frozenset({4}))
+_MULTICAST_TERM = AddressTerm.of("Multicast", PrefixSet.parse(MULTICAST))
+_DROP_MULTICAST = PlatformDrop(_platform_rule("BlockMulticast", _MULTICAST_TERM),
+                               destination=_MULTICAST_TERM, except_protocols=frozenset({58}))
+
+
+def platform_drops(subnet_prefix: str | None) -> tuple[PlatformDrop, ...]:
+    """The platform's drops for a NIC in a subnet (its broadcast address is the subnet's)."""
+    broadcast = [LIMITED_BROADCAST]
+    if subnet_prefix:
+        net = ipaddress.ip_network(subnet_prefix)
+        if net.version == 4 and net.prefixlen < 31:
+            broadcast.append(f"{net.broadcast_address}/32")
+    term = AddressTerm.of("Broadcast", PrefixSet.parse(broadcast))
+    drop_broadcast = PlatformDrop(_platform_rule("BlockBroadcast", term), destination=term)
+    return (_DROP_GRE, _DROP_IPIP, _DROP_MULTICAST, drop_broadcast)
+
 
 class Resolver:
     """Expands tags and ASGs for one desired state. Cheap to build; caches per VNet."""
@@ -108,42 +158,58 @@ class Resolver:
             for g in nic.applicationSecurityGroups:
                 self._asg_members.setdefault(g.lower(), []).extend(
                     parse_cidr(a) for a in nic.ipAddresses)
-        self._vnet_cache: dict[str, PrefixSet] = {}
-        self._term_cache: dict[tuple[str, str], AddressTerm] = {}
-        self._rule_cache: dict[tuple[str, str], tuple[ResolvedRule, ...]] = {}
+        self._vnet_cache: dict[tuple[str, str], PrefixSet] = {}
+        self._term_cache: dict[tuple[str, str, str], AddressTerm] = {}
+        self._rule_cache: dict[tuple[str, str, str], tuple[ResolvedRule, ...]] = {}
+        self._internet = AddressTerm.of("Internet", internet_with(self.tags.internet))
         self._memo_in = memo if memo is not None else TermMemo()
         self.memo = TermMemo()  # the literal terms this resolver used
 
     # tags ---------------------------------------------------------------------------------
-    def virtual_network_set(self, vnet_name: str) -> PrefixSet:
-        key = vnet_name.lower()
+    def _route_table(self, subnet_ref: str | None) -> str:
+        found = self.state.subnet(subnet_ref) if subnet_ref else None
+        return (found[1].routeTable or "").lower() if found else ""
+
+    def virtual_network_prefixes(self, vnet_name: str, subnet_ref: str | None = None) -> list[str]:
+        """The VirtualNetwork tag's prefixes as Azure lists them (tagMap): the VNet's address
+        space, the peers' (in force, access allowed), on-premises prefixes, the subnet's
+        user-defined route prefixes, then 168.63.129.16/32; not collapsed."""
+        vnet = self.state.vnet(vnet_name)
+        out: list[str] = []
+        if vnet is not None:
+            out += vnet.addressSpace
+            for peer in networks.peers_in_virtual_network(self.state, vnet.name):
+                out += self.state.vnet(peer).addressSpace  # type: ignore[union-attr]
+            out += vnet.onPremisesPrefixes
+        table_name = self._route_table(subnet_ref)
+        table = self.state.route_table(table_name) if table_name else None
+        out += [r.addressPrefix for r in (table.routes if table else [])]
+        out.append(str(HOST_VIP))
+        seen: set[str] = set()
+        return [p for p in out if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+
+    def virtual_network_set(self, vnet_name: str, subnet_ref: str | None = None) -> PrefixSet:
+        """The VirtualNetwork tag of a NIC in ``vnet_name`` (in subnet ``subnet_ref``, whose
+        user-defined routes join it)."""
+        key = (vnet_name.lower(), self._route_table(subnet_ref))
         found = self._vnet_cache.get(key)
         if found is None:
-            vnet = self.state.vnet(vnet_name)
-            cidrs: list[tuple[int, int, int]] = []
-            if vnet is not None:
-                cidrs += [prefix_cidr(p) for p in vnet.addressSpace + vnet.onPremisesPrefixes]
-                peers = {p.lower() for p in vnet.peerings}
-                peers |= {v.name.lower() for v in self.state.virtualNetworks
-                          if key in {p.lower() for p in v.peerings}}
-                for peer in sorted(peers):
-                    other = self.state.vnet(peer)
-                    if other is not None:
-                        cidrs += [prefix_cidr(p) for p in other.addressSpace]
-            found = _HOST_VIP_SET | PrefixSet.from_cidrs(cidrs)
+            found = PrefixSet.from_cidrs(
+                prefix_cidr(p) for p in self.virtual_network_prefixes(vnet_name, subnet_ref))
             self._vnet_cache[key] = found
         return found
 
-    def virtual_network(self, vnet_name: str) -> tuple[IPNetwork, ...]:
-        return self.virtual_network_set(vnet_name).networks()
+    def virtual_network(self, vnet_name: str, subnet_ref: str | None = None) -> tuple[IPNetwork, ...]:
+        return self.virtual_network_set(vnet_name, subnet_ref).networks()
 
-    def internet_set(self, vnet_name: str) -> PrefixSet:
-        return self.tag_term("Internet", vnet_name).prefix_set
+    def internet_set(self, vnet_name: str = "") -> PrefixSet:
+        return self._internet.prefix_set
 
-    def internet(self, vnet_name: str) -> tuple[IPNetwork, ...]:
-        return self.internet_set(vnet_name).networks()
+    def internet(self, vnet_name: str = "") -> tuple[IPNetwork, ...]:
+        return self.internet_set().networks()
 
-    def address_term(self, rule: SecurityRule, side: str, vnet_name: str) -> AddressTerm:
+    def address_term(self, rule: SecurityRule, side: str, vnet_name: str,
+                     subnet_ref: str | None = None) -> AddressTerm:
         groups = getattr(rule, f"{side}ApplicationSecurityGroups")
         if groups:
             members = [m for g in groups for m in self._asg_members.get(g.lower(), [])]
@@ -152,7 +218,7 @@ class Resolver:
         if items == ["*"] or not items:
             return ANY_ADDRESS
         if len(items) == 1 and not looks_like_address(items[0]):
-            return self.tag_term(items[0], vnet_name)
+            return self.tag_term(items[0], vnet_name, subnet_ref)
         return self.literal_term(items)
 
     def literal_term(self, items: list[str]) -> AddressTerm:
@@ -164,16 +230,17 @@ class Resolver:
         self.memo.terms[key] = term
         return term
 
-    def tag_term(self, tag: str, vnet_name: str) -> AddressTerm:
+    def tag_term(self, tag: str, vnet_name: str, subnet_ref: str | None = None) -> AddressTerm:
         canon = canonical_builtin_tag(tag)
         if canon in _CONSTANT_TERMS:
             return _CONSTANT_TERMS[canon]
-        if canon in ("VirtualNetwork", "Internet"):
-            key = (canon, vnet_name.lower())
+        if canon == "Internet":
+            return self._internet
+        if canon == "VirtualNetwork":
+            key = (canon, vnet_name.lower(), self._route_table(subnet_ref))
             term = self._term_cache.get(key)
             if term is None:
-                vnet = self.virtual_network_set(vnet_name)
-                term = AddressTerm.of(canon, vnet if canon == "VirtualNetwork" else _ALL_SET - vnet)
+                term = AddressTerm.of(canon, self.virtual_network_set(vnet_name, subnet_ref))
                 self._term_cache[key] = term
             return term
         found = self.tags.get(tag)
@@ -182,42 +249,44 @@ class Resolver:
         return AddressTerm.of(found.name, found.prefix_set)
 
     # rules --------------------------------------------------------------------------------
-    def rules(self, nsg: NetworkSecurityGroup, vnet_name: str) -> tuple[ResolvedRule, ...]:
+    def rules(self, nsg: NetworkSecurityGroup, vnet_name: str,
+              subnet_ref: str | None = None) -> tuple[ResolvedRule, ...]:
         """All rules of ``nsg`` (both directions, defaults included) resolved for a NIC in
-        ``vnet_name``, sorted by direction then priority."""
-        key = (nsg.name.lower(), vnet_name.lower())
+        ``vnet_name`` (and subnet ``subnet_ref``), sorted by direction then priority."""
+        key = (nsg.name.lower(), vnet_name.lower(), self._route_table(subnet_ref))
         if key not in self._rule_cache:
-            out = [self._resolve_rule(nsg.name, r, vnet_name) for r in nsg.securityRules]
+            out = [self._resolve_rule(nsg.name, r, vnet_name, subnet_ref) for r in nsg.securityRules]
             for name, prio, direction, src, dst, access in DEFAULT_RULES:
                 out.append(ResolvedRule(
                     nsg=nsg.name, name=name, priority=prio, direction=direction, access=access,
                     protocol=Protocol.ANY,
-                    source=ANY_ADDRESS if src == "*" else self.tag_term(src, vnet_name),
+                    source=ANY_ADDRESS if src == "*" else self.tag_term(src, vnet_name, subnet_ref),
                     source_ports=ANY_PORT,
-                    destination=ANY_ADDRESS if dst == "*" else self.tag_term(dst, vnet_name),
+                    destination=ANY_ADDRESS if dst == "*" else self.tag_term(dst, vnet_name, subnet_ref),
                     destination_ports=ANY_PORT, default=True))
             out.sort(key=lambda r: (r.direction.value, r.priority))
             self._rule_cache[key] = tuple(out)
         return self._rule_cache[key]
 
-    def _resolve_rule(self, nsg_name: str, rule: SecurityRule, vnet_name: str) -> ResolvedRule:
+    def _resolve_rule(self, nsg_name: str, rule: SecurityRule, vnet_name: str,
+                      subnet_ref: str | None = None) -> ResolvedRule:
         return ResolvedRule(
             nsg=nsg_name, name=rule.name, priority=rule.priority, direction=rule.direction,
             access=rule.access, protocol=rule.protocol,
-            source=self.address_term(rule, "source", vnet_name),
+            source=self.address_term(rule, "source", vnet_name, subnet_ref),
             source_ports=port_term(rule.port_items("source")),
-            destination=self.address_term(rule, "destination", vnet_name),
+            destination=self.address_term(rule, "destination", vnet_name, subnet_ref),
             destination_ports=port_term(rule.port_items("destination")),
         )
 
     def level(self, kind: LevelKind, nsg_name: str | None, direction: Direction,
-              vnet_name: str) -> Level | None:
+              vnet_name: str, subnet_ref: str | None = None) -> Level | None:
         if not nsg_name:
             return None
         nsg = self.state.nsg(nsg_name)
         if nsg is None:
             return None
-        rules = tuple(r for r in self.rules(nsg, vnet_name) if r.direction is direction)
+        rules = tuple(r for r in self.rules(nsg, vnet_name, subnet_ref) if r.direction is direction)
         return Level(kind=kind, nsg=nsg.name, rules=rules)
 
 
@@ -248,10 +317,11 @@ def resolve(state: DesiredState, tags: ServiceTagIndex | None = None) -> Policy:
     smtp_blocked = state.platform.outboundSmtp == "blocked"
     levels: dict[tuple, Level | None] = {}
 
-    def level(kind: LevelKind, nsg_name: str | None, direction: Direction, vnet_name: str) -> Level | None:
-        key = (kind, (nsg_name or "").lower(), direction, vnet_name.lower())
+    def level(kind: LevelKind, nsg_name: str | None, direction: Direction, vnet_name: str,
+              subnet_ref: str) -> Level | None:
+        key = (kind, (nsg_name or "").lower(), direction, vnet_name.lower(), r._route_table(subnet_ref))
         if key not in levels:
-            levels[key] = r.level(kind, nsg_name, direction, vnet_name)
+            levels[key] = r.level(kind, nsg_name, direction, vnet_name, subnet_ref)
         return levels[key]
 
     platform_cache: dict[tuple[int, ...], tuple[Level, ...]] = {}
@@ -260,11 +330,11 @@ def resolve(state: DesiredState, tags: ServiceTagIndex | None = None) -> Policy:
         found = state.subnet(nic.subnet)
         subnet_nsg = found[1].networkSecurityGroup if found else None
         inbound = tuple(lv for lv in (
-            level(LevelKind.SUBNET, subnet_nsg, Direction.INBOUND, vnet_name),
-            level(LevelKind.NIC, nic.networkSecurityGroup, Direction.INBOUND, vnet_name)) if lv)
+            level(LevelKind.SUBNET, subnet_nsg, Direction.INBOUND, vnet_name, nic.subnet),
+            level(LevelKind.NIC, nic.networkSecurityGroup, Direction.INBOUND, vnet_name, nic.subnet)) if lv)
         outbound = tuple(lv for lv in (
-            level(LevelKind.NIC, nic.networkSecurityGroup, Direction.OUTBOUND, vnet_name),
-            level(LevelKind.SUBNET, subnet_nsg, Direction.OUTBOUND, vnet_name)) if lv)
+            level(LevelKind.NIC, nic.networkSecurityGroup, Direction.OUTBOUND, vnet_name, nic.subnet),
+            level(LevelKind.SUBNET, subnet_nsg, Direction.OUTBOUND, vnet_name, nic.subnet)) if lv)
         out_key = tuple(id(lv) for lv in outbound)  # the levels stay alive in ``levels``
         if out_key not in platform_cache:
             platform_levels = tuple(
@@ -282,6 +352,8 @@ def resolve(state: DesiredState, tags: ServiceTagIndex | None = None) -> Policy:
             platform_exempt=_PLATFORM_EXEMPT if state.platform.platformExemption else None,
             smtp_block=r.tag_term("Internet", vnet_name) if smtp_blocked else None,
             flush_connection=flush,
+            platform_drops=(platform_drops(found[1].addressPrefix if found else None)
+                            if state.platform.platformDrops else ()),
         )
     _last_terms = r.memo
     return Policy(nics=nics)
@@ -302,6 +374,9 @@ EXEMPTION_RULE = ResolvedRule(
 def evaluate(nic: NicPolicy, flow: Flow) -> Verdict:
     """IP flow verify: Allow or Deny, with the decision taken at each level, in order."""
     path: list[LevelDecision] = []
+    for drop in nic.platform_drops:
+        if drop.matches(flow):
+            return Verdict(Access.DENY, (LevelDecision(None, None, drop.rule, Access.DENY),))
     if flow.direction is Direction.OUTBOUND:
         if (nic.smtp_block is not None and flow.protocol == 6 and flow.remote_port == 25
                 and nic.smtp_block.contains(flow.remote)):

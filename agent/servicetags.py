@@ -38,12 +38,18 @@ class ServiceTag:
 class ServiceTagIndex:
     tags: dict[str, ServiceTag] = field(default_factory=dict)  # key: lower-case name
     change_numbers: dict[str, int] = field(default_factory=dict)  # file -> changeNumber
+    # the user's expansion of the Internet tag (serviceTags.internet), None: the built-in one
+    internet: PrefixSet | None = None
 
     def get(self, name: str) -> ServiceTag | None:
         return self.tags.get(name.lower())
 
     def merged(self, other: "ServiceTagIndex") -> "ServiceTagIndex":
-        return ServiceTagIndex({**self.tags, **other.tags}, {**self.change_numbers, **other.change_numbers})
+        return ServiceTagIndex({**self.tags, **other.tags}, {**self.change_numbers, **other.change_numbers},
+                               other.internet if other.internet is not None else self.internet)
+
+    def with_internet(self, internet: PrefixSet | None) -> "ServiceTagIndex":
+        return ServiceTagIndex(self.tags, self.change_numbers, internet)
 
 
 def parse_service_tags(doc: object, source: str, memo: "ValueMemo | None" = None,

@@ -20,6 +20,22 @@ from agent.model import AZURE_INFORMATIONAL, DesiredState, _label
 
 Loc = tuple
 
+# Keys a model accepts through a before-validator rather than a field of that name.
+EXTRA_KEYS: dict[str, dict[str, str]] = {
+    "VirtualNetwork": {"virtualNetworkPeerings": "peerings"},
+}
+# Azure's informational fields of models that do not list them in ``azure_ignored``.
+EXTRA_QUIET: dict[str, frozenset[str]] = {
+    "VirtualNetworkPeering": frozenset({
+        "allowForwardedTraffic", "allowGatewayTransit", "useRemoteGateways", "remoteAddressSpace",
+        "remoteVirtualNetworkAddressSpace", "peeringSyncLevel", "remoteBgpCommunities",
+        "doNotVerifyRemoteGateways", "peerCompleteVnets", "enableOnlyIPv6Peering",
+        "remoteVirtualNetworkEncryption", "localAddressSpace", "localVirtualNetworkAddressSpace",
+        "localSubnetNames", "remoteSubnetNames"}),
+    "RouteTable": frozenset({"disableBgpRoutePropagation"}),
+    "Route": frozenset({"hasBgpOverride"}),
+}
+
 
 def _models_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     """The model class inside a field's annotation, and whether the field is a list of it."""
@@ -55,6 +71,7 @@ def _known(model: type[BaseModel]) -> dict[str, str]:
             for c in va.choices:
                 if isinstance(c, str):
                     out[c] = name
+    out.update(EXTRA_KEYS.get(model.__name__, {}))
     return out
 
 
@@ -67,7 +84,8 @@ def _walk(data: Any, model: type[BaseModel], loc: Loc) -> Iterator[tuple[Loc, st
     if not isinstance(data, dict):
         return  # a wrong type: the model reports it
     known = _known(model)
-    quiet = AZURE_INFORMATIONAL | getattr(model, "azure_ignored", frozenset())
+    quiet = (AZURE_INFORMATIONAL | getattr(model, "azure_ignored", frozenset())
+             | EXTRA_QUIET.get(model.__name__, frozenset()))
     items = [(k, v) for k, v in data.items() if k != "properties"]
     props = data.get("properties")
     if isinstance(props, dict):

@@ -20,6 +20,7 @@ from agent.model import (
     looks_like_address,
     parse_prefix,
 )
+from agent import networks
 from agent.servicetags import ServiceTagIndex
 
 Issue = tuple[tuple, str]
@@ -42,6 +43,17 @@ def warnings(state: DesiredState, tags: ServiceTagIndex) -> list[Issue]:
         for i, nsg in enumerate(state.networkSecurityGroups):
             if nsg.name.lower() not in used_nsgs:
                 out.append((("networkSecurityGroups", i), f"NSG {nsg.name!r} is not associated with any subnet or NIC"))
+    for vi, vnet in enumerate(state.virtualNetworks):
+        for pi, peer in enumerate(vnet.peerings):
+            remote = state.vnet(peer.remote)
+            if remote is None or remote is vnet or networks.connected(state, vnet.name, remote.name):
+                continue
+            held = f"its peeringState is {peer.peeringState}" if peer.peeringState not in (None, "Connected") \
+                else f"VNet {remote.name!r} has no peering back to {vnet.name!r}"
+            out.append((("virtualNetworks", vi, "peerings", pi), (
+                f"peering {peer.name!r} to {remote.name!r} connects nothing: {held} (Azure state "
+                f"{networks.peering_state(state, vnet.name, remote.name)}; write both sides, or "
+                f"'peerings: [{remote.name}]' for a connected pair)")))
     members = {a.lower() for n in state.networkInterfaces for a in n.applicationSecurityGroups}
     if state.networkInterfaces:
         for i, asg in enumerate(state.applicationSecurityGroups):
@@ -57,7 +69,8 @@ def _dupes(names: list[str]) -> set[str]:
 
 def _names(state: DesiredState, tags: ServiceTagIndex) -> Iterator[Issue]:
     for coll, label in (("virtualNetworks", "VNet"), ("networkInterfaces", "NIC"),
-                        ("applicationSecurityGroups", "ASG"), ("networkSecurityGroups", "NSG")):
+                        ("applicationSecurityGroups", "ASG"), ("networkSecurityGroups", "NSG"),
+                        ("routeTables", "route table")):
         items = getattr(state, coll)
         dup = _dupes([x.name for x in items])
         seen: set[str] = set()
@@ -96,16 +109,19 @@ def _vnets(state: DesiredState, tags: ServiceTagIndex) -> Iterator[Issue]:
             all_subnets.append((loc, net, f"{vnet.name}/{sub.name}"))
             if sub.networkSecurityGroup and state.nsg(sub.networkSecurityGroup) is None:
                 yield loc + ("networkSecurityGroup",), f"unknown NSG {sub.networkSecurityGroup!r}"
+            if sub.routeTable and state.route_table(sub.routeTable) is None:
+                yield loc + ("routeTable",), f"unknown route table {sub.routeTable!r}"
         for pi, peer in enumerate(vnet.peerings):
-            if state.vnet(peer) is None:
-                yield ("virtualNetworks", vi, "peerings", pi), f"unknown VNet {peer!r} in peerings"
-            elif peer.lower() == vnet.name.lower():
-                yield ("virtualNetworks", vi, "peerings", pi), "a VNet cannot peer with itself"
+            ploc = ("virtualNetworks", vi, "peerings", pi)
+            if state.vnet(peer.remote) is None:
+                yield ploc, f"unknown VNet {peer.remote!r} in peerings"
+            elif peer.remote.lower() == vnet.name.lower():
+                yield ploc, "a VNet cannot peer with itself"
     # Peered VNets must not overlap (Azure refuses such peerings).
     for vi, vnet in enumerate(state.virtualNetworks):
         for pi, peer in enumerate(vnet.peerings):
-            other = state.vnet(peer)
-            if other is None:
+            other = state.vnet(peer.remote)
+            if other is None or other is vnet:
                 continue
             for a in vnet.addressSpace:
                 for b in other.addressSpace:
@@ -113,6 +129,14 @@ def _vnets(state: DesiredState, tags: ServiceTagIndex) -> Iterator[Issue]:
                     if na.version == nb.version and na.overlaps(nb):
                         yield ("virtualNetworks", vi, "peerings", pi), (
                             f"peered VNets {vnet.name!r} and {other.name!r} overlap ({na} and {nb})")
+    for ti, table in enumerate(state.routeTables):
+        dup = _dupes([r.name for r in table.routes])
+        seen: set[str] = set()
+        for ri, route in enumerate(table.routes):
+            if route.name.lower() in dup and route.name.lower() in seen:
+                yield ("routeTables", ti, "routes", ri, "name"), (
+                    f"route name {route.name!r} is used more than once in route table {table.name!r}")
+            seen.add(route.name.lower())
 
 
 def _nics(state: DesiredState, tags: ServiceTagIndex) -> Iterator[Issue]:

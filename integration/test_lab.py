@@ -101,7 +101,7 @@ def test_statefulness(scenario, src, dst, service, observed, reason):
 @pytest.mark.parametrize("src, dst, service, observed, reason", [
     ("b", "c", "tcp/8080", "denied", "deny c-nsg (nic, inbound at c): UserRule_deny-from-b"),
     ("b", "c", "icmp", "denied", "deny c-nsg (nic, inbound at c): UserRule_deny-from-b"),
-    ("a", "c", "tcp/8080", "allowed", "allow c-nsg (nic, inbound at c): DefaultRule_AllowVNetInBound"),
+    ("a", "c", "tcp/8080", "allowed", "allow c-nsg (nic, inbound at c): DefaultRule_AllowVnetInBound"),
     ("c", "b", "udp/53", "denied", "deny b-nsg (nic, inbound at b): UserRule_deny-vnet-in"),
     ("a", "b", "tcp/8080", "denied", "deny b-nsg (nic, inbound at b): UserRule_deny-vnet-in"),
 ], ids=["b-to-c-denied", "b-to-c-icmp-denied", "a-to-c-allowed", "c-to-b-denied", "a-to-b-other-port"])

@@ -88,7 +88,7 @@ def expected_fabric(policy: Policy, enforced: set[str], saddr: str, daddr: str, 
 def big_policy(rules: int = 1000, prefixes: int = 20, seed: int = 1, nics: int = 1) -> Policy:
     """A NIC NSG with ``rules`` inbound rules, each with ``prefixes`` random /24, /28 or /32
     sources anywhere in IPv4, alternating Allow/Deny, TCP/UDP/* in turn, one destination port
-    or a short range; then AllowVNetInBound and DenyAllInBound. Deterministic from ``seed``."""
+    or a short range; then AllowVnetInBound and DenyAllInBound. Deterministic from ``seed``."""
     rng = random.Random(seed)
     out: list[ResolvedRule] = []
     vnet = AddressTerm.of("VirtualNetwork", [ipaddress.ip_network("10.1.0.0/16"),
@@ -109,7 +109,7 @@ def big_policy(rules: int = 1000, prefixes: int = 20, seed: int = 1, nics: int =
             source=AddressTerm.of(f"list{i}", nets), source_ports=ANY_PORT,
             destination=ANY_ADDRESS, destination_ports=ports))
     out += [
-        ResolvedRule("big-nsg", "AllowVNetInBound", 65000, Direction.INBOUND, Access.ALLOW,
+        ResolvedRule("big-nsg", "AllowVnetInBound", 65000, Direction.INBOUND, Access.ALLOW,
                      Protocol.ANY, vnet, ANY_PORT, vnet, ANY_PORT, default=True),
         ResolvedRule("big-nsg", "DenyAllInBound", 65500, Direction.INBOUND, Access.DENY,
                      Protocol.ANY, ANY_ADDRESS, ANY_PORT, ANY_ADDRESS, ANY_PORT, default=True),

@@ -133,15 +133,17 @@ def test_effective_rules_json_shape(capsys):
     code, out, _ = run(capsys, "effective-rules", HUB, "--nic", "db1", "--json")
     body = json.loads(out)
     assert code == 0
-    assert [e["networkSecurityGroup"]["id"] for e in body["value"]] == [
+    assert [e["networkSecurityGroup"]["id"].split("/providers/Microsoft.Network/")[1] for e in body["value"]] == [
         "networkSecurityGroups/spoke2-data-nsg", "networkSecurityGroups/db1-nic-nsg"]
+    assert all(e["networkSecurityGroup"]["id"].startswith("/subscriptions/") for e in body["value"])
     assert "subnet" in body["value"][0]["association"] and "networkInterface" in body["value"][1]["association"]
     rules = {r["name"]: r for r in body["value"][1]["effectiveSecurityRules"]}
     deny = rules["securityRules/Deny-Internet-Out"]
     assert (deny["protocol"], deny["access"], deny["priority"], deny["direction"]) == ("All", "Deny", 4096, "Outbound")
     assert deny["destinationAddressPrefix"] == "Internet" and "10.3.0.0/16" not in deny["expandedDestinationAddressPrefix"]
     assert rules["securityRules/Allow-SQL-1433"]["destinationPortRange"] == "1433-1433"
-    assert rules["defaultSecurityRules/DenyAllInBound"]["sourceAddressPrefix"] == "*"
+    assert rules["defaultSecurityRules/DenyAllInBound"]["sourceAddressPrefix"] == "0.0.0.0/0"  # as Azure writes '*'
+    assert set(body["value"][1]["tagMap"]) >= {"Internet", "VirtualNetwork", "AzureLoadBalancer"}
 
 
 def test_effective_rules_json_reloads(capsys, tmp_path):
@@ -206,8 +208,8 @@ def test_verify_seed_port80(capsys, nic, address, code, headline, path):
 
 
 @pytest.mark.parametrize("nic,address,code,access,rule_name,nsg,levels", [
-    ("subnet-allows", "10.20.4.4", 1, "Deny", "DenyAllInBound", "defaults-nic", ["subnet", "nic"]),
-    ("nic-only", "10.20.2.4", 0, "Allow", "Allow-HTTP-Inbound", "allow-80-nic", ["subnet", "nic"]),
+    ("subnet-allows", "10.20.4.4", 1, "Deny", "defaultSecurityRules/DenyAllInBound", "defaults-nic", ["subnet", "nic"]),
+    ("nic-only", "10.20.2.4", 0, "Allow", "securityRules/Allow-HTTP-Inbound", "allow-80-nic", ["subnet", "nic"]),
 ], ids=["deny-json", "allow-json"])
 def test_verify_json(capsys, nic, address, code, access, rule_name, nsg, levels):
     """verify --json has Azure's access/ruleName plus nsg and the path of level decisions."""
@@ -226,14 +228,16 @@ def test_verify_platform_path(capsys):
     got, out, _ = run(capsys, "verify", HUB, "--nic", "app1", "--direction", "Outbound", "--protocol", "tcp",
                       "--local", "10.2.1.4:40000", "--remote", "203.0.113.10:25", "--json")
     body = json.loads(out)
-    assert got == 1 and body["path"][0]["level"] == "platform" and body["ruleName"] == "BlockOutboundSmtp"
+    assert got == 1 and body["path"][0]["level"] == "platform" and body["ruleName"] == "platformRules/BlockOutboundSmtp"
+    # Azure's own IP flow verify knows no SMTP block: it answers by the NSG
+    assert body["azure"]["access"] == "Allow" and body["azure"]["ruleName"].startswith(("securityRules/", "defaultSecurityRules/"))
 
 
 def test_verify_icmp_without_ports(capsys):
     """ICMP flows are verified with addresses only."""
     got, out, _ = run(capsys, "verify", HUB, "--nic", "db1", "--direction", "Inbound", "--protocol", "icmp",
                       "--local", "10.3.1.4", "--remote", "10.1.1.4")
-    assert got == 0 and out.startswith("Allow by rule AllowVNetInBound")
+    assert got == 0 and out.startswith("Allow by rule AllowVnetInBound")
 
 
 BAD_VERIFY = [

@@ -73,7 +73,7 @@ def test_later_rules_not_examined():
 
 
 DEFAULTS = [
-    ("AllowVNetInBound", 65000, Direction.INBOUND, "VirtualNetwork", "VirtualNetwork", Access.ALLOW),
+    ("AllowVnetInBound", 65000, Direction.INBOUND, "VirtualNetwork", "VirtualNetwork", Access.ALLOW),
     ("AllowAzureLoadBalancerInBound", 65001, Direction.INBOUND, "AzureLoadBalancer", "*", Access.ALLOW),
     ("DenyAllInBound", 65500, Direction.INBOUND, "*", "*", Access.DENY),
     ("AllowVnetOutBound", 65000, Direction.OUTBOUND, "VirtualNetwork", "VirtualNetwork", Access.ALLOW),
@@ -99,7 +99,7 @@ def test_default_rules_match_the_table(name, priority, direction, src, dst, acce
 
 
 DEFAULT_FLOWS = [
-    ("§3-default-AllowVNetInBound-flow", "Inbound", "10.0.1.5", 80, "AllowVNetInBound", "Allow"),
+    ("§3-default-AllowVnetInBound-flow", "Inbound", "10.0.1.5", 80, "AllowVnetInBound", "Allow"),
     ("§3-default-DenyAllInBound-flow", "Inbound", "203.0.113.9", 80, "DenyAllInBound", "Deny"),
     ("§3-default-AllowVnetOutBound-flow", "Outbound", "10.0.1.5", 80, "AllowVnetOutBound", "Allow"),
     ("§3-default-AllowInternetOutBound-flow", "Outbound", "198.51.100.9", 443, "AllowInternetOutBound", "Allow"),
@@ -119,7 +119,7 @@ def test_default_rules_decide_flows(direction, remote, port, rule_name, access):
 
 def test_azure_load_balancer_probe_allowed_inbound():
     """§3-default-AllowAzureLoadBalancerInBound: health probes from 168.63.129.16 are allowed by
-    default (today's VirtualNetwork also contains that address, so AllowVNetInBound at 65000 is
+    default (today's VirtualNetwork also contains that address, so AllowVnetInBound at 65000 is
     the first default to match; the LB default at 65001 allows it in any case)."""
     v = check(base_state(subnet_rules=[]), "n1", "Inbound", "tcp", "10.0.1.4", "168.63.129.16", 80, 40000)
     assert v.allowed and v.deciding.rule.default
@@ -138,7 +138,7 @@ def test_default_deny_all_outbound_is_last():
 
 
 def test_default_rule_overridden_by_user_rule():
-    """§3-override-default: a user Deny from VirtualNetwork beats AllowVNetInBound."""
+    """§3-override-default: a user Deny from VirtualNetwork beats AllowVnetInBound."""
     doc = base_state(subnet_rules=[rule("no-vnet", 4096, access="Deny", src="VirtualNetwork", dst="VirtualNetwork")])
     assert decided_by(check(doc, "n1", "Inbound", "tcp", "10.0.1.4", "10.0.1.5", 22, 4000)) == (
         "Deny", "subnet-nsg", "no-vnet")
@@ -227,9 +227,9 @@ def test_effective_rules_aggregate_levels():
     nic = resolve(loaded.state, loaded.tags).nics["n1"]
     inbound = [(lv.kind, r.name) for lv, r in effective_rules(nic, Direction.INBOUND)]
     outbound = [(lv.kind, r.name) for lv, r in effective_rules(nic, Direction.OUTBOUND)]
-    assert inbound[:4] == [(LevelKind.SUBNET, "s"), (LevelKind.SUBNET, "AllowVNetInBound"),
+    assert inbound[:4] == [(LevelKind.SUBNET, "s"), (LevelKind.SUBNET, "AllowVnetInBound"),
                            (LevelKind.SUBNET, "AllowAzureLoadBalancerInBound"), (LevelKind.SUBNET, "DenyAllInBound")]
-    assert inbound[4:] == [(LevelKind.NIC, "n"), (LevelKind.NIC, "AllowVNetInBound"),
+    assert inbound[4:] == [(LevelKind.NIC, "n"), (LevelKind.NIC, "AllowVnetInBound"),
                            (LevelKind.NIC, "AllowAzureLoadBalancerInBound"), (LevelKind.NIC, "DenyAllInBound")]
     assert outbound[0] == (LevelKind.NIC, "o") and outbound[4][0] is LevelKind.SUBNET
 
@@ -335,8 +335,24 @@ TAG_ROWS = [
     ("§6-classic-AZURE_LOADBALANCER", "AZURE_LOADBALANCER", "168.63.129.16", True),
     ("§6-tag-case-insensitive", "internet", "198.51.100.1", True),
     ("§6-internet-excludes-vnet", "Internet", "10.0.7.7", False),
-    ("§6-internet-excludes-host-vip", "Internet", "168.63.129.16", False),
+    # Azure's Internet list keeps 168.0.0.0/8 although 168.63.129.16 is VirtualNetwork.
+    ("§6-internet-includes-168/8-and-host-vip", "Internet", "168.63.129.16", True),
+    ("§6-internet-168/8", "Internet", "168.1.2.3", True),
+    ("§6-internet-excludes-172.16/12", "Internet", "172.31.0.100", False),
+    ("§6-internet-excludes-192.168/16", "Internet", "192.168.1.1", False),
+    ("§6-internet-excludes-100.64/10", "Internet", "100.64.1.1", False),
+    ("§6-internet-excludes-198.18/15", "Internet", "198.18.0.1", False),
+    ("§6-internet-excludes-loopback", "Internet", "127.0.0.1", False),
+    ("§6-internet-excludes-link-local", "Internet", "169.254.169.254", False),
+    ("§6-internet-excludes-microsoft-block", "Internet", "4.128.0.1", False),
+    ("§6-internet-excludes-21/8", "Internet", "21.1.1.1", False),
+    ("§6-internet-v6-global-unicast", "Internet", "2001:db8::9", True),
+    ("§6-internet-v6-2600::/12", "Internet", "2603:1030::1", True),
+    ("§6-internet-v6-excludes-ula", "Internet", "fd12::1", False),
+    ("§6-internet-v6-excludes-ietf-protocol-block", "Internet", "2001::1", False),
     ("§6-azureloadbalancer-is-host-vip-only", "AzureLoadBalancer", "203.0.113.9", False),
+    ("§6-azureloadbalancer-ipv6-probe-source", "AzureLoadBalancer", "fe80::1234:5678:9abc", True),
+    ("§6-azureloadbalancer-not-other-link-local", "AzureLoadBalancer", "fe80::1", False),
     ("§6-file-tag-global", "Storage", "13.65.107.33", True),
     ("§6-regional-tag", "Storage.EastUS", "13.68.163.33", True),
     ("§6-regional-tag-excludes-other-prefixes", "Storage.EastUS", "13.65.107.33", False),
@@ -475,7 +491,7 @@ def test_flow_log_rule_names():
     """§8-flow-log-names: rules carry Azure's flow-log names UserRule_<n> / DefaultRule_<n>."""
     loaded = load_doc(base_state(subnet_rules=[rule("web", 100)]))
     names = [r.log_name for r in resolve(loaded.state, loaded.tags).nics["n1"].inbound[0].rules]
-    assert names == ["UserRule_web", "DefaultRule_AllowVNetInBound",
+    assert names == ["UserRule_web", "DefaultRule_AllowVnetInBound",
                      "DefaultRule_AllowAzureLoadBalancerInBound", "DefaultRule_DenyAllInBound"]
 
 

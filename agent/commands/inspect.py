@@ -36,7 +36,8 @@ from agent.policy import (
     ResolvedRule,
     Verdict,
 )
-from agent.semantics import effective_rules, evaluate, find_nic, protocol_number, resolve
+from agent import answers
+from agent.semantics import Resolver, effective_rules, evaluate, find_nic, protocol_number, resolve
 
 EXIT_OK, EXIT_DENY, EXIT_INVALID = 0, 1, 2
 
@@ -245,7 +246,7 @@ def cmd_effective_rules(args: argparse.Namespace) -> int:
         return found
     loaded, nic = found
     if args.format == "json":
-        _print_json(effective_json(nic, _directions(args)))
+        _print_json(effective_json(loaded, nic, _directions(args)))
     elif args.format == "csv":
         _emit(effective_csv(nic, _directions(args), args.expand))
     else:
@@ -278,10 +279,25 @@ def effective_table(nic: NicPolicy, directions: Iterable[Direction], expand: boo
     return "\n".join(out)
 
 
+PLATFORM_TEXT = {
+    "BlockOutboundSmtp": "outbound SMTP (TCP 25) to Internet is blocked by the platform",
+    "PlatformExemption": "platform address: exempt from NSG rules",
+    "BlockGre": "GRE (IP protocol 47) is dropped by the platform inside a VNet",
+    "BlockIpInIp": "IP-in-IP (IP protocol 4) is dropped by the platform inside a VNet",
+    "BlockMulticast": "multicast is dropped by the platform inside a VNet",
+    "BlockBroadcast": "broadcast is dropped by the platform inside a VNet",
+}
+
+
 def platform_notes(nic: NicPolicy, directions: Iterable[Direction]) -> list[str]:
-    if Direction.OUTBOUND not in tuple(directions):
-        return []
     notes = []
+    if nic.platform_drops:
+        broadcast = next((d.destination for d in nic.platform_drops if d.rule.name == "BlockBroadcast"), None)
+        where = ", ".join(str(p) for p in broadcast.prefixes) if broadcast is not None else ""
+        notes.append("GRE (47), IP-in-IP (4), multicast (224.0.0.0/4, ff00::/8 but ICMPv6) and broadcast "
+                     f"({where}) are dropped in both directions (platform.platformDrops)")
+    if Direction.OUTBOUND not in tuple(directions):
+        return notes
     if nic.smtp_block is not None:
         notes.append("outbound TCP port 25 (SMTP) to Internet is blocked (platform.outboundSmtp: blocked)")
     if nic.platform_exempt is not None:
@@ -290,70 +306,9 @@ def platform_notes(nic: NicPolicy, directions: Iterable[Direction]) -> list[str]
     return notes
 
 
-def _azure_ports(term: PortTerm) -> list[str]:
-    return [f"{lo}-{hi}" for lo, hi in term.ranges]
-
-
-def _azure_side(prefix: str, term: AddressTerm) -> dict[str, Any]:
-    """One side of an effective rule in Azure's field names."""
-    out: dict[str, Any] = {}
-    if term.any:
-        out[f"{prefix}AddressPrefix"] = "*"
-    elif term.label.startswith("asg:"):
-        out[f"{prefix}ApplicationSecurityGroups"] = [
-            {"id": f"applicationSecurityGroups/{part[4:]}"} for part in term.label.split(",")]
-    elif _is_named(term):
-        out[f"{prefix}AddressPrefix"] = term.label
-    else:
-        items = term.label.split(",")
-        if len(items) == 1:
-            out[f"{prefix}AddressPrefix"] = items[0]
-        else:
-            out[f"{prefix}AddressPrefixes"] = items
-    if _is_named(term):
-        out[f"expanded{prefix[0].upper()}{prefix[1:]}AddressPrefix"] = _expanded(term)
-    return out
-
-
-def _azure_port_side(prefix: str, term: PortTerm) -> dict[str, Any]:
-    ports = _azure_ports(term)
-    return {f"{prefix}PortRange": ports[0]} if len(ports) == 1 else {f"{prefix}PortRanges": ports}
-
-
-def effective_rule_json(rule: ResolvedRule) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "name": f"{'defaultSecurityRules' if rule.default else 'securityRules'}/{rule.name}",
-        "protocol": "All" if rule.protocol is Protocol.ANY else rule.protocol.value,
-    }
-    out.update(_azure_port_side("source", rule.source_ports))
-    out.update(_azure_port_side("destination", rule.destination_ports))
-    out.update(_azure_side("source", rule.source))
-    out.update(_azure_side("destination", rule.destination))
-    out.update({"access": rule.access.value, "priority": rule.priority, "direction": rule.direction.value})
-    return out
-
-
-def effective_json(nic: NicPolicy, directions: Iterable[Direction]) -> dict[str, Any]:
-    """Azure's NetworkInterfaceEffectiveNSGList response body for this NIC: one entry per
-    NSG level (subnet NSG first), each with its effectiveSecurityRules."""
-    directions = tuple(directions)
-    entries = []
-    for kind in (LevelKind.SUBNET, LevelKind.NIC):
-        rules: list[dict] = []
-        nsg = None
-        for direction in directions:
-            for lv in nic.levels(direction):
-                if lv.kind is kind:
-                    nsg = lv.nsg
-                    rules += [effective_rule_json(r) for r in lv.rules]
-        if nsg is None:
-            continue
-        vnet, _, subnet = nic.subnet.partition("/")
-        assoc = ({"subnet": {"id": f"virtualNetworks/{vnet}/subnets/{subnet}"}} if kind is LevelKind.SUBNET
-                 else {"networkInterface": {"id": f"networkInterfaces/{nic.nic}"}})
-        entries.append({"networkSecurityGroup": {"id": f"networkSecurityGroups/{nsg}"},
-                        "association": assoc, "effectiveSecurityRules": rules})
-    return {"value": entries}
+def effective_json(loaded: LoadedState, nic: NicPolicy, directions: Iterable[Direction]) -> dict[str, Any]:
+    """Azure's NetworkInterfaceEffectiveNSGList body (agent.answers)."""
+    return answers.effective_nsg_list(loaded.state, Resolver(loaded.state, loaded.tags), nic, directions)
 
 
 def effective_csv(nic: NicPolicy, directions: Iterable[Direction], expand: bool) -> str:
@@ -426,7 +381,7 @@ def _decision_json(d: LevelDecision) -> dict[str, Any]:
     return {
         "level": d.kind.value if d.kind is not None else "platform",
         "nsg": d.nsg,
-        "ruleName": d.rule.name if d.rule is not None else None,
+        "ruleName": answers.rule_name(d.rule) if d.rule is not None else None,
         "priority": d.rule.priority if d.rule is not None and not d.rule.platform else None,
         "default": bool(d.rule is not None and d.rule.default),
         "access": d.access.value,
@@ -436,9 +391,7 @@ def _decision_json(d: LevelDecision) -> dict[str, Any]:
 def _decision_text(d: LevelDecision) -> str:
     if d.kind is None:
         rule = d.rule
-        what = {"BlockOutboundSmtp": "outbound SMTP (TCP 25) to Internet is blocked by the platform",
-                "PlatformExemption": "platform address: exempt from NSG rules"}.get(
-                    rule.name if rule else "", rule.name if rule else "")
+        what = PLATFORM_TEXT.get(rule.name if rule else "", rule.name if rule else "")
         return f"platform: {what} -> {d.access.value}"
     title = LEVEL_TITLE[d.kind]
     if d.nsg is None:
@@ -455,18 +408,13 @@ def _endpoint_text(addr, port) -> str:
     return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
 
 
-def verdict_json(nic: NicPolicy, flow: Flow, verdict: Verdict) -> dict[str, Any]:
-    deciding = verdict.deciding
-    return {
-        "access": verdict.access.value,
-        "ruleName": deciding.rule.name if deciding and deciding.rule else None,
-        "nsg": deciding.nsg if deciding else None,
-        "path": [_decision_json(d) for d in verdict.path],
-        "nic": nic.nic,
-        "flow": {"direction": flow.direction.value, "protocol": flow.protocol,
-                 "localIPAddress": str(flow.local), "localPort": flow.local_port,
-                 "remoteIPAddress": str(flow.remote), "remotePort": flow.remote_port},
-    }
+def verdict_json(loaded: LoadedState, nic: NicPolicy, flow: Flow, verdict: Verdict) -> dict[str, Any]:
+    out = answers.ip_flow_verify(loaded.state, nic, flow, verdict, [_decision_json(d) for d in verdict.path])
+    out["nic"] = nic.nic
+    out["flow"] = {"direction": flow.direction.value, "protocol": flow.protocol,
+                   "localIPAddress": str(flow.local), "localPort": flow.local_port,
+                   "remoteIPAddress": str(flow.remote), "remotePort": flow.remote_port}
+    return out
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -478,14 +426,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     found = _load_policy(args, args.nic)
     if isinstance(found, int):
         return found
-    _, nic = found
+    loaded, nic = found
     if flow.local not in nic.addresses:
         _error(f"--local {flow.local} is not an address of NIC {nic.nic} "
                f"({', '.join(str(a) for a in nic.addresses)})")
         return EXIT_INVALID
     verdict = evaluate(nic, flow)
     if args.json:
-        _print_json(verdict_json(nic, flow, verdict))
+        _print_json(verdict_json(loaded, nic, flow, verdict))
     else:
         proto = PROTOCOL_NAMES.get(flow.protocol, f"protocol {flow.protocol}")
         src, sport, dst, dport = flow.oriented()
@@ -504,6 +452,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for lv in nic.levels(flow.direction):
             if (lv.kind, lv.nsg) not in decided and not verdict.allowed:
                 print(f"     ({LEVEL_TITLE[lv.kind]} {lv.nsg} not evaluated: already denied)")
+        answer = answers.ip_flow_verify(loaded.state, nic, flow, verdict, [])
+        if "azure" in answer:
+            azure = answer["azure"]
+            if "error" in azure:
+                print(f"  note: Azure's IP flow verify answers the error {azure['error']['code']} "
+                      "(no NSG on this NIC or its subnet); the data plane allows the flow")
+            else:
+                print(f"  note: Azure's IP flow verify considers NSGs only and answers {azure['access']} "
+                      f"by {azure['ruleName']}")
+        for note in answer.get("notes", []):
+            print(f"  note: {note}")
     return EXIT_OK if verdict.allowed else EXIT_DENY
 
 

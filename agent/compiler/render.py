@@ -741,10 +741,26 @@ def _conntrack(b: _Builder, chain: str) -> None:
            "conntrack: invalid")
 
 
+def _platform_drops(b: _Builder, nic: NicPolicy, chain: str, direction: Direction) -> None:
+    """GRE, IP-in-IP, multicast and broadcast: dropped before any NSG, both directions."""
+    for drop in nic.platform_drops:
+        comment = rule_comment(drop.rule)
+        ref = RuleRef("", comment, direction.value, chain, (nic.nic,))
+        proto: list = []
+        if drop.protocols is not None:
+            proto.append(E.match(E.meta("l4proto"), E.anon_set(sorted(drop.protocols))))
+        for number in sorted(drop.except_protocols):
+            proto.append(E.match(E.meta("l4proto"), number, "!="))
+        for m in (_prefix_rules(drop.destination, "daddr") if drop.destination is not None else [[]]):
+            b.counted(chain, m + proto + [E.counter(), E.verdict("drop")], comment, ref)
+
+
 def _nic_chains(b: _Builder, nic: NicPolicy, slug: str) -> tuple[str, str]:
     cin, cout, cpf = f"nic_{slug}_in", f"nic_{slug}_out", f"nic_{slug}_pf"
     b.chain(cin)
     b.chain(cout)
+    _platform_drops(b, nic, cin, Direction.INBOUND)
+    _platform_drops(b, nic, cout, Direction.OUTBOUND)
     for lv in nic.inbound:
         b.rule(cin, [E.verdict("jump", b.level(lv, Direction.INBOUND, False, f"{nic.nic}/{lv.kind.value}"))])
     if nic.smtp_block is not None:

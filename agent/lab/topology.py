@@ -23,6 +23,7 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from agent import networks
 from agent.lab import naming
 from agent.model import DesiredState
 
@@ -135,11 +136,9 @@ class LabPlan:
 
 
 def _peered(state: DesiredState, a: str, b: str) -> bool:
-    """Azure: a peering listed on either side connects the two VNets (not transitively)."""
-    va, vb = state.vnet(a), state.vnet(b)
-    pa = {p.lower() for p in (va.peerings if va else [])}
-    pb = {p.lower() for p in (vb.peerings if vb else [])}
-    return b.lower() in pa or a.lower() in pb
+    """Azure: traffic flows between two VNets only when a peering is in force on both sides
+    (agent.networks; the ``peerings: [name]`` shorthand is both sides). Not transitive."""
+    return networks.connected(state, a, b)
 
 
 def plan_lab(state: DesiredState, lab: str, previous: LabPlan | None = None) -> LabPlan:
