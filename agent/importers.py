@@ -171,6 +171,7 @@ CHILD = {"rule": ("nsg", "securityRules", "networkSecurityGroups"),
          "peering": ("vnet", "virtualNetworkPeerings", "virtualNetworks"),
          "route": ("routeTable", "routes", "routeTables")}
 KIND_LABEL = {"nsg": "NSG", "vnet": "VNet", "routeTable": "route table"}
+RULES_ONLY = "__rules_only__"  # marks an NSG made from a bare rule list
 
 
 def _props(obj: dict) -> dict:
@@ -289,7 +290,8 @@ class _Builder:
                     f"the input: export the {what} itself too (its child list alone is not enough)")))
                 return
             coll = self.doc.setdefault("networkSecurityGroups", [])
-            coll.append({"name": parent, "securityRules": []})
+            # only rules: the loader adds them to the NSG of the same name in another file
+            coll.append({"name": parent, "securityRules": [], RULES_ONLY: True})
             pi = len(coll) - 1
             self.origin[("networkSecurityGroups", pi, "name")] = loc + ("name",)
         coll_name = COLLECTION[parent_kind]
@@ -303,6 +305,8 @@ class _Builder:
             self.problems.append((loc, f"cannot add {kind} {full!r}: the parent's {field_name} is not a list"))
             return
         self.origin[(coll_name, pi, field_name, len(lst))] = loc
+        if field_name == "virtualNetworkPeerings":  # the model's name for Azure's key
+            self.origin[(coll_name, pi, "peerings", len(lst))] = loc
         lst.append(item)
         holder[field_name] = lst
         self.doc[coll_name][pi] = parent_obj

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from agent import reading
 from agent.errors import LoadError, Problem
 from agent.model import DesiredState, flatten_properties
+from agent.importers import RULES_ONLY
 from agent.reading import DEFAULT_LIMITS, Limits
 from agent.servicetags import ServiceTagIndex, parse_service_tag_file, parse_service_tags
 
@@ -104,6 +105,9 @@ class LineMap:
         return self._lines.get(())
 
 
+_DOC_ALIASES = {"peerings": ("virtualNetworkPeerings",)}
+
+
 def resolve_original_loc(doc: Any, loc: Loc) -> Loc:
     """Translate a path in the flat shape to the path in the document as written: a field
     that the document keeps under Azure's ``properties`` gets that segment inserted (also a
@@ -113,6 +117,10 @@ def resolve_original_loc(doc: Any, loc: Loc) -> Loc:
     for part in loc:
         if isinstance(node, dict) and isinstance(part, str):
             props = node.get("properties")
+            for azure_key in _DOC_ALIASES.get(part, ()):  # the model's name for Azure's key
+                if part not in node and not (isinstance(props, dict) and part in props) and (
+                        azure_key in node or isinstance(props, dict) and azure_key in props):
+                    part = azure_key
             if part not in node and isinstance(props, dict) and (part in props or part != "name"):
                 out.append("properties")
                 node = props
@@ -235,6 +243,11 @@ class _Source:
 @dataclass(frozen=True)
 class _Raw:
     value: Any  # a collection that is not a list: the model reports its type
+
+
+def _flat_get(item: dict, key: str) -> Any:
+    props = item.get("properties")
+    return props[key] if isinstance(props, dict) and key in props else item.get(key)
 
 
 def _item_name(item: Any) -> str | None:
@@ -377,6 +390,10 @@ class _Reader:
                     name = _item_name(item)
                     if name is not None:
                         prev = by_name.get((coll, name.lower()))
+                        if prev is not None and coll == "networkSecurityGroups" and (
+                                RULES_ONLY in item or RULES_ONLY in prev[2]):
+                            self._add_rules(merged, origin, prev, src, i, item)
+                            continue
                         if prev is not None and prev[0] is not src:
                             if prev[2] == item:
                                 continue  # the same object in two files: once is enough
@@ -386,14 +403,40 @@ class _Reader:
                                 + (f":{first.line}" if first.line else "")
                                 + ", differently: define each object once (or make both the same)")))
                             continue
-                        by_name.setdefault((coll, name.lower()), (src, i, item))
+                        by_name.setdefault((coll, name.lower()), (src, i, item, len(lst)))
                     origin[(coll, len(lst))] = (src, (coll, i))
                     lst.append(item)
+        for k, item in enumerate(merged.get("networkSecurityGroups") or []):
+            if isinstance(item, dict) and RULES_ONLY in item:
+                merged["networkSecurityGroups"][k] = {x: v for x, v in item.items() if x != RULES_ONLY}
         return merged, origin
+
+    def _add_rules(self, merged: dict, origin: dict, prev: tuple, src: _Source, i: int, item: dict) -> None:
+        """A bare rule list (``az network nsg rule list``) and its NSG from another file (or
+        another rule list of the same NSG): the rules are added to that NSG."""
+        k = prev[3]
+        target = dict(merged["networkSecurityGroups"][k])
+        holder = target
+        if isinstance(target.get("properties"), dict):
+            holder = target["properties"] = dict(target["properties"])
+        rules = holder.get("securityRules")
+        rules = list(rules) if isinstance(rules, list) else []
+        new = _flat_get(item, "securityRules")
+        for j, rule in enumerate(new if isinstance(new, list) else []):
+            origin[("networkSecurityGroups", k, "securityRules", len(rules))] = (
+                src, ("networkSecurityGroups", i, "securityRules", j))
+            rules.append(rule)
+        holder["securityRules"] = rules
+        if RULES_ONLY in target and RULES_ONLY not in item:
+            # the full NSG came second: its other fields win
+            full = {x: v for x, v in item.items() if x not in ("securityRules", "properties")}
+            target = {**full, "securityRules": rules}
+            origin[("networkSecurityGroups", k)] = (src, ("networkSecurityGroups", i))
+        merged["networkSecurityGroups"][k] = target
 
     def at(self, origin: dict, loc: Loc, msg: str) -> Problem:
         loc = _strip_validator_names(tuple(loc))
-        for n in (2, 1):
+        for n in (4, 2, 1):
             if len(loc) >= n and tuple(loc[:n]) in origin:
                 src, inner = origin[tuple(loc[:n])]
                 return src.problem(tuple(inner) + tuple(loc[n:]), msg)
@@ -437,9 +480,10 @@ class _Reader:
                     continue  # a reference to an object already reported as invalid
                 problems.append(self.at(origin, pruned_remap(loc), msg))
         warnings = list(self.warnings) + unknown
-        if problems or strict:
-            problems += [w if not strict else Problem(w.file, w.path, w.message + " [--strict]", w.line)
-                         for w in warnings] if (strict or problems) else []
+        if strict:
+            problems += [Problem(w.file, w.path, w.message + " [--strict]", w.line) for w in warnings]
+        elif problems:
+            problems += unknown  # an ignored key often explains an error (a misspelled field)
         if problems:
             raise LoadError(_in_file_order(_without_echoes(problems), self))
         warnings += [self.at(origin, loc, msg) for loc, msg in validate.warnings(state, tags)]

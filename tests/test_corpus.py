@@ -1,0 +1,154 @@
+"""Realistic exports in every shape the importers read (tests/corpus/), each describing the
+same network as tests/corpus/flat.yaml: loaded alone or together, they give the same IP flow
+verify verdicts as the flat file.
+
+The exports (written in Azure's shapes, with ids, etags, provisioningState, default rules):
+- nsg-list.json      ``az network nsg list``: a top-level array, NSGs with ``subnets`` /
+                     ``networkInterfaces`` back-references (web1-nic-nsg without its rules)
+- rule-list.json     ``az network nsg rule list --nsg-name web1-nic-nsg``: the NSG from the ids
+- vnet-list.json     ``{"value": [...]}`` of VNets: hub<->spoke peered on both sides, hub->spoke2
+                     on one side only (Initiated), subnets without NSGs (they come from the
+                     back-references)
+- nic-list.json      ``az network nic list``: web1 with two ipConfigurations and an ASG
+- asg-list.json      ``{"value": [...]}`` of ASGs
+- route-table.json   ``az network route-table show`` with its ``subnets`` back-reference
+- group-export.json  ``az group export``-style template: parameters with defaultValue,
+                     variables, concat/format/resourceId/toLower/string, child securityRules /
+                     subnets / virtualNetworkPeerings resources, a property copy loop for rules,
+                     a resource copy loop for NICs, skipped VM and public IP resources
+- effective-nsg-web1.json  the NetworkInterfaceEffectiveNSGList of NIC web1 (as
+                     ``effective-rules --json`` writes it, Azure's shape) with topology.yaml
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from foundation_helpers import check, decided_by
+
+from agent.cli import main
+from agent.loader import load
+
+CORPUS = Path(__file__).parent / "corpus"
+
+# (NIC, direction, protocol, local IP, local port, remote IP, remote port)
+FLOWS = [
+    ("web1", "Inbound", "tcp", "10.1.1.4", 443, "203.0.113.7", 50000),   # Internet -> web-asg 443
+    ("web1", "Inbound", "tcp", "10.1.1.5", 443, "198.51.100.9", 50000),  # second ipconfig
+    ("web1", "Inbound", "tcp", "10.1.1.4", 80, "203.0.113.7", 50000),    # DenyAllInBound
+    ("web1", "Inbound", "tcp", "10.1.1.4", 22, "10.2.0.4", 50000),       # deny-spoke-ssh at subnet
+    ("web1", "Inbound", "tcp", "10.1.1.4", 3389, "10.2.0.4", 50000),     # peered spoke: VNet
+    ("web1", "Inbound", "tcp", "10.1.1.4", 3389, "10.3.0.4", 50000),     # one-sided peering: not VNet
+    ("web1", "Inbound", "udp", "10.1.1.4", 53, "10.1.2.4", 50000),       # same VNet
+    ("web1", "Outbound", "tcp", "10.1.1.4", 50000, "203.0.113.7", 445),  # deny-smb-out
+    ("web1", "Outbound", "udp", "10.1.1.4", 50000, "203.0.113.7", 53),   # deny-udp-out (NIC)
+    ("web1", "Outbound", "tcp", "10.1.1.4", 50000, "198.51.100.1", 443), # AllowInternetOutBound
+    ("web1", "Outbound", "tcp", "10.1.1.4", 50000, "10.3.0.4", 22),      # spoke2: neither VNet nor Internet
+    ("app1", "Inbound", "tcp", "10.1.2.4", 8443, "10.1.1.4", 50000),     # web-asg -> app-asg
+    ("app1", "Inbound", "tcp", "10.1.2.4", 8445, "10.1.1.4", 50000),
+    ("app1", "Inbound", "tcp", "10.1.2.4", 443, "203.0.113.7", 50000),   # app1 not in web-asg
+    ("spoke-vm", "Inbound", "tcp", "10.2.0.4", 22, "10.1.1.4", 50000),   # no NSG: allowed
+    ("spoke2-vm", "Outbound", "tcp", "10.3.0.4", 50000, "10.1.1.4", 22),
+]
+
+
+def _verdicts(loaded, flows=FLOWS):
+    return [decided_by(check(loaded, nic, d, p, local, remote, lport, rport))
+            for nic, d, p, local, lport, remote, rport in flows]
+
+
+@pytest.fixture(scope="module")
+def flat():
+    return load(CORPUS / "flat.yaml")
+
+
+def test_flat_verdicts_are_the_intended_ones(flat):
+    """The reference answers themselves (so that equal verdicts mean something)."""
+    assert _verdicts(flat) == [
+        ("Allow", "web1-nic-nsg", "allow-https"), ("Allow", "web1-nic-nsg", "allow-https"),
+        ("Deny", "web-nsg", "DenyAllInBound"), ("Deny", "web-nsg", "deny-spoke-ssh"),
+        ("Allow", "web1-nic-nsg", "AllowVnetInBound"), ("Deny", "web-nsg", "DenyAllInBound"),
+        ("Allow", "web1-nic-nsg", "AllowVnetInBound"), ("Deny", "web-nsg", "deny-smb-out"),
+        ("Deny", "web1-nic-nsg", "deny-udp-out"), ("Allow", "web-nsg", "AllowInternetOutBound"),
+        ("Deny", "web1-nic-nsg", "DenyAllOutBound"), ("Allow", "web-nsg", "allow-web-to-app"),
+        ("Allow", "web-nsg", "AllowVnetInBound"), ("Deny", "web-nsg", "DenyAllInBound"),
+        ("Allow", None, None), ("Allow", None, None)]
+
+
+EXPORT_SETS = {
+    "az-lists": ["vnet-list.json", "nic-list.json", "asg-list.json", "nsg-list.json", "rule-list.json",
+                 "route-table.json"],
+    "group-export": ["group-export.json"],
+    "topology-plus-nsg-exports": ["topology.yaml", "nsg-list.json", "rule-list.json"],
+}
+
+
+@pytest.mark.parametrize("files", list(EXPORT_SETS.values()), ids=list(EXPORT_SETS))
+def test_exports_give_the_flat_verdicts(flat, files):
+    loaded = load([CORPUS / f for f in files])
+    assert _verdicts(loaded) == _verdicts(flat)
+    assert _shape(loaded) == _shape(flat)
+
+
+def _shape(loaded):
+    s = loaded.state
+    return ({v.name: (tuple(v.addressSpace), tuple((sub.name, sub.addressPrefix, sub.networkSecurityGroup, sub.routeTable)
+                                                  for sub in v.subnets),
+                      tuple(sorted((p.remote, p.peeringState or "Connected") for p in v.peerings)))
+             for v in s.virtualNetworks},
+            {n.name: (n.subnet, tuple(n.ipAddresses), n.networkSecurityGroup, tuple(n.applicationSecurityGroups))
+             for n in s.networkInterfaces},
+            {g.name: sorted(r.name for r in g.securityRules) for g in s.networkSecurityGroups},
+            {t.name: [(r.addressPrefix, r.nextHopType, r.nextHopIpAddress) for r in t.routes] for t in s.routeTables})
+
+
+def test_group_export_warns_about_skipped_resources_in_one_warning():
+    loaded = load(CORPUS / "group-export.json")
+    skipped = [w for w in loaded.warnings if w.message.startswith("skipped resources")]
+    assert len(skipped) == 1
+    assert "Microsoft.Compute/virtualMachines" in skipped[0].message
+    assert "Microsoft.Network/publicIPAddresses" in skipped[0].message
+
+
+def test_rule_list_alone_takes_the_nsg_from_the_ids():
+    loaded = load(CORPUS / "rule-list.json")
+    (nsg,) = loaded.state.networkSecurityGroups
+    assert nsg.name == "web1-nic-nsg" and [r.name for r in nsg.securityRules] == [
+        "allow-ssh-from-spoke", "allow-https", "deny-udp-out"]
+
+
+def test_rule_list_without_ids_needs_nsg_option(tmp_path):
+    rules = json.loads((CORPUS / "rule-list.json").read_text())
+    for r in rules:
+        del r["id"]
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps(rules))
+    from agent.errors import LoadError
+    with pytest.raises(LoadError) as e:
+        load(path)
+    assert "give the NSG with --nsg NAME" in e.value.problems[0].message
+    loaded = load(path, nsg="my-nsg")
+    assert [n.name for n in loaded.state.networkSecurityGroups] == ["my-nsg"]
+
+
+def test_effective_nsg_list_with_topology_gives_web1s_verdicts(flat):
+    """The effective NSGs of web1 (subnet NSG by its subnet association, NIC NSG by its NIC
+    association; prefixes expanded) with the topology: web1's verdicts are the flat file's."""
+    loaded = load([CORPUS / "topology.yaml", CORPUS / "effective-nsg-web1.json"])
+    web1 = [f for f in FLOWS if f[0] == "web1"]
+    assert _verdicts(loaded, web1) == _verdicts(flat, web1)
+
+
+def test_effective_rules_json_round_trips(flat, tmp_path, capsys):
+    """The product's own effective-rules --json, read back with the topology, gives the
+    same verdicts for that NIC (for each NIC of the flat file)."""
+    for nic in ("web1", "app1"):
+        assert main(["effective-rules", str(CORPUS / "flat.yaml"), "--nic", nic, "--json"]) == 0
+        out = tmp_path / f"{nic}.json"
+        out.write_text(capsys.readouterr().out)
+        loaded = load([CORPUS / "topology.yaml", out])
+        mine = [f for f in FLOWS if f[0] == nic]
+        assert _verdicts(loaded, mine) == _verdicts(flat, mine)
