@@ -480,13 +480,14 @@ class _Reader:
                     continue  # a reference to an object already reported as invalid
                 problems.append(self.at(origin, pruned_remap(loc), msg))
         warnings = list(self.warnings) + unknown
+        if state is not None and not problems:
+            warnings += [self.at(origin, loc, msg) for loc, msg in validate.warnings(state, tags)]
         if strict:
             problems += [Problem(w.file, w.path, w.message + " [--strict]", w.line) for w in warnings]
         elif problems:
             problems += unknown  # an ignored key often explains an error (a misspelled field)
         if problems:
             raise LoadError(_in_file_order(_without_echoes(problems), self))
-        warnings += [self.at(origin, loc, msg) for loc, msg in validate.warnings(state, tags)]
         first = self.sources[0]
         kind = first.imported.kind if len(self.sources) == 1 else "merged"
         all_files = [s.path for s in self.sources] + [s.path for s, _ in self.tag_sources] + files + self.param_paths

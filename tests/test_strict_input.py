@@ -471,3 +471,30 @@ def test_byte_mutations_end_in_load_error_or_valid(data, fmt):
                                             "name": ANY_VALUE, "properties": ANY_VALUE})))
 def test_arbitrary_documents_and_export_shapes_never_crash(doc):
     _outcome(json.dumps(doc).encode(), "a.json")
+
+
+# --- nsg-agent schema ---------------------------------------------------------------------------
+
+
+def test_schema_command_prints_the_models_schema(capsys):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["$schema"].startswith("https://json-schema.org/")
+    assert {"virtualNetworks", "networkInterfaces", "applicationSecurityGroups", "networkSecurityGroups",
+            "routeTables", "serviceTags", "platform", "lab"} <= set(schema["properties"])
+    rule_schema = schema["$defs"]["SecurityRule"]
+    assert {"name", "priority", "direction", "access", "protocol"} <= set(rule_schema["required"])
+    assert "destinationPortRange" in rule_schema["properties"]
+    # every key of the flat corpus file is described by the schema (top level and rules)
+    flat = yaml.safe_load((Path(__file__).parent / "corpus" / "flat.yaml").read_text())
+    assert set(flat) <= set(schema["properties"])
+    for nsg in flat["networkSecurityGroups"]:
+        for r in nsg["securityRules"]:
+            assert set(r) <= set(rule_schema["properties"]), set(r) - set(rule_schema["properties"])
+
+
+def test_readme_and_docs_show_the_editor_line(repo_dir):
+    line = "# yaml-language-server: $schema="
+    assert line in (repo_dir / "README.md").read_text()
+    assert line in (repo_dir / "docs" / "desired-state.md").read_text()
+    assert "(docs/desired-state.md)" in (repo_dir / "README.md").read_text()
