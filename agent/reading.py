@@ -142,11 +142,19 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict:
 
 
 def parse_json(text: str, filename: str, limits: Limits = DEFAULT_LIMITS) -> Any:
+    oversized = []
+
     def parse_int(s: str) -> Any:
-        return _Oversized(s) if len(s.lstrip("-")) > limits.max_int_digits else int(s)
+        if len(s.lstrip("-")) > limits.max_int_digits:
+            oversized.append(s)
+            return _Oversized(s)
+        return int(s)
 
     def parse_float(s: str) -> Any:
-        return _Oversized(s) if len(s) > 64 else float(s)
+        if len(s) > 64:
+            oversized.append(s)
+            return _Oversized(s)
+        return float(s)
 
     try:
         doc = json.loads(text, object_pairs_hook=_pairs, parse_int=parse_int, parse_float=parse_float)
@@ -159,7 +167,9 @@ def parse_json(text: str, filename: str, limits: Limits = DEFAULT_LIMITS) -> Any
         raise _err(filename, f"nesting deeper than {limits.max_depth} levels") from None
     except ValueError as e:  # e.g. a string too long for a conversion
         raise _err(filename, f"invalid JSON: {e}") from None
-    check_bounds(doc, filename, limits)
+    # A string (a list) cannot be longer than the text (than half of it): skip what cannot fail.
+    check_bounds(doc, filename, limits, strings=len(text) > limits.max_string,
+                 lists=len(text) > 2 * limits.max_list, numbers=bool(oversized))
     return doc
 
 
@@ -171,35 +181,46 @@ def _json_key_line(text: str, key: str) -> int | None:
     return text.count("\n", 0, second) + 1 if second >= 0 else None
 
 
-def check_bounds(doc: Any, filename: str, limits: Limits = DEFAULT_LIMITS) -> None:
+def check_bounds(doc: Any, filename: str, limits: Limits = DEFAULT_LIMITS, *, strings: bool = True,
+                 lists: bool = True, numbers: bool = True) -> None:
     """Depth, list length, string length and integer digits of parsed data (iterative: a
-    deep document cannot exhaust the stack here). Every violation is reported."""
+    deep document cannot exhaust the stack here). Every violation is reported. The flags
+    skip checks that cannot fail (the caller knows the text's length)."""
     problems: list[Problem] = []
-    stack: list[tuple[Any, tuple]] = [(doc, ())]
+
+    def scalar(v: Any, loc: tuple) -> None:
+        if type(v) is _Oversized:
+            problems.append(Problem(filename, _fmt(loc), (
+                f"number with {len(v)} characters: too long (at most {limits.max_int_digits} digits)")))
+        elif strings and len(v) > limits.max_string:
+            problems.append(Problem(filename, _fmt(loc), (
+                f"string of {len(v)} characters: longer than the limit of {limits.max_string}")))
+
+    if type(doc) not in (dict, list):
+        if type(doc) in (str, _Oversized):
+            scalar(doc, ())
+    stack: list[tuple[Any, tuple]] = [(doc, ())] if type(doc) in (dict, list) else []
+    check_scalars = strings or numbers
     while stack and len(problems) < 50:
         node, loc = stack.pop()
-        if len(loc) > limits.max_depth:
-            problems.append(Problem(filename, _fmt(loc[:limits.max_depth]),
-                                    f"nesting deeper than {limits.max_depth} levels"))
+        if len(loc) >= limits.max_depth:
+            problems.append(Problem(filename, _fmt(loc), f"nesting deeper than {limits.max_depth} levels"))
             continue
-        if isinstance(node, _Oversized):
-            problems.append(Problem(filename, _fmt(loc), (
-                f"number with {len(node)} characters: too long (at most "
-                f"{limits.max_int_digits} digits)")))
-        elif isinstance(node, str):
-            if len(node) > limits.max_string:
-                problems.append(Problem(filename, _fmt(loc), (
-                    f"string of {len(node)} characters: longer than the limit of {limits.max_string}")))
-        elif isinstance(node, dict):
-            for k, v in node.items():
-                stack.append((v, loc + (k,)))
-        elif isinstance(node, list):
-            if len(node) > limits.max_list:
+        if type(node) is dict:
+            pairs = node.items()
+        else:
+            if lists and len(node) > limits.max_list:
                 problems.append(Problem(filename, _fmt(loc), (
                     f"list of {len(node)} items: longer than the limit of {limits.max_list}")))
                 continue
-            for i, v in enumerate(node):
-                stack.append((v, loc + (i,)))
+            pairs = enumerate(node)
+        for k, v in pairs:
+            t = type(v)
+            if t is dict or t is list:
+                stack.append((v, loc + (k,)))
+            elif check_scalars and (t is str or t is _Oversized):
+                if t is _Oversized or (strings and len(v) > limits.max_string):
+                    scalar(v, loc + (k,))
     if problems:
         raise LoadError(problems)
 

@@ -10,6 +10,7 @@ model's ``azure_ignored``) are known and quiet.
 from __future__ import annotations
 
 import difflib
+import functools
 import types
 import typing
 from typing import Any, Iterator, Union
@@ -37,6 +38,17 @@ EXTRA_QUIET: dict[str, frozenset[str]] = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def _field_model(model: type[BaseModel], field: str) -> tuple[type[BaseModel] | None, bool]:
+    return _models_in(model.model_fields[field].annotation)
+
+
+@functools.lru_cache(maxsize=None)
+def _quiet(model: type[BaseModel]) -> frozenset[str]:
+    return (AZURE_INFORMATIONAL | getattr(model, "azure_ignored", frozenset())
+            | EXTRA_QUIET.get(model.__name__, frozenset()))
+
+
 def _models_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     """The model class inside a field's annotation, and whether the field is a list of it."""
     origin = typing.get_origin(annotation)
@@ -57,6 +69,7 @@ def _models_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     return None, False
 
 
+@functools.lru_cache(maxsize=None)
 def _known(model: type[BaseModel]) -> dict[str, str]:
     """Every key the model accepts -> the field it fills."""
     out: dict[str, str] = {}
@@ -84,8 +97,7 @@ def _walk(data: Any, model: type[BaseModel], loc: Loc) -> Iterator[tuple[Loc, st
     if not isinstance(data, dict):
         return  # a wrong type: the model reports it
     known = _known(model)
-    quiet = (AZURE_INFORMATIONAL | getattr(model, "azure_ignored", frozenset())
-             | EXTRA_QUIET.get(model.__name__, frozenset()))
+    quiet = _quiet(model)
     items = [(k, v) for k, v in data.items() if k != "properties"]
     props = data.get("properties")
     if isinstance(props, dict):
@@ -100,7 +112,7 @@ def _walk(data: Any, model: type[BaseModel], loc: Loc) -> Iterator[tuple[Loc, st
                 continue
             yield loc + (key,), _unknown_message(key, known, model)
             continue
-        sub, is_list = _models_in(model.model_fields[field].annotation)
+        sub, is_list = _field_model(model, field)
         if sub is None:
             continue
         if is_list and isinstance(value, list):
