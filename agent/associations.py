@@ -77,6 +77,14 @@ def apply(doc: dict) -> tuple[list[tuple[Loc, str]], list[tuple[Loc, str]]]:
         subs[si] = sub
         vnets[vi] = vnet
 
+    def set_nic(ni: int, value: str) -> None:
+        nic = dict(nics[ni])
+        target = nic
+        if isinstance(nic.get("properties"), dict):
+            target = nic["properties"] = dict(nic["properties"])
+        target["networkSecurityGroup"] = value
+        nics[ni] = nic
+
     def link(coll: str, key: str, label: str, singular: str) -> None:
         items = doc.get(coll)
         if not isinstance(items, list):
@@ -114,46 +122,31 @@ def apply(doc: dict) -> tuple[list[tuple[Loc, str]], list[tuple[Loc, str]]]:
                             problems.append((loc + (j,), f"{rid!r} is not a subnet id (.../virtualNetworks/V/subnets/S)"))
                             continue
                         found = subnet_at(m.group(1), m.group(2))
-                        what = f"subnet {m.group(1)}/{m.group(2)}"
+                        what, one = f"subnet {m.group(1)}/{m.group(2)}", f"a subnet has one {singular}"
                         if found is None:
-                            if has_topology:
-                                warnings.append((loc + (j,), (
-                                    f"{label} {name!r} is associated with {what}, which is not in the "
-                                    "input: that association is not enforced")))
-                            continue
-                        vi, si = found
-                        sub = vnets[vi]
-                        sub = _holder(sub)["subnets"][si]
-                        current = _ref_name(_holder(sub).get(key))
-                        if current is None:
-                            set_subnet(vi, si, key, name)
-                        elif current.lower() != name.lower():
-                            problems.append((loc + (j,), (
-                                f"{label} {name!r} lists {what}, but that subnet's {key} is "
-                                f"{current!r}: a subnet has one {singular}")))
+                            current, setter = None, None
+                        else:
+                            vi, si = found
+                            current = _ref_name(_holder(_holder(vnets[vi])["subnets"][si]).get(key))
+                            setter = (lambda vi=vi, si=si: set_subnet(vi, si, key, name))
                     else:
                         m = _NIC_ID.search(rid)
                         nic_name = m.group(1) if m else rid.rstrip("/").rsplit("/", 1)[-1]
                         ni = next((k for k, n in enumerate(nics) if isinstance(n, dict)
                                    and str(n.get("name", "")).lower() == nic_name.lower()), None)
-                        if ni is None:
-                            if has_topology:
-                                warnings.append((loc + (j,), (
-                                    f"{label} {name!r} is associated with NIC {nic_name!r}, which is "
-                                    "not in the input: that association is not enforced")))
-                            continue
-                        nic = dict(nics[ni])
-                        target = nic
-                        if isinstance(nic.get("properties"), dict):
-                            target = nic["properties"] = dict(nic["properties"])
-                        current = _ref_name(target.get("networkSecurityGroup"))
-                        if current is None:
-                            target["networkSecurityGroup"] = name
-                            nics[ni] = nic
-                        elif current.lower() != name.lower():
-                            problems.append((loc + (j,), (
-                                f"NSG {name!r} lists NIC {nic_name!r}, whose networkSecurityGroup is "
-                                f"{current!r}: a NIC has one NSG")))
+                        what, one = f"NIC {nic_name!r}", "a NIC has one NSG"
+                        current = None if ni is None else _ref_name(_holder(nics[ni]).get("networkSecurityGroup"))
+                        setter = None if ni is None else (lambda ni=ni: set_nic(ni, name))
+                    if setter is None:
+                        if has_topology:
+                            warnings.append((loc + (j,), (
+                                f"{label} {name!r} is associated with {what}, which is not in the "
+                                "input: that association is not enforced")))
+                    elif current is None:
+                        setter()
+                    elif current.lower() != name.lower():
+                        problems.append((loc + (j,), (
+                            f"{label} {name!r} lists {what}, whose {key} is {current!r}: {one}")))
 
     link("networkSecurityGroups", "networkSecurityGroup", "NSG", "NSG")
     link("routeTables", "routeTable", "route table", "route table")

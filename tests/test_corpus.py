@@ -152,3 +152,41 @@ def test_effective_rules_json_round_trips(flat, tmp_path, capsys):
         loaded = load([CORPUS / "topology.yaml", out])
         mine = [f for f in FLOWS if f[0] == nic]
         assert _verdicts(loaded, mine) == _verdicts(flat, mine)
+
+
+def test_back_reference_conflicting_with_an_association_is_an_error(tmp_path):
+    """nsg-list.json says web-nsg is on hub/web; a topology that puts another NSG there
+    contradicts it: an error naming both, not a silent choice."""
+    import yaml
+    topo = yaml.safe_load((CORPUS / "topology.yaml").read_text())
+    topo["virtualNetworks"][0]["subnets"][0]["networkSecurityGroup"] = "other-nsg"
+    topo["networkSecurityGroups"] = [{"name": "other-nsg"}]
+    path = tmp_path / "topology.yaml"
+    path.write_text(yaml.safe_dump(topo))
+    from agent.errors import LoadError
+    with pytest.raises(LoadError) as e:
+        load([path, CORPUS / "nsg-list.json", CORPUS / "rule-list.json"])
+    msgs = [str(p) for p in e.value.problems]
+    assert any("NSG 'web-nsg' lists subnet hub/web, whose networkSecurityGroup is 'other-nsg'" in m
+               and "nsg-list.json" in m for m in msgs), msgs
+
+
+def test_back_reference_to_a_missing_subnet_is_a_warning(tmp_path):
+    """With a topology that lacks hub/app, web-nsg's back-reference to it is not enforced:
+    said in a warning (an error with --strict); a lone NSG export (no topology) is quiet."""
+    vnets = json.loads((CORPUS / "vnet-list.json").read_text())
+    subnets = vnets["value"][0]["properties"]["subnets"]
+    subnets[:] = [s for s in subnets if s["name"] != "app"]
+    nics = [n for n in json.loads((CORPUS / "nic-list.json").read_text()) if n["name"] != "app1"]
+    (tmp_path / "vnets.json").write_text(json.dumps(vnets))
+    (tmp_path / "nics.json").write_text(json.dumps(nics))
+    files = [tmp_path / "vnets.json", tmp_path / "nics.json", CORPUS / "asg-list.json",
+             CORPUS / "nsg-list.json", CORPUS / "rule-list.json"]
+    loaded = load(files)
+    (w,) = [w for w in loaded.warnings if "not enforced" in w.message]
+    assert w.file.endswith("nsg-list.json") and w.path == "[0].properties.subnets[1]"
+    assert "NSG 'web-nsg' is associated with subnet hub/app, which is not in the input" in w.message
+    from agent.errors import LoadError
+    with pytest.raises(LoadError):
+        load(files, strict=True)
+    assert not [w for w in load(CORPUS / "nsg-list.json").warnings if "not enforced" in w.message]
