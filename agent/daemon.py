@@ -30,7 +30,7 @@ from typing import Any, Callable, Protocol
 
 from agent import loader, semantics
 from agent.compiler.delta import delta
-from agent.errors import LoadError
+from agent.errors import LoadError, OperationFailed
 from agent.logging import get_logger
 from agent.nft import Backend, NftError, batch_payload
 from agent.notify import Notifier
@@ -123,7 +123,7 @@ class _Phases:
         self._t = now
 
 
-class FatalError(Exception):
+class FatalError(OperationFailed):
     """The daemon cannot work at all (e.g. no permission to program nftables)."""
 
 

@@ -1,4 +1,12 @@
-"""Problems found in user input, and the error that carries all of them at once."""
+"""The agent's errors, each carrying its exit code, and the problems found in user input.
+
+    NsgAgentError           exit 3 unless a subclass says otherwise
+      InvalidInput          exit 2: the file or the arguments are wrong (LoadError, lab names)
+      OperationFailed       exit 3: the kernel refused, a namespace is missing, no permission
+
+``agent.cli`` maps them to exit codes; anything else that escapes a command is a bug and
+exits 3 with one line (``--debug`` shows the traceback).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +31,24 @@ class Problem:
         return {"file": self.file, "line": self.line, "path": self.path, "message": self.message}
 
 
-class LoadError(Exception):
+class NsgAgentError(Exception):
+    """An error a command reports to its user with one line and an exit code."""
+
+    exit_code = 3
+    kind = "failed"
+
+
+class InvalidInput(NsgAgentError):
+    exit_code = 2
+    kind = "invalid"
+
+
+class OperationFailed(NsgAgentError):
+    exit_code = 3
+    kind = "failed"
+
+
+class LoadError(InvalidInput):
     """The input cannot be used. Carries every problem found, not just the first."""
 
     def __init__(self, problems: list[Problem]):

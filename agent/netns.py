@@ -24,13 +24,15 @@ import threading
 from concurrent.futures import Future
 from typing import Any, Callable, TypeVar
 
+from agent.errors import OperationFailed
+
 NETNS_RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
 
 T = TypeVar("T")
 
 
-class NetnsError(Exception):
+class NetnsError(OperationFailed):
     """The namespace does not exist or cannot be entered."""
 
 

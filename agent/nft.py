@@ -35,6 +35,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
+from agent.errors import OperationFailed
 from agent.netns import NetnsRunner
 
 TABLE_FAMILY = "inet"
@@ -44,7 +45,7 @@ _OBJECTS = ("table", "chain", "rule", "set", "map", "element", "counter", "flowt
             "limit", "ct helper", "ct timeout", "ct expectation", "secmark", "synproxy")
 
 
-class NftError(Exception):
+class NftError(OperationFailed):
     """libnftables refused a command. ``command`` is the failing command when known."""
 
     def __init__(self, message: str, *, error: str = "", command: dict | None = None,

@@ -14,7 +14,9 @@ How Azure computes it (evidence in docs/semantics.md; recorded Azure answers win
   not subject to NSGs, except rules using AzurePlatformDNS / AzurePlatformIMDS /
   AzurePlatformLKM, which are evaluated for them in Azure's level order.
 - Outbound SMTP (TCP 25) to Internet is blocked by the platform when
-  ``platform.outboundSmtp`` is ``blocked`` (the default, as for pay-as-you-go subscriptions).
+  ``platform.outboundSmtp`` is ``blocked`` (the default, as for pay-as-you-go subscriptions);
+  the block sits at Azure's Internet edge, so addresses in the NIC's VirtualNetwork (the host
+  VIP, peers, on-premises) are not subject to it.
 Choices where neither Azure's answers nor its docs settle it (documented and tested):
 - Protocol ``*`` matches every IP protocol (TCP, UDP, ICMP, ESP, AH and any other).
 - A rule whose port term is not ``*`` matches only TCP and UDP packets.
@@ -208,6 +210,19 @@ class Resolver:
     def internet(self, vnet_name: str = "") -> tuple[IPNetwork, ...]:
         return self.internet_set().networks()
 
+    def smtp_block_term(self, vnet_name: str, subnet_ref: str | None = None) -> AddressTerm:
+        """Where the platform blocks outbound TCP 25: Internet addresses the NIC reaches
+        through Azure's Internet edge, i.e. outside its VirtualNetwork (the block is at the
+        edge: SMTP to the host VIP 168.63.129.16, a peer or a public on-premises prefix, all
+        inside 168.0.0.0/8 or the like, never leaves that way)."""
+        key = ("smtp", vnet_name.lower(), self._route_table(subnet_ref))
+        term = self._term_cache.get(key)
+        if term is None:
+            term = AddressTerm.of("Internet", self._internet.prefix_set
+                                  - self.virtual_network_set(vnet_name, subnet_ref))
+            self._term_cache[key] = term
+        return term
+
     def address_term(self, rule: SecurityRule, side: str, vnet_name: str,
                      subnet_ref: str | None = None) -> AddressTerm:
         groups = getattr(rule, f"{side}ApplicationSecurityGroups")
@@ -350,7 +365,7 @@ def resolve(state: DesiredState, tags: ServiceTagIndex | None = None) -> Policy:
             inbound=inbound, outbound=outbound,
             outbound_platform=platform_cache[out_key],
             platform_exempt=_PLATFORM_EXEMPT if state.platform.platformExemption else None,
-            smtp_block=r.tag_term("Internet", vnet_name) if smtp_blocked else None,
+            smtp_block=r.smtp_block_term(vnet_name, nic.subnet) if smtp_blocked else None,
             flush_connection=flush,
             platform_drops=(platform_drops(found[1].addressPrefix if found else None)
                             if state.platform.platformDrops else ()),

@@ -201,3 +201,57 @@ def test_port80_combinations(module_labs, nic, observed, reason):
     assert (cell.observed, cell.match) == (observed, True)
     assert reason.split(' ', 1)[1] in cell.predicted.reason and cell.predicted.reason.startswith(reason.split(' ', 1)[0])
     assert report.mismatches == []
+
+
+# --- issue 9: Azure's Internet tag, platform drops and routes, with real packets ------------
+
+EXACT = """\
+virtualNetworks:
+  - name: v
+    addressSpace: [10.44.0.0/16]
+    subnets:
+      - {{name: s1, addressPrefix: 10.44.1.0/24, networkSecurityGroup: s-nsg}}
+networkInterfaces:
+  - {{name: web, subnet: v/s1, ipAddresses: [10.44.1.4]}}
+  - {{name: peer, subnet: v/s1, ipAddresses: [10.44.1.5]}}
+networkSecurityGroups:
+  - name: s-nsg
+    securityRules:
+      - {{name: internet-80, priority: 100, direction: Inbound, access: Allow, protocol: Tcp,
+         sourceAddressPrefix: Internet, sourcePortRange: "*", destinationAddressPrefix: "*", destinationPortRange: "80"}}
+      - {{name: vnet-any-in, priority: 110, direction: Inbound, access: Allow, protocol: "*",
+         sourceAddressPrefix: VirtualNetwork, sourcePortRange: "*", destinationAddressPrefix: "*", destinationPortRange: "*"}}
+      - {{name: any-out, priority: 100, direction: Outbound, access: Allow, protocol: "*",
+         sourceAddressPrefix: "*", sourcePortRange: "*", destinationAddressPrefix: "*", destinationPortRange: "*"}}
+platform: {{platformDrops: {drops}}}
+lab:
+  externalHosts:
+    - {{name: inet, address: 198.51.100.44}}
+    - {{name: private, address: 172.31.0.100}}
+    - {{name: unrouted, address: 10.200.0.44}}
+"""
+
+
+def test_internet_tag_gre_and_none_routes_with_real_packets(make_lab):
+    """Real packets agree with Azure's recorded semantics: an 'allow Internet' rule admits a
+    public host but not 172.31.0.100 (private space is neither tag); GRE is dropped by the
+    platform although every rule allows it (and passes once platform drops are off, so the
+    drop is the platform's, not an artifact); a host at 10.200.0.44 (system route 10.0.0.0/8,
+    next hop None) is unreachable whatever the NSG says."""
+    lab = make_lab("exact", EXACT.format(drops="true"))
+    report = lab.probe(ports=[80])
+    assert [r.as_dict() for r in report.mismatches] == []
+    assert lab.cell(report, "inet", "web", "tcp/80").observed == "allowed"
+    private = lab.cell(report, "private", "web", "tcp/80")
+    assert private.observed == "denied" and "DenyAllInBound" in private.predicted.reason
+    gre = lab.cell(report, "peer", "web", "gre")
+    assert gre.observed == "denied" and "PlatformRule_BlockGre" in gre.predicted.reason
+    assert lab.cell(report, "peer", "web", "icmp").observed == "allowed"  # the same pair, not GRE: passes
+    unrouted = lab.cell(report, "web", "unrouted", "tcp/80")
+    assert unrouted.observed == "denied" and "next hop None" in unrouted.predicted.reason
+    assert lab.cell(report, "web", "private", "tcp/80").observed_allowed  # 172.16/12 has no None route
+
+    lab.up(EXACT.format(drops="false"))
+    report = lab.probe(ports=[80], only=["peer", "web"])
+    assert [r.as_dict() for r in report.mismatches] == []
+    assert lab.cell(report, "peer", "web", "gre").observed == "allowed"

@@ -17,7 +17,7 @@ LAB_DEMO_LOG = $(LAB_RUN_DIR)/$(LAB_DEMO_NAME).daemon.log
 .PHONY: demo demo-probe demo-down demo-stop-daemon
 
 demo:
-	@[ "$$(id -u)" = 0 ] || { echo "make demo: run as root (sudo make demo): the lab creates network namespaces"; exit 1; }
+	@[ "$$(id -u)" = 0 ] || { echo "make demo: run as root (or with sudo): the lab creates network namespaces"; exit 1; }
 	bash scripts/install.sh
 	@$(MAKE) --no-print-directory demo-stop-daemon
 	$(LAB_AGENT) lab up $(LAB_DEMO_FILE) --name $(LAB_DEMO_NAME)
@@ -30,10 +30,10 @@ demo:
 	$(LAB_AGENT) lab probe --name $(LAB_DEMO_NAME)
 	@echo
 	@echo "The lab stays up. Try:"
-	@echo "  $(LAB_AGENT) lab exec client --lab $(LAB_DEMO_NAME) -- ip addr"
+	@echo "  $(LAB_AGENT) lab exec client --name $(LAB_DEMO_NAME) -- ip addr"
 	@echo "  $(LAB_AGENT) verify $(LAB_DEMO_FILE) --nic web3 --direction Inbound --protocol tcp --local 10.10.1.6:80 --remote 203.0.113.10:50000"
-	@echo "  edit $(LAB_DEMO_FILE), then: sudo bash scripts/demo.sh probe   (or: sudo make demo-probe)"
-	@echo "Tear it down with: sudo bash scripts/demo.sh down   (or: sudo make demo-down)"
+	@echo "  edit $(LAB_DEMO_FILE), then, as root (or with sudo): bash scripts/demo.sh probe   (or: make demo-probe)"
+	@echo "Tear it down, as root (or with sudo): bash scripts/demo.sh down   (or: make demo-down)"
 
 demo-probe:
 	$(LAB_AGENT) lab probe --name $(LAB_DEMO_NAME)

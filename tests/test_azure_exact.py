@@ -443,3 +443,14 @@ def test_effective_rules_show_ipv6_internet_on_dual_stack_nics_only():
     v4 = _effective(copy.deepcopy(doc), "n1")["value"][0]["tagMap"]["Internet"]
     v6 = _effective(doc, "n6")["value"][0]["tagMap"]["Internet"]
     assert not any(":" in p for p in v4) and any(p == "2000::/16" for p in v6)
+
+
+def test_smtp_block_is_at_the_internet_edge():
+    """Outbound TCP 25 to an Internet address is blocked by the platform, but not to the host
+    VIP or a public on-premises prefix, although both lie in Azure's Internet list: that
+    traffic never leaves through the Internet edge."""
+    doc = copy.deepcopy(ONPREM)
+    doc["virtualNetworks"][0]["subnets"][0]["networkSecurityGroup"] = None
+    assert decided_by(check(doc, "n1", "Outbound", "tcp", "10.0.1.4", "203.0.113.9", 40000, 25))[2] == "BlockOutboundSmtp"
+    assert check(doc, "n1", "Outbound", "tcp", "10.0.1.4", "52.10.1.1", 40000, 25).allowed
+    assert decided_by(check(doc, "n1", "Outbound", "tcp", "10.0.1.4", "168.63.129.16", 40000, 25))[2] == "PlatformExemption"

@@ -6,10 +6,11 @@ import copy
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agent.lab import probe
 from agent.lab.probe import Cell, Endpoint, Prediction, Report, Result, Service
-from agent.lab.topology import plan_lab
+from agent.lab.topology import LabPlan, plan_lab
 from agent.loader import load
 from agent.model import DesiredState
 from agent.semantics import resolve
@@ -34,7 +35,8 @@ def test_endpoints_are_nics_then_hosts_then_platform(demo):
     assert [(e.name, e.kind, e.address) for e in eps] == [
         ("web1", "nic", "10.10.1.4"), ("web2", "nic", "10.10.1.5"), ("web3", "nic", "10.10.1.6"),
         ("app1", "nic", "10.10.2.4"), ("app2", "nic", "10.10.2.5"),
-        ("client", "external", "203.0.113.10"), ("platform", "platform", "168.63.129.16")]
+        ("client", "external", "203.0.113.10"), ("private-client", "external", "172.31.0.100"),
+        ("platform", "platform", "168.63.129.16")]
     assert eps[0].netns == "nsgl-demo-n0" and eps[0].vnet == "demo"
 
 
@@ -74,13 +76,13 @@ def test_probe_ports(rules, smtp, expected):
 
 
 def test_services_and_cells_cover_every_pair_with_a_nic(demo):
-    """TCP and UDP per port plus ICMP; every ordered pair except host-to-host and self."""
+    """TCP and UDP per port plus ICMP and GRE; every ordered pair except host-to-host and self."""
     _, plan = demo
     svcs = probe.services([80, 8080])
-    assert [s.label for s in svcs] == ["tcp/80", "tcp/8080", "udp/80", "udp/8080", "icmp"]
+    assert [s.label for s in svcs] == ["tcp/80", "tcp/8080", "udp/80", "udp/8080", "icmp", "gre"]
     cells = probe.plan_cells(probe.endpoints(plan), svcs)
     pairs = {(c.source.name, c.destination.name) for c in cells}
-    assert len(pairs) == 7 * 6 - 2  # client<->platform meet no NSG
+    assert len(pairs) == 8 * 7 - 6  # the three hosts (client, private-client, platform) meet no NSG between them
     assert ("client", "platform") not in pairs and ("web1", "web1") not in pairs
     assert len(cells) == len(pairs) * len(svcs)
 
@@ -166,3 +168,38 @@ def test_result_match(observed, predicted, match):
     """A reset coming back means the packets passed; an error never matches."""
     cell = Cell(Endpoint("a", "nic", "10.0.0.4", "x"), Endpoint("b", "nic", "10.0.0.5", "y"), Service("tcp", 1))
     assert Result(cell, 1, Prediction(predicted, ""), observed).match is match
+
+
+def test_gre_is_predicted_denied_by_the_platform(demo):
+    """GRE between two NICs of the demo: dropped by the platform although VNet traffic is allowed."""
+    policy, plan = demo
+    pred = probe.predict(policy, Cell(_ep(plan, "web2"), _ep(plan, "app1"), Service("gre")), None, plan.isolation)
+    assert not pred.allowed and "PlatformRule_BlockGre" in pred.reason
+
+
+def test_hosts_behind_a_none_route_are_unrouted():
+    """A host whose address the NIC's subnet routes to next hop None (10.0.0.0/8 outside the
+    VNet, or a user route) is unreachable: planned as unrouted, predicted denied, dropped by
+    the lab's table both ways."""
+    from agent.lab import labrules
+    doc = yaml.safe_load(DEMO.read_text())
+    doc["lab"]["externalHosts"].append({"name": "far", "address": "10.200.0.9"})
+    doc["routeTables"] = [{"name": "rt", "routes": [{"name": "blackhole", "addressPrefix": "198.51.100.0/24",
+                                                     "nextHopType": "None"}]}]
+    doc["lab"]["externalHosts"].append({"name": "dropped", "address": "198.51.100.9"})
+    doc["virtualNetworks"][0]["subnets"][1]["routeTable"] = "rt"  # the app subnet
+    state = DesiredState.model_validate(doc)
+    plan = plan_lab(state, "demo")
+    unrouted = {(n, h): why for n, h, why in plan.unrouted}
+    assert all(("far" == h) or (h == "dropped" and n.startswith("app")) for n, h in unrouted)
+    assert {n for n, h in unrouted if h == "far"} == {"web1", "web2", "web3", "app1", "app2"}
+    assert {n for n, h in unrouted if h == "dropped"} == {"app1", "app2"}
+    assert "system route 10.0.0.0/8 next hop None" in unrouted[("web1", "far")]
+    assert "user route 'blackhole'" in unrouted[("app1", "dropped")]
+    policy = resolve(state)
+    pred = probe.predict(policy, Cell(_ep(plan, "far"), _ep(plan, "web1"), Service("tcp", 80)), 1, plan.isolation,
+                         plan.unrouted)
+    assert not pred.allowed and pred.reason.startswith("no route")
+    comments = [c["add"]["rule"]["comment"] for c in labrules.lab_commands(plan) if "rule" in c.get("add", {})]
+    assert sum("<-> far" in c for c in comments) == 10  # five NICs, both directions
+    assert LabPlan.from_dict(plan.to_dict()).unrouted == plan.unrouted

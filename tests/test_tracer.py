@@ -200,6 +200,24 @@ CASES = [
      "input", INET, "10.1.1.4", 17, 5, 2001, "new", "drop", "nic-nsg: DefaultRule_DenyAllInBound"),
     ("host-loopback-never-filtered", _state(nic_rules=[]),
      "input", "127.0.0.1", "127.0.0.1", 6, 40000, 22, "new", "accept", "loopback"),
+    # §6: Internet is Azure's list, private space outside the VNet is neither tag
+    ("6-internet-rule-skips-private-space", _state(nic_rules=[_rule_doc("allow-inet", 100, "Inbound", "Allow", src="Internet")]),
+     "input", "172.31.0.100", "10.1.1.4", 6, 40000, 80, "new", "drop", "nic-nsg: DefaultRule_DenyAllInBound"),
+    ("6-internet-rule-matches-public", _state(nic_rules=[_rule_doc("allow-inet", 100, "Inbound", "Allow", src="Internet")]),
+     "input", "168.1.2.3", "10.1.1.4", 6, 40000, 80, "new", "accept", "nic-nsg: UserRule_allow-inet"),
+    ("6-private-outside-vnet-denied-outbound", _state(nic_rules=[]),
+     "output", "10.1.1.4", "172.31.0.100", 6, 40000, 80, "new", "drop", "nic-nsg: DefaultRule_DenyAllOutBound"),
+    # §7: platform drops before any NSG, whatever it allows
+    ("7-gre-dropped-inbound", _state(nic_rules=[_rule_doc("all", 100, "Inbound", "Allow")]),
+     "input", "10.1.1.5", "10.1.1.4", 47, 0, 0, "new", "drop", "PlatformRule_BlockGre"),
+    ("7-ipip-dropped-outbound", _state(nic_rules=[_rule_doc("all", 100, "Outbound", "Allow")]),
+     "output", "10.1.1.4", "10.1.1.5", 4, 0, 0, "new", "drop", "PlatformRule_BlockIpInIp"),
+    ("7-multicast-dropped", _state(nic_rules=[_rule_doc("all", 100, "Outbound", "Allow")]),
+     "output", "10.1.1.4", "224.0.0.251", 17, 5353, 5353, "new", "drop", "PlatformRule_BlockMulticast"),
+    ("7-subnet-broadcast-dropped", _state(nic_rules=[_rule_doc("all", 100, "Outbound", "Allow")]),
+     "output", "10.1.1.4", "10.1.1.255", 17, 68, 67, "new", "drop", "PlatformRule_BlockBroadcast"),
+    ("7-limited-broadcast-dropped-inbound", _state(nic_rules=[_rule_doc("all", 100, "Inbound", "Allow")]),
+     "input", "10.1.1.5", "255.255.255.255", 17, 67, 68, "new", "drop", "PlatformRule_BlockBroadcast"),
 ]
 
 

@@ -29,12 +29,20 @@ TAGS = ["VirtualNetwork", "Internet", "AzureLoadBalancer"]
 ASGS = ["asgA", "asgB", "asgEmpty"]
 PORT_ITEMS = ["22", "25", "53", "80", "443", "1000-2000", "1999-2001", "0-1023", "65535", "0"]
 PROTOCOLS = ["Tcp", "Udp", "Icmp", "Esp", "Ah", "*"]
-FLOW_PROTOCOLS = [1, 6, 17, 50, 51, 47, 58]
+FLOW_PROTOCOLS = [1, 6, 17, 50, 51, 47, 4, 58]
 PORT_EDGES = [0, 1, 21, 22, 23, 25, 53, 79, 80, 81, 443, 999, 1000, 1023, 1024, 1998, 1999,
               2000, 2001, 2002, 40000, 65534, 65535]
 EXTERNAL = ["203.0.113.10", "198.51.100.7", "198.51.100.200", "8.8.8.8", "172.16.5.5",
-            "168.63.129.16", "169.254.169.254", "10.3.0.1"]
-V6_REMOTE = ["2001:db8::1", "2001:db8:1::9", "2001:db8:ffff::1", "fd00:1::4", "fd00:2::1", "::1"]
+            "168.63.129.16", "169.254.169.254", "10.3.0.1",
+            # Azure's Internet list: private and reserved space left out, edges of its blocks
+            "172.31.0.100", "100.64.1.1", "198.18.0.1", "21.1.1.1", "168.1.1.1", "4.127.255.255",
+            "4.128.0.0", "4.143.255.255", "4.144.0.0", "52.10.1.1",
+            # platform drops: multicast, broadcast (limited and the subnets')
+            "224.0.0.251", "239.255.255.250", "255.255.255.255", "10.1.1.255", "10.1.2.255", "10.2.1.255"]
+V6_REMOTE = ["2001:db8::1", "2001:db8:1::9", "2001:db8:ffff::1", "fd00:1::4", "fd00:2::1", "::1",
+             "2001::1", "2001:1ff:ffff::1", "2001:200::1", "3fff::1", "4000::1",
+             "fe80::1234:5678:9abc", "fe80::1", "ff02::1", "ff02::1:ff00:4", "ff02::fb"]
+ROUTE_PREFIXES = ["0.0.0.0/0", "172.31.0.0/16", "203.0.113.0/25", "52.10.0.0/16", "2001:db8:1::/48"]
 
 
 def _boundaries() -> list[str]:
@@ -102,13 +110,22 @@ def desired_state(draw) -> dict:
         nsgs.append({"name": f"nsg{n}", "securityRules": rules})
     nsg_names = [None] + [g["name"] for g in nsgs]
     vnets = []
-    peered = draw(st.booleans())
+    # peerings as Azure models them: the shorthand pair, both sides, one side, access held back
+    peering = draw(st.sampled_from(["none", "pair", "both", "one-sided", "a-blocked"]))
+    sides = {"none": ([], []), "pair": (["vnetB"], []),
+             "both": ([_peer("vnetB")], [_peer("vnetA")]), "one-sided": ([_peer("vnetB")], []),
+             "a-blocked": ([_peer("vnetB", allowVirtualNetworkAccess=False)], [_peer("vnetA")])}[peering]
+    routes = draw(st.lists(st.sampled_from(ROUTE_PREFIXES), max_size=2, unique=True))
+    route_tables = [{"name": "rt", "routes": [{"name": f"r{i}", "addressPrefix": p, "nextHopType": "VirtualNetworkGateway"}
+                                              for i, p in enumerate(routes)]}] if routes else []
     for vname, v in VNETS.items():
         vnets.append({
             "name": vname, "addressSpace": v["addressSpace"],
-            "onPremisesPrefixes": ["172.16.0.0/16"] if vname == "vnetA" and draw(st.booleans()) else [],
-            "peerings": ["vnetB"] if vname == "vnetA" and peered else [],
-            "subnets": [{"name": s, "addressPrefix": p, "networkSecurityGroup": draw(st.sampled_from(nsg_names))}
+            "onPremisesPrefixes": (draw(st.sampled_from([["172.16.0.0/16"], ["52.10.0.0/16"]]))
+                                   if vname == "vnetA" and draw(st.booleans()) else []),
+            "peerings": sides[0] if vname == "vnetA" else sides[1],
+            "subnets": [{"name": s, "addressPrefix": p, "networkSecurityGroup": draw(st.sampled_from(nsg_names)),
+                         **({"routeTable": "rt"} if route_tables and draw(st.booleans()) else {})}
                         for s, p in v["subnets"]],
         })
     nics = []
@@ -125,9 +142,15 @@ def desired_state(draw) -> dict:
     return {
         "virtualNetworks": vnets, "networkInterfaces": nics,
         "applicationSecurityGroups": [{"name": a} for a in ASGS], "networkSecurityGroups": nsgs,
+        "routeTables": route_tables,
         "platform": {"outboundSmtp": draw(st.sampled_from(["blocked", "allowed"])),
-                     "platformExemption": draw(st.integers(0, 3)) > 0},
+                     "platformExemption": draw(st.integers(0, 3)) > 0,
+                     "platformDrops": draw(st.integers(0, 3)) > 0},
     }
+
+
+def _peer(remote: str, **extra) -> dict:
+    return {"name": f"to-{remote}", "remoteVirtualNetwork": {"id": f"/x/virtualNetworks/{remote}"}, **extra}
 
 
 def _port(draw) -> int:

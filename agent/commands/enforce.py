@@ -86,7 +86,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="how often to check the kernel for drift (default 5)")
     p.add_argument("--debounce", type=float, default=0.15, metavar="SECONDS",
                    help="quiet time after a file event before reconciling (default 0.15)")
-    p.add_argument("--remove-on-exit", action="store_true", help="delete the table on SIGTERM")
+    p.add_argument("--remove-on-exit", action="store_true",
+                   help="delete the table on SIGTERM (with --lab: remove the whole lab, as 'lab run --down-on-exit')")
     p.add_argument("--no-delta", action="store_true",
                    help="replace the whole table on every change (default: an edit is applied as "
                         "a delta of the changed sets and chains when the kernel still holds the "
@@ -363,7 +364,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         return lab_commands.cmd_run(argparse.Namespace(
             file=args.lab, name=args.lab_name, mode=args.mode, debounce=args.debounce,
-            resync=args.resync, log_level=args.log_level, down_on_exit=False,
+            resync=args.resync, log_level=args.log_level, down_on_exit=args.remove_on_exit,
             **{k: getattr(args, k) for k in ("strict", "nsg", "parameters", "max_file_size")}))
     configure(args.log_level, sys.stderr)
     notifier = Notifier()

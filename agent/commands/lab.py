@@ -42,7 +42,7 @@ def _need_root() -> None:
 
 
 def _lab_name(args: argparse.Namespace, file: str | None) -> str:
-    name = getattr(args, "name", None) or getattr(args, "lab", None)
+    name = getattr(args, "name", None)
     if name:
         return naming.check_lab_name(name)
     if file:
@@ -76,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "change only what differs if the lab is up), then compile the "
                                    "policy for the fabric and apply it atomically.")
     add_files(p)
-    p.add_argument("--name", help="lab name (default: from the file name)")
+    p.add_argument("--name", "--lab", dest="name", help="lab name (default: from the file name)")
     p.add_argument("--mode", choices=("classify", "simple"), default="classify",
                    help="compiler rendering (default classify)")
     p.add_argument("--json", action="store_true")
@@ -86,14 +86,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Remove the lab's namespaces (with every veth and bridge in "
                                    "them) and its state. Works after a crash, without a state "
                                    "file, by namespace name.")
+    p.add_argument("file", metavar="FILE", nargs="?",
+                   help="the file the lab was built from (its name gives the lab's, as for 'lab up FILE')")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--name", help="lab name (default: the only lab up)")
+    g.add_argument("--name", "--lab", dest="name", help="lab name (default: from FILE, or the only lab up)")
     g.add_argument("--all", action="store_true", help="every lab on this machine")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_down)
 
     p = sub.add_parser("status", help="what a lab consists of and what it enforces")
-    p.add_argument("--name", help="lab name (default: every lab)")
+    p.add_argument("file", metavar="FILE", nargs="?", help="the lab built from FILE (as for 'lab up FILE')")
+    p.add_argument("--name", "--lab", dest="name", help="lab name (default: from FILE, or every lab)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
@@ -101,7 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Run CMD inside the namespace of NAME (a NIC, an external "
                                    "host, 'platform' or 'fabric'); exits with CMD's exit code.")
     p.add_argument("target", metavar="NAME")
-    p.add_argument("--lab", help="lab name (default: the only lab up)")
+    p.add_argument("--name", "--lab", dest="name", help="lab name (default: the only lab up)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
     p.set_defaults(func=cmd_exec)
 
@@ -113,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_input_options(p)
     p.add_argument("file", metavar="FILE", nargs="*",
                    help="the desired state to predict from (default: the file the lab was built from)")
-    p.add_argument("--name", help="lab name (default: from FILE, or the only lab up)")
+    p.add_argument("--name", "--lab", dest="name", help="lab name (default: from FILE, or the only lab up)")
     p.add_argument("--ports", help="comma-separated ports instead of the automatic choice")
     p.add_argument("--only", help="comma-separated NIC/host names to restrict the matrix to")
     p.add_argument("--timeout", type=float, default=0.5, help="seconds per probe (default 0.5)")
@@ -126,7 +129,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "reconciled (NICs added, removed, moved, readdressed) and the "
                                    "rules re-applied; bad edits keep the last good state.")
     add_files(p)
-    p.add_argument("--name", help="lab name (default: from the file name)")
+    p.add_argument("--name", "--lab", dest="name", help="lab name (default: from the file name)")
     p.add_argument("--mode", choices=("classify", "simple"), default="classify")
     p.add_argument("--debounce", type=float, default=None, help="seconds (default: the daemon's)")
     p.add_argument("--resync", type=float, default=None, help="seconds (default: the daemon's)")
@@ -197,7 +200,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         labs = build.all_labs()
     else:
         try:
-            labs = [_lab_name(args, None)]
+            labs = [_lab_name(args, args.file)]
         except Exception as e:  # noqa: BLE001 - "no lab is up" is success for an idempotent down
             if "no lab is up" in str(e):
                 labs = []
@@ -254,7 +257,10 @@ def lab_status(lab: str) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    labs = [naming.check_lab_name(args.name)] if args.name else build.all_labs()
+    if args.name or args.file:
+        labs = [naming.check_lab_name(args.name) if args.name else naming.lab_name_from_file(args.file)]
+    else:
+        labs = build.all_labs()
     data = [lab_status(lab) for lab in labs]
     if args.json:
         print(json.dumps({"labs": data}, indent=2, default=str))
@@ -291,10 +297,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
         before, cmd = cmd[:cmd.index("--")], cmd[cmd.index("--") + 1:]
         while before:
             opt = before.pop(0)
-            if opt == "--lab" and before:
-                args.lab = before.pop(0)
-            elif opt.startswith("--lab="):
-                args.lab = opt.split("=", 1)[1]
+            if opt in ("--lab", "--name") and before:
+                args.name = before.pop(0)
+            elif opt.startswith(("--lab=", "--name=")):
+                args.name = opt.split("=", 1)[1]
             else:
                 print(f"nsg-agent: lab exec: unexpected {opt!r} before '--'", file=sys.stderr)
                 return EXIT_INVALID

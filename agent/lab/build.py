@@ -23,6 +23,7 @@ from typing import Any
 
 from pyroute2 import IPRoute, netns
 
+from agent.errors import OperationFailed
 from agent.lab import naming, nsexec
 from agent.lab.topology import BridgePlan, HostPlan, LabPlan, NicPlan
 
@@ -42,7 +43,7 @@ FABRIC_SYSCTLS = {
 }
 
 
-class LabBuildError(RuntimeError):
+class LabBuildError(OperationFailed, RuntimeError):
     pass
 
 

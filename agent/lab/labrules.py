@@ -10,7 +10,9 @@ table is ``inet nsg_agent``):
 
 ``inet nsg_lab``:
   - chain ``isolate`` (forward, priority -10): drops traffic between VNets that are not
-    peered (Azure has no route between them), one rule per ordered pair; and IPv6 (the lab
+    peered (Azure has no route between them), one rule per ordered pair; traffic between a
+    NIC and an external host whose effective route has next hop None (agent.networks: the
+    default None routes such as 10.0.0.0/8, or a user route), both ways; and IPv6 (the lab
     is IPv4 only).
   - chain ``antispoof`` (prerouting, priority -300): a routed external/platform host may only
     send from its own address.
@@ -108,6 +110,14 @@ def lab_commands(plan: LabPlan) -> list[dict]:
             _match(_payload("ip", "daddr"), _set(sb)),
             {"counter": None}, {"drop": None}],
             f"no route: VNet {a} is not peered with {b}"))
+    for nic_name, host_name, why in plan.unrouted:
+        nic, host = plan.nic(nic_name), plan.host(host_name)
+        if nic is None or host is None:
+            continue
+        for src, dst in ((_set(list(nic.addresses)), host.address), (host.address, _set(list(nic.addresses)))):
+            cmds.append(_rule("inet", "isolate", [
+                _match(_payload("ip", "saddr"), src), _match(_payload("ip", "daddr"), dst),
+                {"counter": None}, {"drop": None}], f"{nic_name} <-> {host_name}: {why}"))
     return cmds
 
 

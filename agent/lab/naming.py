@@ -25,6 +25,8 @@ import re
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from agent.errors import InvalidInput
+
 NETNS_PREFIX = "nsgl-"
 MAX_LAB_NAME = 20
 IFNAME_MAX = 15
@@ -35,7 +37,7 @@ _LAB_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,%d}[a-z0-9])?$" % (MAX_LAB_NAME -
 _ROLE_RE = re.compile(r"^(fab|plat|n\d+|h\d+)$")
 
 
-class LabNameError(ValueError):
+class LabNameError(InvalidInput, ValueError):
     """A lab name that cannot be used for namespace names."""
 
 

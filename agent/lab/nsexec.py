@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
+from agent.errors import OperationFailed
+
 T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
@@ -25,7 +27,7 @@ NETNS_DIR = Path("/run/netns")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class NetnsError(OSError):
+class NetnsError(OperationFailed, OSError):
     pass
 
 

@@ -19,6 +19,8 @@ namespace by a thread that enters it (``agent.lab.nsexec``):
     coming back also proves the reply passes with no rule for it); timeout = denied.
   - UDP: a request with a nonce to an echo listener; the echo coming back = allowed.
   - ICMP: an echo request on a raw socket; the kernel's echo reply = allowed.
+  - GRE (IP protocol 47, which Azure drops inside a VNet): one packet with a nonce on a raw
+    socket; the destination's raw GRE socket receiving it = allowed.
 Listeners (one TCP and one UDP socket per port per destination namespace, all served by
 one selector thread) live in the destination namespaces for the duration of the run.
 
@@ -48,7 +50,8 @@ from agent.semantics import evaluate, find_nic
 
 EXTRA_PORTS = (8080, 9999, 5000, 12345, 31337)  # ports rules rarely mention
 MAX_MENTIONED_PORTS = 12
-PROTO_NUMBER = {"tcp": 6, "udp": 17, "icmp": 1}
+PROTO_NUMBER = {"tcp": 6, "udp": 17, "icmp": 1, "gre": 47}
+GRE_HEADER = struct.pack("!HH", 0, 0x0800)  # no flags, version 0, payload type IPv4
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ class Endpoint:
 
 @dataclass(frozen=True, order=True)
 class Service:
-    protocol: str  # "tcp", "udp", "icmp"
+    protocol: str  # "tcp", "udp", "icmp", "gre"
     port: int | None = None
 
     @property
@@ -163,7 +166,8 @@ def probe_ports(policy: Policy, extra: int = 2, has_hosts: bool = True) -> list[
 
 def services(ports: Iterable[int]) -> list[Service]:
     ports = sorted(set(ports))
-    return [Service("tcp", p) for p in ports] + [Service("udp", p) for p in ports] + [Service("icmp")]
+    return ([Service("tcp", p) for p in ports] + [Service("udp", p) for p in ports]
+            + [Service("icmp"), Service("gre")])
 
 
 def plan_cells(eps: list[Endpoint], svcs: list[Service]) -> list[Cell]:
@@ -190,13 +194,17 @@ def _verdict_reason(v: Verdict, where: str) -> str:
 
 
 def predict(policy: Policy, cell: Cell, source_port: int | None,
-            isolated: Iterable[tuple[str, str]] = ()) -> Prediction:
+            isolated: Iterable[tuple[str, str]] = (),
+            unrouted: Iterable[tuple[str, str, str]] = ()) -> Prediction:
     """Would Azure let this packet through? (see the module docstring)."""
     src, dst, svc = cell.source, cell.destination, cell.service
     if src.is_nic and dst.is_nic and src.vnet and dst.vnet:
         pairs = {(a.lower(), b.lower()) for a, b in isolated}
         if (src.vnet.lower(), dst.vnet.lower()) in pairs:
             return Prediction(False, f"no route: VNet {src.vnet} is not peered with {dst.vnet}")
+    for nic_name, host_name, why in unrouted:
+        if {nic_name.lower(), host_name.lower()} == {src.name.lower(), dst.name.lower()}:
+            return Prediction(False, why)
     proto = PROTO_NUMBER[svc.protocol]
     sa, da = ipaddress.ip_address(src.address), ipaddress.ip_address(dst.address)
     allow_reasons = []
@@ -306,16 +314,23 @@ def render(report: Report) -> str:
 
 class Listeners:
     """TCP and UDP listeners on ``ports`` in each namespace, served by one thread: TCP
-    connections are accepted and closed, UDP datagrams echoed back."""
+    connections are accepted and closed, UDP datagrams echoed back. A raw GRE socket in each
+    namespace records the nonces of the GRE packets that arrive (GRE has no answer)."""
 
     def __init__(self, namespaces: Iterable[str], ports: Iterable[int]):
         self.sel = selectors.DefaultSelector()
         self.socks: list[socket.socket] = []
         self.busy: dict[tuple[str, str, int], str] = {}  # (netns, proto, port) -> why
+        self.gre_seen: set[bytes] = set()
+        self.gre_arrived = threading.Condition()
         self._wake_r, self._wake_w = socket.socketpair()
         self.sel.register(self._wake_r, selectors.EVENT_READ, None)
         try:
             for ns in sorted(set(namespaces)):
+                g = nsexec.socket_in(ns, socket.AF_INET, socket.SOCK_RAW, PROTO_NUMBER["gre"])
+                g.setblocking(False)
+                self.socks.append(g)
+                self.sel.register(g, selectors.EVENT_READ, "gre")
                 for port in sorted(set(ports)):
                     for proto, kind in (("tcp", socket.SOCK_STREAM), ("udp", socket.SOCK_DGRAM)):
                         s = nsexec.socket_in(ns, socket.AF_INET, kind)
@@ -347,6 +362,12 @@ class Listeners:
                     if key.data == "tcp":
                         conn, _ = s.accept()
                         conn.close()
+                    elif key.data == "gre":
+                        data = s.recv(2048)
+                        ihl = (data[0] & 0x0F) * 4
+                        with self.gre_arrived:
+                            self.gre_seen.add(data[ihl + len(GRE_HEADER):])
+                            self.gre_arrived.notify_all()
                     else:
                         data, peer = s.recvfrom(2048)
                         s.sendto(data, peer)
@@ -453,8 +474,31 @@ def _probe_udp(src: Endpoint, dst: Endpoint, port: int, timeout: float) -> tuple
             return "error", sport, f"udp: {e.strerror or e}"
 
 
-def probe_one(cell: Cell, timeout: float) -> tuple[str, int | None, str]:
+def _probe_gre(src: Endpoint, dst: Endpoint, timeout: float,
+               listeners: "Listeners") -> tuple[str, int | None, str]:
+    """One GRE packet (IP protocol 47) with a nonce; allowed when the destination's raw GRE
+    socket saw it."""
+    nonce = b"nsg-lab-probe " + os.urandom(8).hex().encode()
+    with nsexec.socket_in(src.netns, socket.AF_INET, socket.SOCK_RAW, PROTO_NUMBER["gre"]) as s:
+        s.bind((src.address, 0))
+        s.sendto(GRE_HEADER + nonce, (dst.address, 0))
+    deadline = time.monotonic() + timeout
+    with listeners.gre_arrived:
+        while nonce not in listeners.gre_seen:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "denied", None, "the GRE packet did not arrive"
+            listeners.gre_arrived.wait(left)
+        listeners.gre_seen.discard(nonce)
+    return "allowed", None, ""
+
+
+def probe_one(cell: Cell, timeout: float, listeners: "Listeners | None" = None) -> tuple[str, int | None, str]:
     svc = cell.service
+    if svc.protocol == "gre":
+        if listeners is None:
+            return "error", None, "GRE needs the lab's listeners"
+        return _probe_gre(cell.source, cell.destination, timeout, listeners)
     if svc.protocol == "tcp":
         return _probe_tcp(cell.source, cell.destination, svc.port or 0, timeout)
     if svc.protocol == "udp":
@@ -484,15 +528,15 @@ def run_probes(policy: Policy, plan: LabPlan, ports: list[int] | None = None, *,
             notes.append(f"{proto}/{port} already in use in {ns} ({why}): an existing listener answers")
 
         def work(cell: Cell) -> Result:
-            obs, sport, detail = probe_one(cell, timeout)
+            obs, sport, detail = probe_one(cell, timeout, lst)
             if cell.service.protocol == "udp" and (cell.destination.netns, "udp", cell.service.port) in lst.busy:
                 detail = (detail + "; " if detail else "") + "the lab's UDP echo could not listen here"
-            pred = predict(policy, cell, sport, isolated)
+            pred = predict(policy, cell, sport, isolated, plan.unrouted)
             res = Result(cell, sport, pred, obs, detail)
             if pred.allowed and obs == "denied":
-                obs2, sport2, detail2 = probe_one(cell, retry_timeout)
-                res = Result(cell, sport2, predict(policy, cell, sport2, isolated), obs2, detail2,
-                             retried=True)
+                obs2, sport2, detail2 = probe_one(cell, retry_timeout, lst)
+                res = Result(cell, sport2, predict(policy, cell, sport2, isolated, plan.unrouted),
+                             obs2, detail2, retried=True)
             return res
 
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(cells)))) as pool:

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.errors import OperationFailed
 from agent.lab import build, labrules, naming
 from agent.lab.build import TopologyChanges
 from agent.lab.topology import LabPlan, plan_lab
 from agent.model import DesiredState
 
 
-class LabApplyError(RuntimeError):
+class LabApplyError(OperationFailed, RuntimeError):
     pass
 
 

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agent import networks
+from agent.errors import InvalidInput
 from agent.lab import naming
 from agent.model import DesiredState
 
@@ -32,7 +33,7 @@ PLATFORM_ADDRESS = ipaddress.IPv4Address("168.63.129.16")
 FORBIDDEN = ipaddress.IPv4Network("192.0.2.0/24")
 
 
-class LabPlanError(ValueError):
+class LabPlanError(InvalidInput, ValueError):
     """The desired state cannot be built as a lab (with every reason at once)."""
 
     def __init__(self, problems: list[str]):
@@ -93,6 +94,9 @@ class LabPlan:
     hosts: tuple[HostPlan, ...]  # external hosts, then the platform host
     vnets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # vnet -> address space
     isolation: tuple[tuple[str, str], ...] = ()  # ordered pairs of VNets with no route
+    # (NIC, host, why): the NIC's effective route to the host's address has next hop None
+    # (a system route such as 10.0.0.0/8, or a user route), so routing drops that traffic
+    unrouted: tuple[tuple[str, str, str], ...] = ()
 
     # lookups ---------------------------------------------------------------------------
     def nic(self, name: str) -> NicPlan | None:
@@ -120,6 +124,7 @@ class LabPlan:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["isolation"] = [list(p) for p in self.isolation]
+        d["unrouted"] = [list(p) for p in self.unrouted]
         d["vnets"] = {k: list(v) for k, v in self.vnets.items()}
         return d
 
@@ -132,6 +137,7 @@ class LabPlan:
             hosts=tuple(HostPlan(**h) for h in d["hosts"]),
             vnets={k: tuple(v) for k, v in d.get("vnets", {}).items()},
             isolation=tuple(tuple(p) for p in d.get("isolation", [])),  # type: ignore[misc]
+            unrouted=tuple(tuple(p) for p in d.get("unrouted", [])),  # type: ignore[misc]
         )
 
 
@@ -257,7 +263,19 @@ def plan_lab(state: DesiredState, lab: str, previous: LabPlan | None = None) -> 
     isolation = tuple((a, b) for a in vnames for b in vnames
                       if a.lower() != b.lower() and not _peered(state, a, b))
 
+    # routes with next hop None between a NIC and an external host ---------------------------
+    unrouted = []
+    for nic_plan in nics:
+        for host in hosts:
+            if host.kind != "external":
+                continue
+            route = networks.route_for(state, state.nic(nic_plan.name).subnet,  # type: ignore[union-attr]
+                                       ipaddress.ip_address(host.address))
+            if route is not None and route.next_hop_type == "None":
+                unrouted.append((nic_plan.name, host.name, f"no route: {route.describe()}"))
+
     if problems:
         raise LabPlanError(problems)
     return LabPlan(lab=lab, fabric=naming.fabric_netns(lab), bridges=bridges, nics=tuple(nics),
-                   hosts=tuple(hosts), vnets=vnet_spaces, isolation=isolation)
+                   hosts=tuple(hosts), vnets=vnet_spaces, isolation=isolation,
+                   unrouted=tuple(unrouted))
