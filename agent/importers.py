@@ -469,11 +469,12 @@ def _arm_parameters(doc: dict) -> Imported:
             origin[("networkSecurityGroups", i, "name")] = ("parameters", pname)
             warnings.append((("parameters", pname), (
                 f"ARM parameters file: the rules of parameter {pname!r} are imported as an NSG "
-                f"named {pname!r} (the template that uses them is not evaluated)")))
+                f"named {pname!r}; to load the template that uses them, give it with "
+                f"--parameters this-file)")))
     if not nsgs:
         return Imported("arm-parameters", doc, problems=[((), (
             "ARM parameters file without a parameter holding a list of security rules: "
-            "nothing to import (template expressions are not evaluated)"))])
+            "nothing to import on its own: give it to the template with --parameters FILE"))])
     return _wrap_nsgs("arm-parameters", nsgs, origin, warnings)
 
 

@@ -68,8 +68,8 @@ class TemplateExpressionError(ValueError):
 def _reject_expression(value: Any) -> Any:
     if isinstance(value, str) and TEMPLATE_EXPRESSION_RE.match(value):
         raise ValueError(
-            f"ARM template expression {value!r}: template expressions are not evaluated; "
-            "export the deployed resource (az network nsg show) or substitute the value"
+            f"ARM template expression {value!r}: expressions are evaluated in ARM templates "
+            "and template resources, not in a desired-state file; substitute the value"
         )
     return value
 

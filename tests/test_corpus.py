@@ -190,3 +190,42 @@ def test_back_reference_to_a_missing_subnet_is_a_warning(tmp_path):
     with pytest.raises(LoadError):
         load(files, strict=True)
     assert not [w for w in load(CORPUS / "nsg-list.json").warnings if "not enforced" in w.message]
+
+
+def test_rest_list_pages_given_as_several_files(tmp_path, flat):
+    """A paged REST list ({"value": [...], "nextLink": ...}): each page is a file; together
+    they are the whole list."""
+    vnets = json.loads((CORPUS / "vnet-list.json").read_text())["value"]
+    (tmp_path / "p1.json").write_text(json.dumps({"value": vnets[:1], "nextLink": "https://management.azure.com/...&$skiptoken=1"}))
+    (tmp_path / "p2.json").write_text(json.dumps({"value": vnets[1:]}))
+    files = [tmp_path / "p1.json", tmp_path / "p2.json"] + [CORPUS / f for f in (
+        "nic-list.json", "asg-list.json", "nsg-list.json", "rule-list.json", "route-table.json")]
+    assert _verdicts(load(files)) == _verdicts(flat)
+
+
+def test_single_show_outputs_load(tmp_path):
+    """az network vnet show / nic show / nsg show: one object each."""
+    vnet = json.loads((CORPUS / "vnet-list.json").read_text())["value"][2]
+    nic = json.loads((CORPUS / "nic-list.json").read_text())[3]
+    (tmp_path / "vnet.json").write_text(json.dumps(vnet))
+    (tmp_path / "nic.json").write_text(json.dumps(nic))
+    loaded = load([tmp_path / "vnet.json", tmp_path / "nic.json"])
+    assert [v.name for v in loaded.state.virtualNetworks] == ["spoke2"]
+    assert [(n.name, n.subnet, n.ipAddresses) for n in loaded.state.networkInterfaces] == [
+        ("spoke2-vm", "spoke2/default", ["10.3.0.4"])]
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda cfg: cfg[1]["properties"]["subnet"].__setitem__("id", cfg[1]["properties"]["subnet"]["id"].replace("/web", "/app")),
+     "ipConfigurations are in different subnets (hub/app, hub/web): one NIC, one subnet"),
+    (lambda cfg: cfg[0]["properties"].pop("privateIPAddress"),
+     "ipConfigurations ipconfig1 without privateIPAddress (a Dynamic address is known only once deployed"),
+])
+def test_nic_ip_configurations_that_cannot_be_one_nic(tmp_path, change, message):
+    nics = json.loads((CORPUS / "nic-list.json").read_text())
+    change(nics[0]["properties"]["ipConfigurations"])
+    (tmp_path / "nics.json").write_text(json.dumps(nics))
+    from agent.errors import LoadError
+    with pytest.raises(LoadError) as e:
+        load([CORPUS / "vnet-list.json", tmp_path / "nics.json", CORPUS / "asg-list.json"])
+    assert any(message in p.message and p.path == "[0]" for p in e.value.problems), [str(p) for p in e.value.problems]

@@ -1,6 +1,7 @@
-"""Azure's public samples (../shared/azure-samples): every JSON file loads, or fails with the
-specific "template expressions are not evaluated" message naming the field; the REST examples
-of effective rules and IP flow verify give the same verdicts through our engine."""
+"""Azure's public samples (../shared/azure-samples): every JSON file loads as listed in
+EXPECTED (kind, NSGs and rule counts), or is refused with problems naming the field and the
+ARM function that cannot be evaluated there; the REST examples of effective rules and IP flow
+verify give the same verdicts through our engine."""
 
 from __future__ import annotations
 
