@@ -284,6 +284,8 @@ class Evaluator:
         if not isinstance(loop, dict) or "name" not in loop or "input" not in loop:
             raise ExpressionError("copy", "a property copy needs name, count and input")
         name = self.value(loop["name"])
+        if not isinstance(name, str) or not name:
+            raise ExpressionError("copy", f"a copy loop's name must be a string, not {name!r}")
         count = self.count(loop.get("count"))
         return name, [self.with_copy(name, i).value(loop["input"], self.lenient)
                       for i in range(count)]
@@ -636,7 +638,9 @@ def evaluate_template(doc: dict, parameter_docs: list[dict] | None = None
         if isinstance(copy, dict):
             try:
                 n = base.count(copy.get("count"))
-                name = str(base.value(copy.get("name", "")))
+                name = base.value(copy.get("name", ""))
+                if not isinstance(name, str):
+                    raise ExpressionError("copy", f"a copy loop's name must be a string, not {name!r}")
             except Unevaluable as e:
                 problems.append((loc + ("copy", "count"), _message(copy.get("count"), e)))
                 continue
@@ -664,7 +668,11 @@ def evaluate_template(doc: dict, parameter_docs: list[dict] | None = None
                     name = f"{parent_name}/{name}"
                 body["type"], body["name"] = rtype, name
             out.append(Resource(rtype, name if isinstance(name, str) else "", body, loc))
-            for j, child in enumerate(raw_res.get("resources") or []):
+            children = raw_res.get("resources") or []
+            if not isinstance(children, list):
+                problems.append((loc + ("resources",), "resources must be a list of resource objects"))
+                children = []
+            for j, child in enumerate(children):
                 queue.append((loc + ("resources", j), child, rtype, name if isinstance(name, str) else ""))
     return out, problems
 

@@ -621,7 +621,7 @@ def _effective_rule(rule: dict) -> dict:
                 continue
             prefixes = _dedupe(_as_items(rule.get(f"{side}AddressPrefixes")) or
                                _as_items(rule.get(f"{side}AddressPrefix")))
-        if set(prefixes) in _ANY_PREFIXES:
+        if all(isinstance(x, str) for x in prefixes) and set(prefixes) in _ANY_PREFIXES:
             out[f"{side}AddressPrefix"] = "*"
         elif len(prefixes) == 1:
             out[f"{side}AddressPrefix"] = prefixes[0]

@@ -406,7 +406,8 @@ class _Reader:
                         by_name.setdefault((coll, name.lower()), (src, i, item, len(lst)))
                     origin[(coll, len(lst))] = (src, (coll, i))
                     lst.append(item)
-        for k, item in enumerate(merged.get("networkSecurityGroups") or []):
+        nsgs = merged.get("networkSecurityGroups")
+        for k, item in enumerate(nsgs if isinstance(nsgs, list) else []):
             if isinstance(item, dict) and RULES_ONLY in item:
                 merged["networkSecurityGroups"][k] = {x: v for x, v in item.items() if x != RULES_ONLY}
         return merged, origin

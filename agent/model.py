@@ -654,14 +654,15 @@ def _from_ipconfigs(data: Any) -> Any:
         return data  # the model reports the wrong type of the item
     out = dict(data)
     if "ipAddresses" not in out:
-        missing = [str(c.get("name", i)) for i, c in enumerate(configs) if not c.get("privateIPAddress")]
+        missing = [str(c.get("name", i))[:40] for i, c in enumerate(configs) if not c.get("privateIPAddress")]
         if missing:
             raise ValueError(
                 f"ipConfigurations {', '.join(missing)} without privateIPAddress (a Dynamic address "
                 "is known only once deployed: export the deployed NIC with az network nic show)")
         out["ipAddresses"] = [c["privateIPAddress"] for c in configs]
     if "subnet" not in out:
-        subnets = {IPConfiguration._subnet_id(c.get("subnet")) for c in configs} - {None}
+        found = [IPConfiguration._subnet_id(c.get("subnet")) for c in configs]
+        subnets = {s for s in found if isinstance(s, str)}
         if len(subnets) > 1:
             raise ValueError(f"ipConfigurations are in different subnets ({', '.join(sorted(map(str, subnets)))}): "
                              "one NIC, one subnet")
@@ -670,8 +671,9 @@ def _from_ipconfigs(data: Any) -> Any:
     if "applicationSecurityGroups" not in out:
         groups: list = []
         for c in configs:
-            for g in c.get("applicationSecurityGroups") or []:
-                if _ref_name(g) not in [_ref_name(x) for x in groups]:
+            given = c.get("applicationSecurityGroups") or []
+            for g in given if isinstance(given, list) else [given]:
+                if g not in groups:
                     groups.append(g)
         if groups:
             out["applicationSecurityGroups"] = groups

@@ -7,9 +7,10 @@ the field path and what is wrong -- never another exception, never unbounded mem
   ``stat`` (a FIFO is never opened, so a reader can never block on it);
 - the size is checked before reading (default 64 MB), and no more than the limit is read
   even if the file grows in between;
-- YAML is composed to its node graph first (aliases are shared nodes there, so composing is
-  cheap); the graph's *expanded* size (every alias counted as a copy) and depth are bounded
-  before any Python object is built, so an alias bomb ("billion laughs") is refused quickly;
+- YAML's event stream is checked first, in constant memory (aliases are not expanded there):
+  the number of values as written, the *expanded* size (every alias counted as a copy) and
+  depth are bounded before any Python object is built, so an alias bomb ("billion laughs")
+  or a huge YAML file is refused quickly;
 - duplicate keys are an error in JSON and in YAML;
 - integers are bounded in digits and strings in length before use, lists in length, and
   nesting in depth (JSON and YAML).
@@ -43,6 +44,8 @@ class Limits:
     max_bytes: int = DEFAULT_MAX_BYTES
     max_depth: int = 64  # nesting of mappings and lists
     max_nodes: int = 5_000_000  # values after YAML alias expansion
+    max_yaml_nodes: int = 1_000_000  # YAML values as written (each costs ~0.5 kB to build)
+    max_json_values: int = 10_000_000  # an upper bound counted on the text before parsing
     max_int_digits: int = 20
     max_string: int = 1_000_000  # characters in one string
     max_list: int = 1_000_000  # items in one list
@@ -156,6 +159,11 @@ def parse_json(text: str, filename: str, limits: Limits = DEFAULT_LIMITS) -> Any
             return _Oversized(s)
         return float(s)
 
+    # Every value but the first follows a ',' or opens a container: an upper bound on the
+    # number of values, counted in C before anything is built.
+    bound = text.count(",") + text.count("[") + text.count("{") + 1
+    if bound > limits.max_json_values:
+        raise _err(filename, f"up to {bound} JSON values: more than the limit of {limits.max_json_values}")
     try:
         doc = json.loads(text, object_pairs_hook=_pairs, parse_int=parse_int, parse_float=parse_float)
     except json.JSONDecodeError as e:
@@ -232,114 +240,134 @@ _FLOAT_TAG = "tag:yaml.org,2002:float"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-def parse_yaml(text: str, filename: str, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, Any]:
-    """YAML text -> (data, root node). The node graph is checked before construction."""
-    loader = _YamlLoader(text)
+def parse_yaml(text: str, filename: str, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, None]:
+    """YAML text -> data. The event stream is checked first (constant memory, aliases not
+    expanded), so nothing is built for a document that breaks a bound."""
+    check_yaml_events(text, filename, limits)
     try:
-        try:
-            root = loader.get_single_node()
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = mark.line + 1 if mark is not None else None
-            msg = getattr(e, "problem", None) or str(e)
-            raise _err(filename, f"invalid YAML: {msg}", line) from None
-        if root is None:
-            return None, None
-        check_yaml_nodes(root, filename, limits)
-        try:
-            data = loader.construct_document(root)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = mark.line + 1 if mark is not None else None
-            raise _err(filename, f"invalid YAML: {getattr(e, 'problem', None) or e}", line) from None
-        except (ValueError, TypeError, RecursionError) as e:
-            raise _err(filename, f"invalid YAML value: {e}") from None
-    finally:
-        loader.dispose()
-    # Strings and lists are bounded in the node walk; depth too. Nothing to re-check.
-    return data, root
+        return yaml.load(text, Loader=_YamlLoader), None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise _err(filename, f"invalid YAML: {getattr(e, 'problem', None) or e}", line) from None
+    except (ValueError, TypeError, RecursionError, OverflowError) as e:
+        raise _err(filename, f"invalid YAML value: {e}") from None
 
 
-def check_yaml_nodes(root: yaml.Node, filename: str, limits: Limits = DEFAULT_LIMITS) -> None:
-    """Expanded size, depth, duplicate keys, integer digits, string and list length of a
-    composed YAML document. Aliases are shared nodes: each is walked once, its expanded size
-    memoised, so the walk is linear in the text while the budget counts every copy."""
+class _Open:
+    """A mapping or sequence whose end event has not come yet."""
+
+    __slots__ = ("mapping", "anchor", "loc", "line", "size", "height", "children", "key", "keys")
+
+    def __init__(self, mapping: bool, anchor: str | None, loc: tuple, line: int):
+        self.mapping, self.anchor, self.loc, self.line = mapping, anchor, loc, line
+        self.size, self.height, self.children = 1, 0, 0
+        self.key: Any = None
+        self.keys: dict[str, int] = {}
+
+
+_RESOLVER = yaml.resolver.Resolver()
+
+
+def check_yaml_events(text: str, filename: str, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Bounds of a YAML document from its event stream: the number of nodes as written, the
+    expanded size (an alias counts as a copy of what it names) and depth, list length,
+    string length, integer digits, duplicate keys, undefined and recursive aliases. Memory
+    stays constant whatever the document (aliases are never expanded here)."""
     problems: list[Problem] = []
-    size: dict[int, int] = {}  # id(node) -> expanded size
-    depth_of: dict[int, int] = {}  # id(node) -> height
-    on_path: set[int] = set()
+    anchors: dict[str, tuple[int, int]] = {}  # anchor -> (expanded size, height)
+    stack: list[_Open] = []
+    events = 0
 
-    def line(node: yaml.Node) -> int:
-        return node.start_mark.line + 1
+    def fail(msg: str, line: int, loc: tuple) -> LoadError:
+        return _err(filename, msg, line, loc)
 
-    # iterative post-order walk
-    stack: list[tuple[yaml.Node, tuple, bool]] = [(root, (), False)]
-    while stack:
-        node, loc, done = stack.pop()
-        nid = id(node)
-        if done:
-            on_path.discard(nid)
-            kids = _children(node)
-            size[nid] = 1 + sum(size.get(id(k), 0) for k, _ in kids)
-            depth_of[nid] = 1 + max((depth_of.get(id(k), 0) for k, _ in kids), default=0)
-            if size[nid] > limits.max_nodes:
-                raise _err(filename, (
-                    f"document expands to more than {limits.max_nodes} values (YAML aliases "
-                    "repeat what they refer to): refused"), line(node), loc)
-            if depth_of[nid] + len(loc) > limits.max_depth + 1:
-                raise _err(filename, f"nesting deeper than {limits.max_depth} levels", line(node), loc)
-            continue
-        if nid in size:  # an alias of a node already measured
-            if depth_of[nid] + len(loc) > limits.max_depth + 1:
-                raise _err(filename, f"nesting deeper than {limits.max_depth} levels", line(node), loc)
-            continue
-        if nid in on_path:
-            raise _err(filename, "recursive YAML alias (a node contains itself)", line(node), loc)
-        if len(loc) > limits.max_depth:
-            raise _err(filename, f"nesting deeper than {limits.max_depth} levels", line(node), loc)
-        if isinstance(node, yaml.ScalarNode):
-            if node.tag in (_INT_TAG, _FLOAT_TAG) and len(node.value) > (
-                    limits.max_int_digits if node.tag == _INT_TAG else 64):
-                problems.append(Problem(filename, _fmt(loc), (
-                    f"number with {len(node.value)} characters: too long (at most "
-                    f"{limits.max_int_digits} digits)"), line(node)))
-            elif len(node.value) > limits.max_string:
-                problems.append(Problem(filename, _fmt(loc), (
-                    f"string of {len(node.value)} characters: longer than the limit of "
-                    f"{limits.max_string}"), line(node)))
-            size[nid], depth_of[nid] = 1, 0
-            continue
-        if isinstance(node, yaml.SequenceNode) and len(node.value) > limits.max_list:
-            raise _err(filename, f"list of {len(node.value)} items: longer than the limit of "
-                                 f"{limits.max_list}", line(node), loc)
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[str, int] = {}
-            for k, _ in node.value:
-                if isinstance(k, yaml.ScalarNode) and k.tag != _MERGE_TAG:
-                    if k.value in seen:
-                        problems.append(Problem(filename, _fmt(loc + (k.value,)), (
-                            f"duplicate key {k.value!r} (first at line {seen[k.value]}; keys "
-                            "must be unique in a mapping)"), line(k)))
-                    seen.setdefault(k.value, line(k))
-        on_path.add(nid)
-        stack.append((node, loc, True))
-        for child, key in reversed(_children(node)):
-            stack.append((child, loc + (key,), False))
+    try:
+        for ev in yaml.parse(text, Loader=_YamlLoader):
+            if not isinstance(ev, (yaml.ScalarEvent, yaml.AliasEvent, yaml.SequenceStartEvent,
+                                   yaml.MappingStartEvent, yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                continue
+            line = ev.start_mark.line + 1
+            if isinstance(ev, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                done = stack.pop()
+                size, height, anchor = done.size, done.height, done.anchor
+                if anchor is not None:
+                    anchors[anchor] = (size, height)
+                node_loc = done.loc
+            else:
+                events += 1
+                if events > limits.max_yaml_nodes:
+                    raise fail(f"more than {limits.max_yaml_nodes} YAML values: too large for YAML "
+                               "(write it as JSON)", line, ())
+                parent = stack[-1] if stack else None
+                is_key = parent is not None and parent.mapping and parent.children % 2 == 0
+                if parent is None:
+                    node_loc = ()
+                elif parent.mapping:
+                    node_loc = parent.loc + ((parent.key if not is_key else "?"),)
+                else:
+                    node_loc = parent.loc + (parent.children,)
+                if isinstance(ev, yaml.AliasEvent):
+                    if any(o.anchor == ev.anchor for o in stack):
+                        raise fail("recursive YAML alias (a node contains itself)", line, node_loc)
+                    if ev.anchor not in anchors:
+                        raise fail(f"undefined YAML alias *{ev.anchor}", line, node_loc)
+                    size, height = anchors[ev.anchor]
+                elif isinstance(ev, yaml.ScalarEvent):
+                    size, height = 1, 0
+                    value = ev.value
+                    if ev.anchor is not None:
+                        anchors[ev.anchor] = (1, 0)
+                    tag = ev.tag if ev.tag not in (None, "!") else (
+                        _RESOLVER.resolve(yaml.ScalarNode, value, ev.implicit) if ev.implicit[0] else None)
+                    if tag in (_INT_TAG, _FLOAT_TAG) and len(value) > (
+                            limits.max_int_digits if tag == _INT_TAG else 64):
+                        problems.append(Problem(filename, _fmt(node_loc), (
+                            f"number with {len(value)} characters: too long (at most "
+                            f"{limits.max_int_digits} digits)"), line))
+                    elif len(value) > limits.max_string:
+                        problems.append(Problem(filename, _fmt(node_loc), (
+                            f"string of {len(value)} characters: longer than the limit of "
+                            f"{limits.max_string}"), line))
+                    if is_key and tag != _MERGE_TAG:
+                        if value in parent.keys:
+                            problems.append(Problem(filename, _fmt(parent.loc + (value,)), (
+                                f"duplicate key {value!r} (first at line {parent.keys[value]}; keys "
+                                "must be unique in a mapping)"), line))
+                        parent.keys.setdefault(value, line)
+                        parent.key = value
+                else:  # a mapping or sequence starts
+                    if len(stack) >= limits.max_depth:
+                        raise fail(f"nesting deeper than {limits.max_depth} levels", line, node_loc)
+                    if parent is not None:
+                        parent.children += 1
+                    stack.append(_Open(isinstance(ev, yaml.MappingStartEvent), ev.anchor, node_loc, line))
+                    continue
+                if parent is not None:
+                    parent.children += 1
+                    if not parent.mapping and parent.children > limits.max_list:
+                        raise fail(f"list of more than {limits.max_list} items: longer than the limit",
+                                   parent.line, parent.loc)
+            # a node is complete: add it to its parent
+            if stack:
+                top = stack[-1]
+                top.size += size
+                top.height = max(top.height, height + 1)
+                if top.size > limits.max_nodes:
+                    raise fail(f"document expands to more than {limits.max_nodes} values (YAML "
+                               "aliases repeat what they refer to): refused", line, top.loc)
+                if len(stack) + height > limits.max_depth:
+                    raise fail(f"nesting deeper than {limits.max_depth} levels", line, node_loc)
+            elif size > limits.max_nodes:
+                raise fail(f"document expands to more than {limits.max_nodes} values", line, ())
+            if len(problems) >= 50:
+                break
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise _err(filename, f"invalid YAML: {getattr(e, 'problem', None) or e}",
+                   mark.line + 1 if mark is not None else None) from None
     if problems:
         raise LoadError(sorted(problems, key=lambda p: p.line or 0))
-
-
-def _children(node: yaml.Node) -> list[tuple[yaml.Node, Any]]:
-    if isinstance(node, yaml.SequenceNode):
-        return [(v, i) for i, v in enumerate(node.value)]
-    if isinstance(node, yaml.MappingNode):
-        out = []
-        for k, v in node.value:
-            key = k.value if isinstance(k, yaml.ScalarNode) else "?"
-            out.append((k, key))
-            out.append((v, key))
-        return out
-    return []
 
 
 def parse_text(text: str, filename: str, limits: Limits = DEFAULT_LIMITS) -> Any:

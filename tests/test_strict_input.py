@@ -422,7 +422,7 @@ def _outcome(raw: bytes, name: str):
             assert "object has no attribute" not in p.message and "Traceback" not in p.message, str(p)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(loc=st.sampled_from(ALL_PATHS), value=ANY_VALUE, fmt=st.sampled_from(["json", "yaml"]))
 def test_type_mutations_end_in_load_error_or_valid(loc, value, fmt):
     doc = copy.deepcopy(VALID)
@@ -498,3 +498,39 @@ def test_readme_and_docs_show_the_editor_line(repo_dir):
     assert line in (repo_dir / "README.md").read_text()
     assert line in (repo_dir / "docs" / "desired-state.md").read_text()
     assert "(docs/desired-state.md)" in (repo_dir / "README.md").read_text()
+
+
+def test_yaml_with_too_many_values_refused_before_building_them():
+    """Each YAML value costs ~0.5 kB once built: a YAML file with more values than the limit
+    is refused from its event stream, in constant memory (here with a lowered limit)."""
+    text = "lab:\n  externalHosts:\n" + "    - 1\n" * 200_000
+    tracemalloc.start()
+    try:
+        (p,) = _problems(text, "big.yaml", limits=Limits(max_yaml_nodes=100_000))
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert "more than 100000 YAML values" in p.message and p.line
+    assert peak < 30 * 1024 * 1024
+
+
+def test_json_value_count_bounded_before_parsing():
+    text = json.dumps({"lab": {"externalHosts": [{}] * 5000}})
+    (p,) = _problems(text, "big.json", limits=Limits(max_json_values=1000))
+    assert "more than the limit of 1000" in p.message
+
+
+CORPUS_DOCS = {name: json.loads((Path(__file__).parent / "corpus" / name).read_text())
+               for name in ("group-export.json", "nsg-list.json", "vnet-list.json", "nic-list.json",
+                            "effective-nsg-web1.json", "route-table.json")}
+CORPUS_PATHS = [(name, p) for name, doc in CORPUS_DOCS.items() for p in _paths(doc) if p]
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(target=st.sampled_from(CORPUS_PATHS), value=ANY_VALUE)
+def test_type_mutations_of_azure_exports_end_in_load_error_or_valid(target, value):
+    """The same through the importers: ARM templates, az lists, effective-NSG lists."""
+    name, loc = target
+    doc = copy.deepcopy(CORPUS_DOCS[name])
+    _set(doc, loc, value)
+    _outcome(json.dumps(doc).encode(), name)
