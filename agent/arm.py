@@ -622,6 +622,20 @@ def evaluate_template(doc: dict, parameter_docs: list[dict] | None = None
                 return props if isinstance(props, dict) else {}
         if last in busy:
             raise ExpressionError("reference", f"resource {target!r} refers to itself")
+        for _, raw in items:  # declared later in the template: evaluate it now
+            if not isinstance(raw, dict) or "copy" in raw:
+                continue
+            try:
+                name = Evaluator(t).value(raw.get("name"))
+            except Unevaluable:
+                continue
+            if isinstance(name, str) and name.rsplit("/", 1)[-1].lower() == last:
+                busy.add(last)
+                try:
+                    props = Evaluator(t).value(raw.get("properties", {}), lenient=True)
+                finally:
+                    busy.discard(last)
+                return props if isinstance(props, dict) else {}
         raise Unevaluable("reference", f"reads resource {target!r}, which is not evaluated from this "
                                        "template: its state is known only after deployment")
 

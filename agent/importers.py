@@ -10,6 +10,7 @@ back to the document as written, so errors still point at the right line.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -579,6 +580,11 @@ def _effective_entry(loc: Loc, entry: dict, found, origin, warnings) -> None:
             continue
         flat = _effective_rule(rule)
         flat["name"] = rname.split("/", 1)[1] if rname.lower().startswith("securityrules/") else rname
+        for key in rule:
+            if key not in EFFECTIVE_RULE_KEYS:
+                close = difflib.get_close_matches(str(key), sorted(EFFECTIVE_RULE_KEYS), n=1)
+                warnings.append((rloc + (key,), f"unknown key {key!r} in an effective rule"
+                                 + (f" (did you mean {close[0]!r}?)" if close else "") + ": ignored"))
         origin[("networkSecurityGroups", n, "securityRules", len(rules))] = rloc
         rules.append(flat)
     nsg: dict[str, Any] = {"name": name or f"effective-{n}", "securityRules": rules}
@@ -596,6 +602,11 @@ def _effective_entry(loc: Loc, entry: dict, found, origin, warnings) -> None:
 
 
 _ANY_PREFIXES = ({"0.0.0.0/0"}, {"0.0.0.0/0", "::/0"}, {"*"})
+EFFECTIVE_RULE_KEYS = frozenset(
+    {"name", "description", "priority", "direction", "access", "protocol"}
+    | {f"{side}{k}" for side in ("source", "destination")
+       for k in ("PortRange", "PortRanges", "AddressPrefix", "AddressPrefixes", "ApplicationSecurityGroups")}
+    | {"expandedSourceAddressPrefix", "expandedDestinationAddressPrefix"})
 
 
 def _effective_rule(rule: dict) -> dict:

@@ -120,3 +120,19 @@ def test_unevaluable_rule_field_named_with_its_path():
     (p,) = e.value.problems
     assert p.path == "resources[0].properties.securityRules[0].properties.destinationPortRange"
     assert "reference()" in p.message
+
+
+def test_reference_to_a_resource_of_the_template_reads_its_properties():
+    """reference() to a resource declared in the same template (before or after) gives its
+    evaluated properties; to one outside the template it is refused naming reference()."""
+    shared = {"type": "Microsoft.Network/networkSecurityGroups", "name": "base",
+              "properties": {"securityRules": [{"name": "r", "properties": RULE}]}}
+    user = {"type": "Microsoft.Network/networkSecurityGroups", "name": "copy-of-base",
+            "properties": {"securityRules": "[reference('base').securityRules]"}}
+    for order in ([shared, user], [user, shared]):
+        loaded = load_bytes(json.dumps({"resources": order}).encode(), Path("t.json"))
+        assert {n.name: [r.name for r in n.securityRules] for n in loaded.state.networkSecurityGroups} == {
+            "base": ["r"], "copy-of-base": ["r"]}
+    with pytest.raises(LoadError) as e:
+        load_bytes(json.dumps({"resources": [user]}).encode(), Path("t.json"))
+    assert "reference()" in e.value.problems[0].message and e.value.problems[0].path == "resources[0].properties.securityRules"

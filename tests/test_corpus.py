@@ -229,3 +229,14 @@ def test_nic_ip_configurations_that_cannot_be_one_nic(tmp_path, change, message)
     with pytest.raises(LoadError) as e:
         load([CORPUS / "vnet-list.json", tmp_path / "nics.json", CORPUS / "asg-list.json"])
     assert any(message in p.message and p.path == "[0]" for p in e.value.problems), [str(p) for p in e.value.problems]
+
+
+def test_unknown_key_in_an_effective_rule_is_a_warning(tmp_path):
+    doc = json.loads((CORPUS / "effective-nsg-web1.json").read_text())
+    doc["value"][1]["effectiveSecurityRules"][0]["destinationPortRnage"] = "23"
+    path = tmp_path / "eff.json"
+    path.write_text(json.dumps(doc))
+    loaded = load([CORPUS / "topology.yaml", path])
+    (w,) = [w for w in loaded.warnings if "unknown key" in w.message]
+    assert w.path == "value[1].effectiveSecurityRules[0].destinationPortRnage"
+    assert "did you mean 'destinationPortRange'?" in w.message
