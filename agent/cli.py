@@ -26,7 +26,8 @@ EXIT_MISMATCH = EXIT_DENY
 
 # Modules that contribute sub-commands: each has register(subparsers) and sets
 # ``func(args) -> int`` on its parsers.
-COMMAND_MODULES = ("agent.commands.inspect", "agent.commands.enforce", "agent.commands.lab")
+COMMAND_MODULES = ("agent.commands.inspect", "agent.commands.enforce", "agent.commands.lab",
+                   "agent.commands.tooling")
 
 
 class CommandFailed(OperationFailed):

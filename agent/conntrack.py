@@ -68,9 +68,10 @@ def flows_for(nic: NicPolicy, ct: CtFlow) -> list[Flow]:
     return out
 
 
-def denied_entries(policy: Policy, entries: Iterable[CtFlow]) -> list[Cut]:
-    """Entries that the policy denies, considering only NICs with flushConnection."""
-    nics = [n for n in policy.nics.values() if n.flush_connection]
+def denied_entries(policy: Policy, entries: Iterable[CtFlow], only_flush: bool = True) -> list[Cut]:
+    """Entries that the policy denies, considering only NICs with flushConnection (or every
+    NIC, with ``only_flush=False``: what a plan reports as revoked)."""
+    nics = [n for n in policy.nics.values() if n.flush_connection or not only_flush]
     cuts: list[Cut] = []
     if not nics:
         return cuts

@@ -589,6 +589,12 @@ class Reconciler:
             rule_index=desired.rule_index, rules=rules, sets=sets,
             kernel_fingerprint=self.kernel_fingerprint, kernel_generation=self.kernel_generation)
         self._write_status()
+        if applied_at is not None or not self.store.applied_path.exists():
+            # a new commit (or none remembered yet): what it enforces, for plan's rule diffs
+            try:
+                self.store.write_applied(desired.loaded.state)
+            except OSError as e:
+                self.log.error("status.write_failed", path=str(self.store.applied_path), error=str(e))
 
     def _record_error(self, kind: str, message: str, problems: list | None = None) -> None:
         self.status.last_error = {"time": self.wall(), "kind": kind, "message": message,

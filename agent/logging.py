@@ -16,8 +16,23 @@ LEVELS = {"debug": _stdlib_logging.DEBUG, "info": _stdlib_logging.INFO,
           "warning": _stdlib_logging.WARNING, "error": _stdlib_logging.ERROR}
 
 
-def configure(level: str = "info", stream: IO[str] | None = None, *, json_output: bool = True) -> None:
-    """Route structlog to ``stream`` (stderr by default) as JSON lines."""
+LOG_FORMATS = ("auto", "json", "console")
+
+
+def wants_json(fmt: str, stream: IO[str] | None = None) -> bool:
+    """``auto``: human-readable lines on a terminal, JSON lines otherwise (journald, files)."""
+    if fmt == "auto":
+        stream = stream or sys.stderr
+        return not (hasattr(stream, "isatty") and stream.isatty())
+    return fmt == "json"
+
+
+def configure(level: str = "info", stream: IO[str] | None = None, *, json_output: bool = True,
+              fmt: str | None = None, observers: tuple = ()) -> None:
+    """Route structlog to ``stream`` (stderr by default): JSON lines, or with
+    ``fmt="console"`` (or ``"auto"`` on a terminal) structlog's console renderer."""
+    if fmt is not None:
+        json_output = wants_json(fmt, stream)
     renderer = (structlog.processors.JSONRenderer(sort_keys=False) if json_output
                 else structlog.dev.ConsoleRenderer(colors=False))
     structlog.configure(
@@ -26,6 +41,7 @@ def configure(level: str = "info", stream: IO[str] | None = None, *, json_output
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            *observers,  # e.g. agent.metrics.Metrics.observe: counts outcomes as they are logged
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, _stdlib_logging.INFO)),

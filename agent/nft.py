@@ -151,6 +151,28 @@ def listing_fingerprint(listing: dict | None) -> str | None:
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
+_RESTORE_ORDER = {"table": 0, "chain": 1, "set": 2, "map": 2, "flowtable": 2, "rule": 3}
+
+
+def listing_to_batch(listing: dict | None) -> list[dict]:
+    """The batch that puts back the table a (full, non-terse) listing shows, replacing
+    whatever table is there then: add + delete + add table, then its chains, sets, maps and
+    rules without kernel handles. For an absent table: the batch that removes ours. Used to
+    roll back an unconfirmed apply (agent.confirm)."""
+    table = {"family": TABLE_FAMILY, "name": TABLE_NAME}
+    batch: list[dict] = [{"add": {"table": dict(table)}}, {"delete": {"table": dict(table)}}]
+    items = [i for i in (listing or {}).get("nftables", []) if "metainfo" not in i]
+    objs = []
+    for item in items:
+        (kind, obj), = item.items()
+        if kind not in _RESTORE_ORDER:
+            continue
+        objs.append((_RESTORE_ORDER[kind], kind, {k: v for k, v in obj.items() if k != "handle"}))
+    if any(kind == "table" for _, kind, _ in objs):
+        batch += [{"add": {kind: obj}} for _, kind, obj in sorted(objs, key=lambda t: t[0])]
+    return batch
+
+
 def batch_payload(commands: list[dict]) -> bytes:
     """The exact bytes handed to libnftables for a batch (also what the daemon hashes, so
     the batch is serialized once per reconcile)."""

@@ -106,6 +106,38 @@ class StatusStore:
         except FileNotFoundError:
             pass
 
+    # The desired state of the last commit, as the model parsed it (applied.json beside the
+    # status file): what ``plan`` diffs rule by rule against and what the lock-out check
+    # calls "the current policy". Written after each commit.
+    @property
+    def applied_path(self) -> Path:
+        return self.dir / "applied.json"
+
+    def write_applied(self, state: Any) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".applied.", dir=self.dir)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(state.model_dump_json(exclude_defaults=True))
+            os.replace(tmp, self.applied_path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def read_applied(self) -> Any:
+        """The last commit's DesiredState, or None (nothing applied, or unreadable)."""
+        from pydantic import ValidationError
+
+        from agent.model import DesiredState
+
+        try:
+            return DesiredState.model_validate_json(self.applied_path.read_bytes())
+        except (OSError, ValueError, ValidationError):
+            return None
+
 
 # --- describing a batch, for plan and status ---------------------------------------------
 

@@ -13,7 +13,7 @@ import pytest
 
 from agent.cli import main
 from agent.lab import nsexec
-from lab_fixtures import EXAMPLES, Lab, root_lab_links
+from lab_fixtures import EXAMPLES, REPO, Lab, root_lab_links
 
 pytestmark = [pytest.mark.root]
 
@@ -255,3 +255,48 @@ def test_internet_tag_gre_and_none_routes_with_real_packets(make_lab):
     report = lab.probe(ports=[80], only=["peer", "web"])
     assert [r.as_dict() for r in report.mismatches] == []
     assert lab.cell(report, "peer", "web", "gre").observed == "allowed"
+
+
+def test_kernel_verify_agrees_with_every_cell_and_detects_an_edit(make_lab):
+    """verify --kernel: every cell of a lab's matrix (TCP, UDP, ICMP, GRE) run through a
+    traced copy of the fabric's live table decides as the prediction, through the rule the
+    prediction names; then an accept inserted in the kernel by someone else is detected."""
+    import ipaddress
+    import subprocess
+
+    from agent import kernelverify
+    from agent.lab import probe
+    from agent.nft import NftBackend
+
+    lab = make_lab("kver", EXACT.format(drops="true"))
+    policy = lab.policy()
+    cells = probe.plan_cells([e for e in probe.endpoints(lab.plan) if e.name in ("web", "peer", "inet", "private")],
+                             [probe.Service("tcp", 80), probe.Service("udp", 53), probe.Service("icmp"),
+                              probe.Service("gre")])
+    backend = NftBackend(lab.plan.fabric)
+    try:
+        listing = backend.list_table()
+    finally:
+        backend.close()
+    with kernelverify.Tracer(listing, "fabric") as tracer:
+        for cell in cells:
+            pred = probe.predict(policy, cell, 40000, lab.plan.isolation, lab.plan.unrouted)
+            if pred.reason.startswith("no route"):
+                continue  # routing, not the table, drops these: the lab's own table
+            got = tracer.trace(ipaddress.ip_address(cell.source.address), ipaddress.ip_address(cell.destination.address),
+                               probe.PROTO_NUMBER[cell.service.protocol],
+                               40000 if cell.service.port else None, cell.service.port)
+            assert (got.access == "Allow") == pred.allowed, (cell, pred, got.rules)
+            if not pred.allowed:
+                deciding = pred.reason.split(": ", 1)[1]
+                assert any(r.endswith(deciding) for r in got.rules), (cell, pred.reason, got.rules)
+    # someone opens tcp/22 to web in the kernel: the model still says Deny, the kernel Allow
+    subprocess.run(["ip", "netns", "exec", lab.plan.fabric, "nft", "insert", "rule", "inet", "nsg_agent",
+                    "nic_web_in", "tcp", "dport", "22", "accept"], check=True)
+    r = subprocess.run([str(REPO / ".venv/bin/nsg-agent"), "verify", str(lab.file), "--nic", "web",
+                        "--direction", "Inbound", "--protocol", "tcp", "--local", "10.44.1.4:22",
+                        "--remote", "198.51.100.44:40000", "--kernel", "--lab", lab.name, "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4, r.stderr
+    body = json.loads(r.stdout)
+    assert body["access"] == "Deny" and body["kernel"]["access"] == "Allow" and not body["kernel"]["agrees"]

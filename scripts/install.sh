@@ -39,4 +39,9 @@ echo "$venv/nft-binding" > "$site/libnftables-binding.pth"
 "$venv/bin/python" -m pip install -q -e "$here${extras:+[$extras]}"
 "$venv/bin/python" -c 'import nftables, agent; nftables.Nftables()' \
   || { echo "install: the libnftables binding does not load" >&2; exit 1; }
+# Shell completion and the man page, generated from the parser (inside the venv: a
+# developer install touches nothing outside the checkout; provision.sh installs them system-wide).
+mkdir -p "$venv/share/bash-completion/completions" "$venv/share/man/man1"
+"$venv/bin/nsg-agent" completion bash > "$venv/share/bash-completion/completions/nsg-agent"
+"$venv/bin/nsg-agent" manpage > "$venv/share/man/man1/nsg-agent.1"
 echo "install: ready ($venv)"

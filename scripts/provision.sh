@@ -7,6 +7,7 @@
 #   /opt/nsg-agent/.venv/      its virtual environment, made by scripts/install.sh (NSG_VENV);
 #                              systemd/nsg-agent.service's ExecStart points there
 #   /usr/local/bin/nsg-agent   a symlink to the venv's entry point
+#   /usr/share/bash-completion/completions/nsg-agent, /usr/local/share/man/man1/nsg-agent.1
 #   /etc/systemd/system/nsg-agent.service
 #   /etc/nsg-agent/            the config directory (desired-state.yaml)
 #
@@ -96,6 +97,10 @@ note "venv $venv (scripts/install.sh${extras:+, extras $extras})"
 run env NSG_VENV="$venv" bash "$dest/scripts/install.sh" "$extras"
 run install -d -m 0755 "$prefix/usr/local/bin"
 run ln -sfn "$venv/bin/nsg-agent" "$prefix/usr/local/bin/nsg-agent"
+#    completion and man page, as install.sh generated them from the parser
+run install -d -m 0755 "$prefix/usr/share/bash-completion/completions" "$prefix/usr/local/share/man/man1"
+run install -m 0644 "$venv/share/bash-completion/completions/nsg-agent" "$prefix/usr/share/bash-completion/completions/nsg-agent"
+run install -m 0644 "$venv/share/man/man1/nsg-agent.1" "$prefix/usr/local/share/man/man1/nsg-agent.1"
 
 # 3. The unit and the config directory.
 note "unit $unitdir/nsg-agent.service, config dir $etc"

@@ -106,22 +106,24 @@ def test_bad_arguments_and_missing_namespaces(inputs, tmp_path, args, code):
         assert json.loads(r.stdout)["error"]["exit"] == code
 
 
-def test_unexpected_error_is_one_line_and_exit_3(monkeypatch, capsys):
-    """A bug inside a command: exit 3, one line naming it, no traceback unless --debug."""
-    from agent.commands import inspect
-
-    def boom(args):
-        raise KeyError("surprise")
-
-    monkeypatch.setattr(inspect, "cmd_validate", boom)
-    parser_func = cli.build_parser  # validate's func is bound at parser build time
+def _replace_command(monkeypatch, command: str, func) -> None:
+    """Make ``command`` run ``func`` (a command's func is bound when the parser is built)."""
+    build_parser = cli.build_parser
 
     def build():
-        p = parser_func()
-        p._subparsers._group_actions[0].choices["validate"].set_defaults(func=boom)
+        p = build_parser()
+        p._subparsers._group_actions[0].choices[command].set_defaults(func=func)
         return p
 
     monkeypatch.setattr(cli, "build_parser", build)
+
+
+def test_unexpected_error_is_one_line_and_exit_3(monkeypatch, capsys):
+    """A bug inside a command: exit 3, one line naming it, no traceback unless --debug."""
+    def boom(args):
+        raise KeyError("surprise")
+
+    _replace_command(monkeypatch, "validate", boom)
     assert cli.main(["validate", "x.yaml"]) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "internal error: KeyError" in err and "--debug" in err
@@ -133,14 +135,7 @@ def test_missing_libnftables_binding_says_how_to_get_it(monkeypatch, capsys):
     def no_binding(args):
         raise ModuleNotFoundError("No module named 'nftables'", name="nftables")
 
-    parser_func = cli.build_parser
-
-    def build():
-        p = parser_func()
-        p._subparsers._group_actions[0].choices["status"].set_defaults(func=no_binding)
-        return p
-
-    monkeypatch.setattr(cli, "build_parser", build)
+    _replace_command(monkeypatch, "status", no_binding)
     assert cli.main(["status", "--json"]) == 3
     out = capsys.readouterr()
     assert "apt install python3-nftables" in out.err and "scripts/install.sh" in out.err

@@ -269,6 +269,10 @@ def test_provision_into_prefix_installs_working_agent(tmp_path):
     assert (prefix / "etc/nsg-agent/desired-state.yaml").read_bytes() == config.read_bytes()
     link = prefix / "usr/local/bin/nsg-agent"
     assert os.readlink(link) == str(opt / ".venv" / "bin" / "nsg-agent")
+    completion = prefix / "usr/share/bash-completion/completions/nsg-agent"
+    manpage = prefix / "usr/local/share/man/man1/nsg-agent.1"
+    assert "confirm" in completion.read_text() and "--detailed-exitcode" in completion.read_text()
+    assert manpage.read_text().startswith(".TH NSG\\-AGENT")
     agent = opt / ".venv" / "bin" / "nsg-agent"
     v = subprocess.run([str(agent), "--version"], capture_output=True, text=True, timeout=60)
     assert v.returncode == 0 and v.stdout.startswith("nsg-agent ")

@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_files(p)
     p.add_argument("--mode", choices=MODES, default="classify")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--detailed-exitcode", action="store_true",
+                   help="exit 0 when nothing would change, 2 when something would, 3 on any error "
+                        "(invalid input included), as terraform plan -detailed-exitcode")
     _common(p)
     p.set_defaults(func=cmd_plan)
 
@@ -50,8 +53,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "denies are cut.")
     add_files(p)
     p.add_argument("--mode", choices=MODES, default="classify")
+    p.add_argument("--force", action="store_true",
+                   help="apply even if the coverage check finds a lock-out of the current "
+                        "management session (see 'plan')")
+    p.add_argument("--confirm", type=float, metavar="SECONDS", default=None,
+                   help="roll the kernel back to the previous table (one transaction) unless "
+                        "'nsg-agent confirm' arrives within SECONDS (like commit confirmed)")
     _common(p)
     p.set_defaults(func=cmd_apply)
+
+    p = subparsers.add_parser(
+        "confirm", help="keep what 'apply --confirm' applied (cancel the rollback)",
+        description="Confirm the pending 'apply --confirm': the applied table stays and the "
+                    "rollback is cancelled. Exit 0 if something was pending, 3 if not.")
+    p.add_argument("--watch", action="store_true", help=argparse.SUPPRESS)  # the rollback watcher
+    p.add_argument("--json", action="store_true")
+    _common(p)
+    p.set_defaults(func=cmd_confirm)
 
     p = subparsers.add_parser(
         "status", help="what is enforced: source, hash, time, counts, per-rule hit counters",
@@ -94,9 +112,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "last commit)")
     p.add_argument("--no-link-events", action="store_true", help="do not watch link events")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
+                   help="auto (default): readable lines on a terminal, JSON lines otherwise")
+    p.add_argument("--metrics", metavar="[HOST:]PORT", default=None,
+                   help="serve Prometheus metrics on HOST:PORT (HOST defaults to 127.0.0.1); see docs/metrics.md")
+    p.add_argument("--metrics-textfile", metavar="PATH", default=None,
+                   help="write the metrics to PATH after each reconcile (node_exporter's textfile collector)")
     add_input_options(p)
     _common(p)
     p.set_defaults(func=cmd_run)
+
+    p = subparsers.add_parser(
+        "metrics", help="print the Prometheus metrics once (or write them for the textfile collector)",
+        description="The kernel-side metrics of one namespace (per-rule packets and bytes, enforced "
+                    "counts, last apply, kernel matches commit) in Prometheus' text format.")
+    p.add_argument("--textfile", metavar="PATH", help="write to PATH (atomically) instead of stdout")
+    _common(p)
+    p.set_defaults(func=cmd_metrics)
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -171,22 +203,78 @@ def kernel_matches(backend: Any, commit: Any, fingerprint: str | None) -> bool:
     return commit.kernel_fingerprint is not None and fingerprint == commit.kernel_fingerprint
 
 
+def review_change(file: Any, store: StatusStore, backend: Any | None, load_options: dict | None = None):
+    """The reviewer's view of applying ``file``: per-rule changes against the last commit's
+    desired state, shadowed rules, revoked live connections and the coverage check (the
+    last two need the kernel: root). The current policy is the last commit's desired state
+    resolved with today's service-tag files."""
+    from agent import conntrack, coverage, loader, review, semantics
+    from agent.daemon import host_interfaces
+
+    loaded = loader.load(file, **(load_options or {}))
+    new = semantics.resolve(loaded.state, loaded.tags)
+    old_state = store.read_applied() if store.read().commit is not None else None
+    old = semantics.resolve(old_state, loaded.tags) if old_state is not None else None
+    rev = review.Review(review.rule_changes(old_state, loaded.state), review.shadowed_rules(new))
+    cov = None
+    if backend is not None and hasattr(backend, "runner"):
+        links = coverage.interface_addresses(backend.runner)
+        entries = conntrack.list_entries(backend.runner)
+        local = {a for addrs in links.values() for a in addrs}
+        sessions = [s for s in [coverage.ssh_session()] if s is not None]
+        sessions += coverage.conntrack_sessions(entries, local)
+        rev.revoked = review.revocations(old, new, entries)
+        old_if = host_interfaces(old) if old is not None else None
+        cov = coverage.check(new, host_interfaces(new), links, sessions, old, old_if)
+    return rev, cov
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
+    try:
+        return _plan(args)
+    except LoadError as e:
+        if not args.detailed_exitcode:
+            raise
+        print(f"nsg-agent: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _plan(args: argparse.Namespace) -> int:
     store = StatusStore(args.state_dir, args.netns)
     backend = None
     if os.geteuid() == 0:
         backend = _backend(args.netns)
-    plan, summary = build_plan(args.file, args.mode, store, backend, load_options(args))
+    try:
+        plan, summary = build_plan(args.file, args.mode, store, backend, load_options(args))
+        rev, cov = review_change(args.file, store, backend, load_options(args))
+    finally:
+        if backend is not None:
+            backend.close()
+    changed = not plan.empty or bool(rev.changes)
     if args.json:
         print(json.dumps({"plan": plan.as_dict(), "summary": {k: summary.get(k) for k in
-                          ("chains", "rules", "sets", "set_elements", "modes_used")}}, indent=2))
-        return EXIT_OK
-    print(render_plan(plan, summary))
-    return EXIT_OK
+                          ("chains", "rules", "sets", "set_elements", "modes_used")},
+                          "review": rev.as_dict(), "coverage": cov.as_dict() if cov else None,
+                          "changes": changed}, indent=2))
+    else:
+        print(render_plan(plan, summary, rev, cov))
+    return (2 if changed else EXIT_OK) if args.detailed_exitcode else EXIT_OK
 
 
-def render_plan(plan: Plan, summary: dict) -> str:
+def render_plan(plan: Plan, summary: dict, rev: Any = None, cov: Any = None) -> str:
     lines = []
+    if rev is not None:
+        body = rev.lines()
+        if body:
+            lines.append("rules (+ added, - removed, ~ changed, ! never matches, x live connection revoked):")
+            lines += body
+    if cov is not None:
+        for f in cov.findings:
+            lines.append(f"  {'LOCK-OUT' if f.kind == 'lockout' else 'warning'}: {f.message}")
+        if cov.lockouts:
+            lines.append("  'apply' refuses this without --force")
+    elif rev is not None:
+        lines.append("coverage and live connections: not checked (needs root)")
     if plan.table_present is False:
         lines.append("kernel: table inet nsg_agent is absent (applying creates it)")
     elif plan.table_present and plan.drift:
@@ -235,6 +323,23 @@ def cmd_apply(args: argparse.Namespace) -> int:
     _quiet_logging()
     backend = _backend(args.netns)
     try:
+        _, cov = review_change(args.file, StatusStore(args.state_dir, args.netns), backend, load_options(args))
+        for f in cov.findings if cov else []:
+            print(f"nsg-agent: {'LOCK-OUT' if f.kind == 'lockout' else 'warning'}: {f.message}", file=sys.stderr)
+        if cov and cov.lockouts and not args.force:
+            raise _failed("refused: the new policy would lock out the management session above "
+                          "(check the NIC's addresses and interface; --force applies anyway)")
+        store = StatusStore(args.state_dir, args.netns)
+        pending = None
+        if args.confirm is not None:
+            from agent import confirm
+
+            if args.confirm <= 0:
+                raise _invalid("--confirm SECONDS must be positive")
+            if confirm.pending(store) is not None:
+                raise _failed("an 'apply --confirm' is still pending: 'nsg-agent confirm' it or "
+                              "wait for its rollback first")
+            pending = confirm.prepare(store, backend.list_table(), args.confirm)
         rec = _reconciler(args.file, args, backend)
         rec.check_first = True  # the kernel checks the batch (dry run) before the transaction
         if rec.reconcile("apply"):
@@ -243,6 +348,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
             print(f"applied {files_label(args.file)} (sha256 {c.sha256[:12]}) to {args.netns or 'this namespace'}: "
                   f"{s.get('chains')} chains, {s.get('rules')} rules, {s.get('sets')} sets, "
                   f"{s.get('set_elements')} elements")
+            if pending is not None:
+                from agent import confirm
+
+                pid = confirm.arm(store, pending, c.sha256, args.netns, args.state_dir)
+                print(f"rolls back in {args.confirm:g} s unless confirmed: nsg-agent confirm"
+                      + (f" --netns {args.netns}" if args.netns else "") + f" (watcher pid {pid})")
             return EXIT_OK
         err = rec.status.last_error or {}
         if err.get("kind") == "config":
@@ -250,6 +361,48 @@ def cmd_apply(args: argparse.Namespace) -> int:
         raise _failed(err.get("message", "apply failed"))
     finally:
         backend.close()
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from agent import metrics
+
+    backend = _backend(args.netns)
+    try:
+        m = metrics.Metrics(metrics.reader(StatusStore(args.state_dir, args.netns), backend), daemon=False)
+        if args.textfile:
+            m.write_textfile(args.textfile)
+        else:
+            sys.stdout.write(m.text().decode())
+    finally:
+        backend.close()
+    return EXIT_OK
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from agent import confirm
+
+    store = StatusStore(args.state_dir, args.netns)
+    if args.watch:
+        from agent.logging import configure, get_logger
+
+        configure("info")
+        outcome = confirm.watch(store, lambda: _backend(args.netns))
+        get_logger().info(f"confirm.{outcome}", netns=args.netns or "host")
+        return EXIT_OK
+    done = confirm.confirm(store)
+    if done is None:
+        raise _failed("nothing to confirm (no 'apply --confirm' pending; it may have rolled back: see status)")
+    if args.json:
+        print(json.dumps({"confirmed": True, "sha256": done.get("applied_sha256")}))
+    else:
+        print(f"confirmed: {str(done.get('applied_sha256'))[:12]} stays in {args.netns or 'this namespace'}")
+    return EXIT_OK
+
+
+def _invalid(message: str) -> Exception:
+    from agent.errors import InvalidInput
+
+    return InvalidInput(message)
 
 
 def _problem(d: dict):
@@ -286,6 +439,9 @@ def collect_status(store: StatusStore, backend: Any | None) -> dict:
         "counts": {k: c.summary.get(k) for k in ("chains", "rules", "sets", "set_elements", "modes_used")},
     }
     out["last_error"] = status.last_error
+    from agent import confirm
+
+    out["pending_confirm"] = confirm.describe(store)
     out["kernel"] = None
     if backend is not None:
         fingerprint = backend.fingerprint()
@@ -316,6 +472,10 @@ def render_status(data: dict, show_all: bool = False) -> str:
                   f"applied:   {c['applied']}  (mode {c['mode']}, {', '.join(n.get('modes_used') or [])})",
                   f"counts:    {n.get('chains')} chains, {n.get('rules')} rules, {n.get('sets')} sets, "
                   f"{n.get('set_elements')} elements"]
+    pc = data.get("pending_confirm")
+    if pc:
+        lines.append(f"pending:   apply --confirm: rolls back to {pc['rolls_back_to']} in "
+                     f"{pc['seconds_left']} s unless 'nsg-agent confirm'")
     err = data["last_error"]
     if err:
         lines.append(f"last error ({err.get('kind')}, {_when(err.get('time'))}): {err.get('message')}")
@@ -365,10 +525,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         return lab_commands.cmd_run(argparse.Namespace(
             file=args.lab, name=args.lab_name, mode=args.mode, debounce=args.debounce,
             resync=args.resync, log_level=args.log_level, down_on_exit=args.remove_on_exit,
-            **{k: getattr(args, k) for k in ("strict", "nsg", "parameters", "max_file_size")}))
-    configure(args.log_level, sys.stderr)
+            **{k: getattr(args, k) for k in ("strict", "nsg", "parameters", "max_file_size")},
+            log_format=args.log_format))
     notifier = Notifier()
     backend = _backend(args.netns)
+    metrics = None
+    if args.metrics or args.metrics_textfile:
+        from agent import metrics as metrics_mod
+
+        metrics = metrics_mod.Metrics(metrics_mod.reader(StatusStore(args.state_dir, args.netns), backend))
+        metrics.textfile = args.metrics_textfile
+    configure(args.log_level, sys.stderr, fmt=args.log_format,
+              observers=(metrics.observe,) if metrics is not None else ())
+    if metrics is not None and args.metrics:
+        try:
+            metrics.serve(args.metrics if ":" in args.metrics else f"127.0.0.1:{args.metrics}")
+        except (OSError, ValueError) as e:
+            backend.close()
+            raise _failed(f"--metrics {args.metrics}: cannot listen: {e}") from None
     try:
         rec = _reconciler(args.config, args, backend, notifier=notifier,
                           debounce=args.debounce, resync=args.resync)

@@ -23,15 +23,12 @@ from agent.commands.inputs import add_files, files_label, load_inputs
 from agent.loader import LoadedState
 from agent.model import looks_like_address
 from agent.policy import (
-    Access,
     AddressTerm,
     Direction,
     Flow,
-    Level,
     LevelDecision,
     LevelKind,
     NicPolicy,
-    PortTerm,
     Protocol,
     ResolvedRule,
     Verdict,
@@ -94,6 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--local", required=True, metavar="IP[:PORT]", help="the NIC's own address")
     p.add_argument("--remote", required=True, metavar="IP[:PORT]", help="the other end")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    from agent.commands import kernelcheck
+
+    kernelcheck.add_arguments(p)
     p.set_defaults(func=cmd_verify)
 
 
@@ -432,38 +432,50 @@ def cmd_verify(args: argparse.Namespace) -> int:
                f"({', '.join(str(a) for a in nic.addresses)})")
         return EXIT_INVALID
     verdict = evaluate(nic, flow)
+    if getattr(args, "kernel", False):
+        from agent.commands import kernelcheck
+
+        policy = resolve(loaded.state, loaded.tags)
+        if args.json:
+            return kernelcheck.run(args, loaded, policy, nic, flow, verdict, verdict_json(loaded, nic, flow, verdict))
+        _print_verify_text(loaded, nic, flow, verdict)
+        return kernelcheck.run(args, loaded, policy, nic, flow, verdict, None)
     if args.json:
         _print_json(verdict_json(loaded, nic, flow, verdict))
     else:
-        proto = PROTOCOL_NAMES.get(flow.protocol, f"protocol {flow.protocol}")
-        src, sport, dst, dport = flow.oriented()
-        deciding = verdict.deciding
-        by = ""
-        if deciding is not None and deciding.rule is not None:
-            by = f" by rule {deciding.rule.name}" + (f" of NSG {deciding.nsg}" if deciding.nsg else "")
-        elif deciding is not None:
-            by = " (no NSG applies)"
-        print(f"{verdict.access.value}{by}")
-        print(f"  {flow.direction.value} {proto} {_endpoint_text(src, sport)} -> "
-              f"{_endpoint_text(dst, dport)} at NIC {nic.nic}")
-        for i, d in enumerate(verdict.path, 1):
-            print(f"  {i}. {_decision_text(d)}")
-        decided = {(d.kind, d.nsg) for d in verdict.path}
-        for lv in nic.levels(flow.direction):
-            if (lv.kind, lv.nsg) not in decided and not verdict.allowed:
-                print(f"     ({LEVEL_TITLE[lv.kind]} {lv.nsg} not evaluated: already denied)")
-        answer = answers.ip_flow_verify(loaded.state, nic, flow, verdict, [])
-        if "azure" in answer:
-            azure = answer["azure"]
-            if "error" in azure:
-                print(f"  note: Azure's IP flow verify answers the error {azure['error']['code']} "
-                      "(no NSG on this NIC or its subnet); the data plane allows the flow")
-            else:
-                print(f"  note: Azure's IP flow verify considers NSGs only and answers {azure['access']} "
-                      f"by {azure['ruleName']}")
-        for note in answer.get("notes", []):
-            print(f"  note: {note}")
+        _print_verify_text(loaded, nic, flow, verdict)
     return EXIT_OK if verdict.allowed else EXIT_DENY
+
+
+def _print_verify_text(loaded: LoadedState, nic: NicPolicy, flow: Flow, verdict: Verdict) -> None:
+    proto = PROTOCOL_NAMES.get(flow.protocol, f"protocol {flow.protocol}")
+    src, sport, dst, dport = flow.oriented()
+    deciding = verdict.deciding
+    by = ""
+    if deciding is not None and deciding.rule is not None:
+        by = f" by rule {deciding.rule.name}" + (f" of NSG {deciding.nsg}" if deciding.nsg else "")
+    elif deciding is not None:
+        by = " (no NSG applies)"
+    print(f"{verdict.access.value}{by}")
+    print(f"  {flow.direction.value} {proto} {_endpoint_text(src, sport)} -> "
+          f"{_endpoint_text(dst, dport)} at NIC {nic.nic}")
+    for i, d in enumerate(verdict.path, 1):
+        print(f"  {i}. {_decision_text(d)}")
+    decided = {(d.kind, d.nsg) for d in verdict.path}
+    for lv in nic.levels(flow.direction):
+        if (lv.kind, lv.nsg) not in decided and not verdict.allowed:
+            print(f"     ({LEVEL_TITLE[lv.kind]} {lv.nsg} not evaluated: already denied)")
+    answer = answers.ip_flow_verify(loaded.state, nic, flow, verdict, [])
+    if "azure" in answer:
+        azure = answer["azure"]
+        if "error" in azure:
+            print(f"  note: Azure's IP flow verify answers the error {azure['error']['code']} "
+                  "(no NSG on this NIC or its subnet); the data plane allows the flow")
+        else:
+            print(f"  note: Azure's IP flow verify considers NSGs only and answers {azure['access']} "
+                  f"by {azure['ruleName']}")
+    for note in answer.get("notes", []):
+        print(f"  note: {note}")
 
 
 # --- output helpers ------------------------------------------------------------------------

@@ -135,6 +135,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resync", type=float, default=None, help="seconds (default: the daemon's)")
     p.add_argument("--down-on-exit", action="store_true", help="remove the lab when stopped")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
+                   help="auto (default): readable lines on a terminal, JSON lines otherwise")
     p.set_defaults(func=cmd_run)
 
 
@@ -366,7 +368,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     load_inputs(args)  # a bad file at startup is an input error (exit 2)
     _need_root()
     lab = _lab_name(args, args.file[0])
-    configure(args.log_level)
+    configure(args.log_level, fmt=getattr(args, "log_format", "auto"))
     daemon = lab_daemon(args.file, lab, mode=args.mode, debounce=args.debounce, resync=args.resync,
                         load_options=load_options(args))
     try:
