@@ -317,7 +317,11 @@ class _Reader:
             text = reading.decode(raw, filename)
             doc = parse_text(text, filename, self.limits)
         except LoadError as e:
-            self.problems += e.problems
+            # bounds found on the built data name a path but no line: look the line up
+            lines = LineMap.from_text(text) if any(p.path and p.line is None for p in e.problems) else None
+            self.problems += [Problem(p.file, p.path, p.message, lines.line(_loc_of(p.path.rstrip(".")))
+                                      if lines is not None and p.path and p.line is None else p.line)
+                              for p in e.problems]
             return
         lines = LineMap.from_text(text)
         try:

@@ -7,10 +7,12 @@ the field path and what is wrong -- never another exception, never unbounded mem
   ``stat`` (a FIFO is never opened, so a reader can never block on it);
 - the size is checked before reading (default 64 MB), and no more than the limit is read
   even if the file grows in between;
-- YAML's event stream is checked first, in constant memory (aliases are not expanded there):
-  the number of values as written, the *expanded* size (every alias counted as a copy) and
-  depth are bounded before any Python object is built, so an alias bomb ("billion laughs")
-  or a huge YAML file is refused quickly;
+- YAML with anchors, or longer than the node limit in characters, has its event stream
+  checked first, in constant memory (aliases are not expanded there): the number of values
+  as written, the *expanded* size (every alias counted as a copy) and depth are bounded
+  before any Python object is built, so an alias bomb ("billion laughs") or a huge YAML file
+  is refused quickly; other YAML is built directly (it cannot break those bounds), duplicate
+  keys and over-long numbers caught as it is built;
 - duplicate keys are an error in JSON and in YAML;
 - integers are bounded in digits and strings in length before use, lists in length, and
   nesting in depth (JSON and YAML).
@@ -18,6 +20,7 @@ the field path and what is wrong -- never another exception, never unbounded mem
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import stat
@@ -241,17 +244,59 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 def parse_yaml(text: str, filename: str, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, None]:
-    """YAML text -> data. The event stream is checked first (constant memory, aliases not
-    expanded), so nothing is built for a document that breaks a bound."""
-    check_yaml_events(text, filename, limits)
+    """YAML text -> data. A text that may hold more values than the limit, or aliases (an
+    ``&anchor``), is checked on its event stream first (constant memory, aliases not
+    expanded), so nothing is built for a document that breaks a bound. Every value takes at
+    least one character, so a shorter text without anchors cannot: it is built directly, with
+    duplicate keys and over-long numbers caught as it is built, then its depth checked."""
+    if len(text) > limits.max_yaml_nodes or "&" in text:
+        check_yaml_events(text, filename, limits)
     try:
-        return yaml.load(text, Loader=_YamlLoader), None
+        data = yaml.load(text, Loader=_bounded_loader(limits))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        raise _err(filename, f"invalid YAML: {getattr(e, 'problem', None) or e}", line) from None
+        problem = getattr(e, "problem", None) or str(e)
+        prefix = "" if problem.startswith("duplicate key") else "invalid YAML: "
+        raise _err(filename, prefix + problem, line) from None
     except (ValueError, TypeError, RecursionError, OverflowError) as e:
         raise _err(filename, f"invalid YAML value: {e}") from None
+    check_bounds(data, filename, limits, strings=len(text) > limits.max_string,
+                 lists=len(text) > limits.max_list, numbers=True)
+    return data, None
+
+
+@functools.lru_cache(maxsize=8)
+def _bounded_loader(limits: Limits) -> type:
+    """The C-parser safe loader, refusing duplicate keys and keeping over-long numbers as
+    text (``_Oversized``: reported with their path by check_bounds, never ``int()``-ed)."""
+
+    class BoundedLoader(_YamlLoader):  # type: ignore[misc, valid-type]
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, int] = {}
+                for key, _ in node.value:
+                    if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE_TAG:
+                        if key.value in seen:
+                            raise yaml.constructor.ConstructorError(
+                                None, None, f"duplicate key {key.value!r} (first at line "
+                                f"{seen[key.value]}; keys must be unique in a mapping)", key.start_mark)
+                        seen[key.value] = key.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+        def construct_yaml_int(self, node):
+            if len(node.value) > limits.max_int_digits:
+                return _Oversized(node.value)
+            return super().construct_yaml_int(node)
+
+        def construct_yaml_float(self, node):
+            if len(node.value) > 64:
+                return _Oversized(node.value)
+            return super().construct_yaml_float(node)
+
+    BoundedLoader.add_constructor(_INT_TAG, BoundedLoader.construct_yaml_int)
+    BoundedLoader.add_constructor(_FLOAT_TAG, BoundedLoader.construct_yaml_float)
+    return BoundedLoader
 
 
 class _Open:

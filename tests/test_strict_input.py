@@ -534,3 +534,28 @@ def test_type_mutations_of_azure_exports_end_in_load_error_or_valid(target, valu
     doc = copy.deepcopy(CORPUS_DOCS[name])
     _set(doc, loc, value)
     _outcome(json.dumps(doc).encode(), name)
+
+
+def test_yaml_anchors_in_normal_use_load():
+    """Anchors and merge keys for repeated parts are fine (checked on the event stream)."""
+    text = """
+common: &allow
+  direction: Inbound
+  access: Allow
+  protocol: Tcp
+  sourceAddressPrefix: "*"
+  sourcePortRange: "*"
+  destinationAddressPrefix: "*"
+virtualNetworks:
+  - {name: v1, addressSpace: [10.0.0.0/16], subnets: [{name: s1, addressPrefix: 10.0.1.0/24, networkSecurityGroup: n}]}
+networkInterfaces:
+  - {name: n1, subnet: v1/s1, ipAddresses: [10.0.1.4]}
+networkSecurityGroups:
+  - name: n
+    securityRules:
+      - {<<: *allow, name: web, priority: 100, destinationPortRange: "80"}
+      - {<<: *allow, name: tls, priority: 110, destinationPortRange: "443"}
+"""
+    loaded = _load_text(text, "a.yaml")
+    assert [r.port_items("destination") for r in loaded.state.nsg("n").securityRules] == [["80"], ["443"]]
+    assert [w.path for w in loaded.warnings if "unknown key" in w.message] == ["common"]
