@@ -312,6 +312,14 @@ _PROTO_NUMBERS = {
 # packet without ports has no port that could lie in the range (documented choice).
 PORT_PROTOCOLS = frozenset({6, 17})
 
+# ICMPv6 types the platform answers itself, whatever the NSGs say: MLD query/report/done (130,
+# 131, 132), router solicitation/advertisement (133, 134), neighbour solicitation/advertisement
+# (135, 136), redirect (137), MLDv2 report (143). NSGs end in DenyAll*, and a Linux host whose
+# neighbour discovery is dropped loses IPv6 altogether (measured: the peer's neighbour entry
+# stays INCOMPLETE and every connection times out). Azure's virtual switch handles these for
+# its VMs (neighbour discovery proxy); so do we, as a platform rule before any NSG.
+NEIGHBOR_DISCOVERY_TYPES = frozenset({130, 131, 132, 133, 134, 135, 136, 137, 143})
+
 PROTOCOL_NUMBERS_BY_NAME = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "esp": 50, "ah": 51}
 
 
@@ -530,7 +538,8 @@ class NicPolicy:
     """Everything needed to enforce one NIC.
 
     Evaluation order (mirrored exactly by the compiler):
-      0. ``platform_drops`` (both directions): GRE, IP-in-IP, multicast, broadcast are denied.
+      0. ``neighbor_discovery`` (both directions): ICMPv6 ND and MLD messages are allowed;
+         then ``platform_drops``: GRE, IP-in-IP, multicast, broadcast are denied.
     Outbound:
       1. ``smtp_block``: if set, outbound TCP to port 25 whose remote address is in it is
          denied by the platform (emulates subscription types).
@@ -553,6 +562,8 @@ class NicPolicy:
     smtp_block: AddressTerm | None = None
     flush_connection: bool = False  # any NSG applied to this NIC has flushConnection
     platform_drops: tuple[PlatformDrop, ...] = ()
+    # ICMPv6 neighbour discovery and MLD pass before any NSG (see agent.semantics)
+    neighbor_discovery: bool = False
 
     def levels(self, direction: Direction) -> tuple[Level, ...]:
         return self.inbound if direction is Direction.INBOUND else self.outbound
@@ -577,6 +588,7 @@ class Flow:
     remote: IPAddress
     local_port: int | None = None
     remote_port: int | None = None
+    icmp_type: int | None = None  # ICMP/ICMPv6 type, when it matters (None: not given)
 
     def oriented(self) -> tuple[IPAddress, int | None, IPAddress, int | None]:
         """(source, source port, destination, destination port)."""

@@ -50,6 +50,7 @@ from agent.policy import (
     LevelDecision,
     LevelKind,
     NicPolicy,
+    NEIGHBOR_DISCOVERY_TYPES,
     PlatformDrop,
     Policy,
     PortTerm,
@@ -134,6 +135,12 @@ _DROP_IPIP = PlatformDrop(_platform_rule("BlockIpInIp", ANY_ADDRESS), protocols=
 _MULTICAST_TERM = AddressTerm.of("Multicast", PrefixSet.parse(MULTICAST))
 _DROP_MULTICAST = PlatformDrop(_platform_rule("BlockMulticast", _MULTICAST_TERM),
                                destination=_MULTICAST_TERM, except_protocols=frozenset({58}))
+
+
+ND_RULE = ResolvedRule(
+    nsg="", name="AllowNeighborDiscovery", priority=0, direction=Direction.INBOUND,
+    access=Access.ALLOW, protocol=Protocol.ICMP, source=ANY_ADDRESS, source_ports=ANY_PORT,
+    destination=ANY_ADDRESS, destination_ports=ANY_PORT, platform=True)
 
 
 def platform_drops(subnet_prefix: str | None) -> tuple[PlatformDrop, ...]:
@@ -369,6 +376,7 @@ def resolve(state: DesiredState, tags: ServiceTagIndex | None = None) -> Policy:
             flush_connection=flush,
             platform_drops=(platform_drops(found[1].addressPrefix if found else None)
                             if state.platform.platformDrops else ()),
+            neighbor_discovery=True,
         )
     _last_terms = r.memo
     return Policy(nics=nics)
@@ -389,6 +397,9 @@ EXEMPTION_RULE = ResolvedRule(
 def evaluate(nic: NicPolicy, flow: Flow) -> Verdict:
     """IP flow verify: Allow or Deny, with the decision taken at each level, in order."""
     path: list[LevelDecision] = []
+    if (nic.neighbor_discovery and flow.protocol == 58
+            and flow.icmp_type in NEIGHBOR_DISCOVERY_TYPES):
+        return Verdict(Access.ALLOW, (LevelDecision(None, None, ND_RULE, Access.ALLOW),))
     for drop in nic.platform_drops:
         if drop.matches(flow):
             return Verdict(Access.DENY, (LevelDecision(None, None, drop.rule, Access.DENY),))

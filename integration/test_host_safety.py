@@ -149,3 +149,53 @@ def test_plan_reports_missing_interface_wrong_address_and_rule_changes(host):
     assert r.returncode == 2
     assert "~ srv-nsg: ssh (Inbound)" in r.stdout and "destinationPorts: 22 -> 2222" in r.stdout
     assert agent(tmp, "plan", first, "--netns", pair.srv, "--detailed-exitcode").returncode == 0
+
+
+V6_POLICY = """\
+virtualNetworks:
+  - name: v
+    addressSpace: ["fd00:50::/48"]
+    subnets: [{name: s, addressPrefix: "fd00:50::/64"}]
+networkInterfaces:
+  - {name: a, subnet: v/s, ipAddresses: ["fd00:50::4"], interface: IFNAME, networkSecurityGroup: n}
+networkSecurityGroups:
+  - {name: n, securityRules: []}
+"""
+
+
+def test_ipv6_neighbour_discovery_passes_so_allowed_ipv6_connects(tmp_path):
+    """An NSG with only Azure's defaults allows VNet traffic; over IPv6 that needs neighbour
+    discovery, which DenyAllInBound/OutBound would drop (the peer's neighbour entry stayed
+    INCOMPLETE and every IPv6 connection timed out). The platform rule lets ND through."""
+    from agent.netns import NetnsRunner
+
+    with make_host_pair() as pair:
+        for ns, ifname, addr in ((pair.srv, pair.srv_if, "fd00:50::4"), (pair.cli, pair.cli_if, "fd00:50::5")):
+            run("ip", "-n", ns, "addr", "add", f"{addr}/64", "dev", ifname, "nodad")
+        config = write(tmp_path, "v6.yaml", V6_POLICY.replace("IFNAME", pair.srv_if))
+        assert agent(tmp_path, "apply", config, "--netns", pair.srv).returncode == 0
+        srv, cli = NetnsRunner(pair.srv), NetnsRunner(pair.cli)
+        try:
+            def listen():
+                s = socket.socket(socket.AF_INET6)
+                s.bind(("fd00:50::4", 22))
+                s.listen(4)
+                return s
+            listener = srv.call(listen)
+
+            def connect() -> bool:
+                with socket.socket(socket.AF_INET6) as s:
+                    s.settimeout(3)
+                    s.bind(("fd00:50::5", 0))
+                    try:
+                        s.connect(("fd00:50::4", 22))
+                        return True
+                    except OSError:
+                        return False
+            assert cli.call(connect)  # AllowVnetInBound, reachable because ND passes
+            listener.close()
+            counted = run("ip", "netns", "exec", pair.srv, "nft", "list", "table", "inet", "nsg_agent").stdout
+            assert "PlatformRule_AllowNeighborDiscovery" in counted
+        finally:
+            srv.close()
+            cli.close()

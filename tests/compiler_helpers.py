@@ -52,6 +52,8 @@ def host_placement(policy: Policy) -> HostPlacement:
 
 def host_packet(nic: NicPolicy, ifname: str, flow: Flow, junk: int = 7) -> Packet:
     """The packet a host-mode NIC sends or receives for ``flow`` (first packet, ct new)."""
+    if flow.icmp_type is not None:  # the type is the first byte of the transport header
+        junk = flow.icmp_type << 8
     sport_local = flow.local_port if flow.local_port is not None else junk
     sport_remote = flow.remote_port if flow.remote_port is not None else junk
     if flow.direction is Direction.INBOUND:
@@ -67,16 +69,18 @@ def expected_fabric(policy: Policy, enforced: set[str], saddr: str, daddr: str, 
     enforced NIC) and then the receiver's inbound (if the destination is one) must allow."""
     src, dst = ipaddress.ip_address(saddr), ipaddress.ip_address(daddr)
     ports = protocol in (6, 17)
+    # for ICMP the bytes th sport reads start with the type
+    icmp_type = sport >> 8 if protocol in (1, 58) and sport is not None else None
     for nic in policy.nics.values():
         if nic.nic in enforced and src in nic.addresses:
             flow = Flow(Direction.OUTBOUND, protocol, src, dst,
-                        sport if ports else None, dport if ports else None)
+                        sport if ports else None, dport if ports else None, icmp_type)
             if not evaluate(nic, flow).allowed:
                 return False
     for nic in policy.nics.values():
         if nic.nic in enforced and dst in nic.addresses:
             flow = Flow(Direction.INBOUND, protocol, dst, src,
-                        dport if ports else None, sport if ports else None)
+                        dport if ports else None, sport if ports else None, icmp_type)
             if not evaluate(nic, flow).allowed:
                 return False
     return True

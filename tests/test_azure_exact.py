@@ -454,3 +454,23 @@ def test_smtp_block_is_at_the_internet_edge():
     assert decided_by(check(doc, "n1", "Outbound", "tcp", "10.0.1.4", "203.0.113.9", 40000, 25))[2] == "BlockOutboundSmtp"
     assert check(doc, "n1", "Outbound", "tcp", "10.0.1.4", "52.10.1.1", 40000, 25).allowed
     assert decided_by(check(doc, "n1", "Outbound", "tcp", "10.0.1.4", "168.63.129.16", 40000, 25))[2] == "PlatformExemption"
+
+
+@pytest.mark.parametrize("icmp_type,decided", [(135, "AllowNeighborDiscovery"), (136, "AllowNeighborDiscovery"),
+                                               (133, "AllowNeighborDiscovery"), (143, "AllowNeighborDiscovery"),
+                                               (128, "DenyAllInBound"), (None, "DenyAllInBound")])
+def test_icmpv6_neighbour_discovery_is_the_platforms(icmp_type, decided):
+    """ND and MLD pass before any NSG (else DenyAll* cuts IPv6 itself); an echo request or an
+    ICMPv6 flow of unknown type is the NSGs' to decide."""
+    from agent.policy import Direction, Flow
+
+    doc = base_state(subnet_rules=[])
+    doc["virtualNetworks"][0]["addressSpace"].append("fd00:10::/48")
+    doc["virtualNetworks"][0]["subnets"].append({"name": "v6", "addressPrefix": "fd00:10::/64",
+                                                 "networkSecurityGroup": "subnet-nsg"})
+    doc["networkInterfaces"].append({"name": "n6", "subnet": "v1/v6", "ipAddresses": ["fd00:10::4"]})
+    loaded = load_doc(doc)
+    nic = find_nic(resolve(loaded.state, loaded.tags), "n6")
+    v = evaluate(nic, Flow(Direction.INBOUND, 58, ipaddress.ip_address("fd00:10::4"),
+                           ipaddress.ip_address("2001:db8::9"), icmp_type=icmp_type))
+    assert v.deciding.rule.name == decided

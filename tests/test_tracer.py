@@ -216,6 +216,9 @@ CASES = [
      "output", "10.1.1.4", "224.0.0.251", 17, 5353, 5353, "new", "drop", "PlatformRule_BlockMulticast"),
     ("7-subnet-broadcast-dropped", _state(nic_rules=[_rule_doc("all", 100, "Outbound", "Allow")]),
      "output", "10.1.1.4", "10.1.1.255", 17, 68, 67, "new", "drop", "PlatformRule_BlockBroadcast"),
+    # neighbour solicitation (ICMPv6 type 135: th's first byte) passes before DenyAllInBound
+    ("7-neighbour-discovery-passes", _state(nic_rules=[]),
+     "input", "fe80::9", "ff02::1:ff00:4", 58, 135 << 8, 0, "new", "accept", "PlatformRule_AllowNeighborDiscovery"),
     ("7-limited-broadcast-dropped-inbound", _state(nic_rules=[_rule_doc("all", 100, "Inbound", "Allow")]),
      "input", "10.1.1.5", "255.255.255.255", 17, 67, 68, "new", "drop", "PlatformRule_BlockBroadcast"),
 ]

@@ -197,7 +197,8 @@ def host_flows(draw, nic_names: list[str], policy) -> list[tuple[str, Flow, int]
             sport, dport = _port_in(draw, rule.source_ports), _port_in(draw, rule.destination_ports)
             lport, rport = (dport, sport) if inbound else (sport, dport)
         ports = proto in (6, 17)
-        flow = Flow(direction, proto, local, remote, lport if ports else None, rport if ports else None)
+        icmp_type = draw(st.sampled_from([None, 128, 129, 133, 135, 136, 143, 1])) if proto == 58 else None
+        flow = Flow(direction, proto, local, remote, lport if ports else None, rport if ports else None, icmp_type)
         out.append((nic.nic, flow, draw(st.sampled_from(JUNK_PORTS))))
     return out
 

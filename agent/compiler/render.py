@@ -32,6 +32,7 @@ from agent.policy import (
     Access,
     AddressTerm,
     Direction,
+    NEIGHBOR_DISCOVERY_TYPES,
     Level,
     NicPolicy,
     Policy,
@@ -51,6 +52,7 @@ COMMENT_MAX = 128  # nft refuses longer comments
 
 SMTP_COMMENT = "PlatformRule_BlockOutboundSmtp"
 EXEMPT_COMMENT = "PlatformRule_PlatformExemption"
+ND_COMMENT = "PlatformRule_AllowNeighborDiscovery"
 
 
 @dataclass(frozen=True)
@@ -755,10 +757,22 @@ def _platform_drops(b: _Builder, nic: NicPolicy, chain: str, direction: Directio
             b.counted(chain, m + proto + [E.counter(), E.verdict("drop")], comment, ref)
 
 
+def _neighbor_discovery(b: _Builder, nic: NicPolicy, chain: str, direction: Direction) -> None:
+    """ICMPv6 neighbour discovery and MLD pass before any NSG (agent.policy)."""
+    if not nic.neighbor_discovery:
+        return
+    ref = RuleRef("", ND_COMMENT, direction.value, chain, (nic.nic,))
+    b.counted(chain, [E.match(E.meta("l4proto"), 58),
+                      E.match(E.payload("icmpv6", "type"), E.anon_set(sorted(NEIGHBOR_DISCOVERY_TYPES))),
+                      E.counter(), E.verdict("accept")], ND_COMMENT, ref)
+
+
 def _nic_chains(b: _Builder, nic: NicPolicy, slug: str) -> tuple[str, str]:
     cin, cout, cpf = f"nic_{slug}_in", f"nic_{slug}_out", f"nic_{slug}_pf"
     b.chain(cin)
     b.chain(cout)
+    _neighbor_discovery(b, nic, cin, Direction.INBOUND)
+    _neighbor_discovery(b, nic, cout, Direction.OUTBOUND)
     _platform_drops(b, nic, cin, Direction.INBOUND)
     _platform_drops(b, nic, cout, Direction.OUTBOUND)
     for lv in nic.inbound:

@@ -242,6 +242,12 @@ class _Tracer:
                 return {"sport": self.p.sport, "dport": self.p.dport}[fld]
             if proto in ("tcp", "udp"):
                 return None
+            if proto in ("icmp", "icmpv6") and fld == "type":
+                # the type is the transport header's first byte: the high byte of what
+                # th sport reads
+                if self.p.protocol != (1 if proto == "icmp" else 58) or self.p.sport is None:
+                    return None
+                return self.p.sport >> 8
             raise UnsupportedExpression(f"payload {proto} {fld}")
         if isinstance(e, dict) and "meta" in e:
             key = e["meta"]["key"]
