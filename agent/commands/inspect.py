@@ -75,6 +75,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="same as --format json")
     p.add_argument("--expand", action="store_true",
                    help="expand service tags, VirtualNetwork/Internet and ASGs into prefixes")
+    g = p.add_argument_group("hit counters from the live kernel")
+    g.add_argument("--live", action="store_true",
+                   help="show each rule's packets and bytes as the kernel counted them (needs root)")
+    g.add_argument("--netns", metavar="NAME", default=None, help="with --live: the enforced namespace")
+    g.add_argument("--state-dir", metavar="DIR", default=None,
+                   help="with --live: where the status files live (default /run/nsg-agent)")
     p.set_defaults(func=cmd_effective_rules)
 
     p = subparsers.add_parser(
@@ -245,17 +251,72 @@ def cmd_effective_rules(args: argparse.Namespace) -> int:
     if isinstance(found, int):
         return found
     loaded, nic = found
+    hits = live_hits(args, nic) if getattr(args, "live", False) else None
     if args.format == "json":
-        _print_json(effective_json(loaded, nic, _directions(args)))
+        body = effective_json(loaded, nic, _directions(args))
+        if hits is not None:
+            _attach_hits(body, nic, hits)
+        _print_json(body)
     elif args.format == "csv":
         _emit(effective_csv(nic, _directions(args), args.expand))
     else:
-        _emit(effective_table(nic, _directions(args), args.expand, loaded) + "\n")
+        _emit(effective_table(nic, _directions(args), args.expand, loaded, hits) + "\n")
     return EXIT_OK
 
 
+def live_hits(args: argparse.Namespace, nic: NicPolicy) -> dict:
+    """(level kind, nsg, direction, flow-log rule name) -> (packets, bytes, NICs sharing)
+    from the kernel's counters and the enforced commit's rule index."""
+    import os
+
+    from agent import counters
+    from agent.errors import OperationFailed
+    from agent.nft import NftBackend
+    from agent.state import DEFAULT_STATE_DIR, StatusStore
+
+    if os.geteuid() != 0:
+        raise OperationFailed("effective-rules --live reads the kernel's counters: run it as root")
+    commit = StatusStore(args.state_dir or os.environ.get("NSG_AGENT_STATE_DIR", DEFAULT_STATE_DIR),
+                         args.netns).read().commit
+    if commit is None:
+        raise OperationFailed(f"nothing is enforced in {args.netns or 'this namespace'} (no commit recorded)")
+    backend = NftBackend(args.netns)
+    try:
+        kernel = backend.counters()
+    finally:
+        backend.close()
+    return counters.for_nic(kernel, commit.rule_index, nic.nic)
+
+
+def _hit(hits: dict | None, kind: LevelKind, rule: ResolvedRule) -> tuple[int, int, tuple[str, ...]] | None:
+    if hits is None:
+        return None
+    return hits.get((kind.value, rule.nsg, rule.direction.value, rule.log_name), (0, 0, ()))
+
+
+def _attach_hits(body: dict, nic: NicPolicy, hits: dict) -> None:
+    """effective-rules --json --live: each rule gets "hits" (an extension of Azure's shape)."""
+    for entry, kind in zip(body["value"], [lv.kind for lv in _entry_levels(nic)]):
+        for r in entry["effectiveSecurityRules"]:
+            name = r["name"].split("/", 1)[1]
+            log = ("DefaultRule_" if r["name"].startswith("default") else "UserRule_") + name
+            nsg = entry["networkSecurityGroup"]["id"].rsplit("/", 1)[-1]
+            p, b, shared = hits.get((kind.value, nsg, r["direction"], log), (0, 0, ()))
+            r["hits"] = {"packets": p, "bytes": b, "sharedWith": [n for n in shared if n != nic.nic]}
+
+
+def _entry_levels(nic: NicPolicy) -> list:
+    """The levels in effective_nsg_list's entry order (subnet NSG first, then NIC NSG)."""
+    out = []
+    for kind in (LevelKind.SUBNET, LevelKind.NIC):
+        found = [lv for lv in nic.inbound + nic.outbound if lv.kind is kind]
+        if found:
+            out.append(found[0])
+    return out
+
+
 def effective_table(nic: NicPolicy, directions: Iterable[Direction], expand: bool,
-                    loaded: LoadedState | None = None) -> str:
+                    loaded: LoadedState | None = None, hits: dict | None = None) -> str:
     addrs = ", ".join(str(a) for a in nic.addresses)
     out = [f"Effective security rules of NIC {nic.nic} ({addrs}; subnet {nic.subnet})"]
     for direction in directions:
@@ -270,7 +331,17 @@ def effective_table(nic: NicPolicy, directions: Iterable[Direction], expand: boo
                 continue
             out.append(f"  {LEVEL_TITLE[kind]} {lv.nsg} (on {where})")
             rows = [_rule_cells(r, expand) for r in lv.rules]
-            out.append(render_table(RULE_HEADERS, rows, indent=4))
+            headers = RULE_HEADERS
+            if hits is not None:
+                headers = RULE_HEADERS + ["Packets", "Bytes"]
+                shared: set[str] = set()
+                for row, r in zip(rows, lv.rules):
+                    p, b, users = _hit(hits, kind, r)  # type: ignore[misc]
+                    row += [str(p), str(b)]
+                    shared.update(u for u in users if u != nic.nic)
+                if shared:
+                    out.append(f"    (counters of this NSG's chains are shared with {', '.join(sorted(shared))})")
+            out.append(render_table(headers, rows, indent=4))
     notes = platform_notes(nic, directions)
     if notes:
         out.append("")
