@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.loader import LoadedState, load
-from agent.reading import DEFAULT_MAX_BYTES, Limits
+from agent.reading import DEFAULT_MAX_BYTES, Limits  # light: no parser, no model
+
+if TYPE_CHECKING:
+    from agent.loader import LoadedState
 
 FILES_HELP = ("desired-state files and Azure exports (NSG, rule, VNet, NIC, ASG, route-table, "
               "list, effective-NSG, ARM template); several are merged into one desired state")
@@ -47,6 +49,8 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_inputs(args: argparse.Namespace, files: Any = None) -> LoadedState:
+    from agent.loader import load  # imported when a command runs: --help stays fast
+
     return load(files if files is not None else args.file, **load_options(args))
 
 

@@ -16,12 +16,10 @@ import ipaddress
 import json
 import re
 import sys
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
+from agent.commands.inputs import add_files
 from agent.errors import LoadError, Problem
-from agent.commands.inputs import add_files, files_label, load_inputs
-from agent.loader import LoadedState
-from agent.model import looks_like_address
 from agent.policy import (
     AddressTerm,
     Direction,
@@ -33,8 +31,12 @@ from agent.policy import (
     ResolvedRule,
     Verdict,
 )
-from agent import answers
-from agent.semantics import Resolver, effective_rules, evaluate, find_nic, protocol_number, resolve
+
+if TYPE_CHECKING:
+    from agent.loader import LoadedState
+
+# The loader, the model (pydantic) and the semantics engine are imported where a command
+# runs, not here: building the parser (and so `--help`) must stay fast.
 
 EXIT_OK, EXIT_DENY, EXIT_INVALID = 0, 1, 2
 
@@ -149,6 +151,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from agent.commands.inputs import files_label, load_inputs
+
     label = files_label(args.file)
     try:
         loaded = load_inputs(args)
@@ -186,6 +190,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _load_policy(args: argparse.Namespace, nic_name: str) -> tuple[LoadedState, NicPolicy] | int:
+    from agent.commands.inputs import load_inputs
+    from agent.semantics import find_nic, resolve
+
     loaded = load_inputs(args)  # LoadError -> exit 2 in agent.cli
     policy = resolve(loaded.state, loaded.tags)
     try:
@@ -206,6 +213,8 @@ def address_text(term: AddressTerm) -> str:
 
 def _is_named(term: AddressTerm) -> bool:
     """A tag or ASG (its prefixes are not what the user wrote)."""
+    from agent.model import looks_like_address
+
     if term.any:
         return False
     return term.label.startswith("asg:") or not all(looks_like_address(x) for x in term.label.split(","))
@@ -379,10 +388,15 @@ def platform_notes(nic: NicPolicy, directions: Iterable[Direction]) -> list[str]
 
 def effective_json(loaded: LoadedState, nic: NicPolicy, directions: Iterable[Direction]) -> dict[str, Any]:
     """Azure's NetworkInterfaceEffectiveNSGList body (agent.answers)."""
+    from agent import answers
+    from agent.semantics import Resolver
+
     return answers.effective_nsg_list(loaded.state, Resolver(loaded.state, loaded.tags), nic, directions)
 
 
 def effective_csv(nic: NicPolicy, directions: Iterable[Direction], expand: bool) -> str:
+    from agent.semantics import effective_rules
+
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     header = ["direction", "level", "nsg", "priority", "name", "source", "sourcePorts",
@@ -431,6 +445,8 @@ def parse_endpoint(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Add
 
 
 def parse_flow(args: argparse.Namespace) -> Flow:
+    from agent.semantics import protocol_number
+
     if args.protocol.strip() in ("*", "any", "all", "Any", "All"):
         raise BadArgument("a flow has one protocol: give tcp, udp, icmp, esp, ah or a number, not '*'")
     try:
@@ -449,6 +465,8 @@ def parse_flow(args: argparse.Namespace) -> Flow:
 
 
 def _decision_json(d: LevelDecision) -> dict[str, Any]:
+    from agent import answers
+
     return {
         "level": d.kind.value if d.kind is not None else "platform",
         "nsg": d.nsg,
@@ -480,6 +498,8 @@ def _endpoint_text(addr, port) -> str:
 
 
 def verdict_json(loaded: LoadedState, nic: NicPolicy, flow: Flow, verdict: Verdict) -> dict[str, Any]:
+    from agent import answers
+
     out = answers.ip_flow_verify(loaded.state, nic, flow, verdict, [_decision_json(d) for d in verdict.path])
     out["nic"] = nic.nic
     out["flow"] = {"direction": flow.direction.value, "protocol": flow.protocol,
@@ -489,6 +509,8 @@ def verdict_json(loaded: LoadedState, nic: NicPolicy, flow: Flow, verdict: Verdi
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from agent.semantics import evaluate, resolve
+
     try:
         flow = parse_flow(args)
     except BadArgument as e:
@@ -519,6 +541,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _print_verify_text(loaded: LoadedState, nic: NicPolicy, flow: Flow, verdict: Verdict) -> None:
+    from agent import answers
+
     proto = PROTOCOL_NAMES.get(flow.protocol, f"protocol {flow.protocol}")
     src, sport, dst, dport = flow.oriented()
     deciding = verdict.deciding

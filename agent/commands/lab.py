@@ -24,8 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from agent.commands.inputs import add_files, add_input_options, files_label, load_inputs, load_options
-from agent.lab import build, naming, nsexec
-from agent.lab.topology import LabPlan, LabPlanError
+from typing import TYPE_CHECKING
+
+from agent.commands import lazy
+from agent.lab import naming
+
+build = lazy("agent.lab.build")  # pyroute2: imported when a lab command runs
+nsexec = lazy("agent.lab.nsexec")
+topology = lazy("agent.lab.topology")
+
+if TYPE_CHECKING:
+    from agent.lab.topology import LabPlan
 
 EXIT_OK, EXIT_MISMATCH, EXIT_INVALID, EXIT_FAILED = 0, 1, 2, 3
 
@@ -152,7 +161,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     try:
         changes, applied = reconcile_lab(loaded, lab, mode=args.mode, source=args.file[0])
-    except LabPlanError as e:
+    except topology.LabPlanError as e:
         print(f"nsg-agent: {e}", file=sys.stderr)
         return EXIT_INVALID
     except Exception as e:  # noqa: BLE001 - kernel/netlink failures: report, exit 3
