@@ -139,12 +139,17 @@ def _lacks_permission(error: BaseException) -> bool:
 class Reconciler:
     """See the module docstring. All public methods are safe to call from any thread."""
 
-    def __init__(self, config: str | os.PathLike, backend: Backend, store: StatusStore, *,
+    def __init__(self, config: "str | os.PathLike | list[str | os.PathLike]", backend: Backend,
+                 store: StatusStore, *, load_options: dict[str, Any] | None = None,
                  mode: str = "classify", debounce: float = DEFAULT_DEBOUNCE,
                  resync: float = DEFAULT_RESYNC, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, compile_fn: CompileFn = compile_host,
                  flusher: Flusher | None = None, notifier: Notifier | None = None, log: Any = None):
-        self.config = Path(config)
+        # Several input files are merged (agent.loader.load); the first names the config in
+        # logs and status. load_options: strict, nsg, parameters, limits (see loader.load).
+        self.inputs = [Path(c) for c in (config if isinstance(config, (list, tuple)) else [config])]
+        self.config = self.inputs[0]
+        self.load_options = dict(load_options or {})
         self.backend = backend
         self.store = store
         self.mode = mode
@@ -229,7 +234,8 @@ class Reconciler:
                 self.dirty_at = due if self.dirty_at is None else max(self.dirty_at, due)
 
     def watched_files(self) -> set[Path]:
-        files = {self.config.absolute()}
+        files = {p.absolute() for p in self.inputs}
+        files |= {Path(p).absolute() for p in self.load_options.get("parameters", ())}
         if self.last_good is not None:
             files |= {Path(f).absolute() for f in self.last_good.files}
         return files
@@ -272,7 +278,7 @@ class Reconciler:
     # the work ------------------------------------------------------------------------------
     def load(self) -> Desired:
         phases = self._phases
-        loaded = loader.load(self.config)
+        loaded = loader.load(self.inputs, **self.load_options)
         phases.mark("load")
         policy = semantics.resolve(loaded.state, loaded.tags)
         phases.mark("resolve")
@@ -314,9 +320,9 @@ class Reconciler:
             self.log.info("reconcile.start", reason=reason)
             self.seen_files = {str(p): file_digest(p) for p in self.watched_files()}
             self._phases = phases  # load() marks its steps here (subclasses' load() may not)
-            if input_files.open_for_writing(self.config):
+            if any(input_files.open_for_writing(p) for p in self.inputs):
                 return self._unsettled("open for writing")
-            before = input_files.identity(self.config)
+            before = [input_files.identity(p) for p in self.inputs]
             try:
                 desired = self.load()
             except LoadError as e:
@@ -331,7 +337,7 @@ class Reconciler:
                 self.log.exception("compile.failed", file=str(self.config), error=str(e))
                 self._record_error("compile", f"{type(e).__name__}: {e}")
                 return False
-            if input_files.identity(self.config) != before:
+            if [input_files.identity(p) for p in self.inputs] != before:
                 return self._unsettled("changed while it was read")
             self._warn_insecure(desired)
             refusal = self._incomplete(desired)

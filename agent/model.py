@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -68,8 +68,8 @@ class TemplateExpressionError(ValueError):
 def _reject_expression(value: Any) -> Any:
     if isinstance(value, str) and TEMPLATE_EXPRESSION_RE.match(value):
         raise ValueError(
-            f"ARM template expression {value!r}: template expressions are not evaluated; "
-            "export the deployed resource (az network nsg show) or substitute the value"
+            f"ARM template expression {value!r}: expressions are evaluated in ARM templates "
+            "and template resources, not in a desired-state file; substitute the value"
         )
     return value
 
@@ -186,14 +186,53 @@ def looks_like_address(text: str) -> bool:
     return bool(re.fullmatch(r"[0-9.]+(/\d+)?", s)) or ":" in s
 
 
+# Azure's read-only and informational fields, on every resource: known, and ignored quietly.
+AZURE_INFORMATIONAL = frozenset({
+    "id", "etag", "type", "provisioningState", "resourceGuid", "location", "tags", "apiVersion",
+    "dependsOn", "comments", "kind", "sku", "zones", "extendedLocation", "systemData",
+    "managedBy", "$schema", "contentVersion", "resourceGroup", "subscriptionId",
+})
+
+
 class _Base(BaseModel):
-    # Azure objects carry many read-only fields; accept them and keep going.
-    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+    # Unknown keys are not kept: agent.strictness reports each one (a warning, an error with
+    # --strict), so a misspelled field never passes silently. Azure's read-only and
+    # informational fields (AZURE_INFORMATIONAL, plus ``azure_ignored`` of each model) are
+    # known and quiet.
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+    azure_ignored: ClassVar[frozenset[str]] = frozenset()
+    # Azure's resource id, kept (agent.answers repeats it in Azure-shaped answers).
+    id: str | None = Field(default=None, max_length=2048)
 
     @model_validator(mode="before")
     @classmethod
     def _nested(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "properties" in data and not isinstance(data["properties"], dict):
+            raise ValueError(f"properties must be an object (mapping), not {_kind(data['properties'])}")
+        if not isinstance(data, dict) and not isinstance(data, BaseModel):
+            raise ValueError(f"expected an object (mapping) for {_label(cls)}, not {_kind(data)}")
         return flatten_properties(data)
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, bool):
+        return f"the boolean {v}"
+    if isinstance(v, (int, float)):
+        return f"the number {v}"
+    if isinstance(v, str):
+        return f"the string {v[:40]!r}"
+    if isinstance(v, list):
+        return "a list"
+    return "null" if v is None else type(v).__name__
+
+
+def _label(cls: type) -> str:
+    return {"SecurityRule": "a security rule", "NetworkSecurityGroup": "an NSG",
+            "VirtualNetwork": "a VNet", "Subnet": "a subnet", "NetworkInterface": "a NIC",
+            "IPConfiguration": "an IP configuration", "ApplicationSecurityGroup": "an ASG",
+            "DesiredState": "the desired state", "ServiceTagFiles": "serviceTags",
+            "Platform": "platform", "Lab": "lab", "ExternalHost": "a lab external host",
+            }.get(cls.__name__, cls.__name__)
 
 
 def _name_check(value: str) -> str:
@@ -258,6 +297,15 @@ class SecurityRule(_Base):
         _reject_expression(v)
         if v == "":
             return None
+        if isinstance(v, int) and not isinstance(v, bool):
+            return str(v)  # a port as a number (an ARM int parameter): the same port
+        return v
+
+    @field_validator("sourcePortRanges", "destinationPortRanges", mode="before")
+    @classmethod
+    def _port_numbers(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v]
         return v
 
     @field_validator("sourcePortRanges", "destinationPortRanges", mode="after")
@@ -338,6 +386,11 @@ class SecurityRule(_Base):
                 )
             if getattr(self, f"{side}PortRange") and getattr(self, f"{side}PortRanges"):
                 raise ValueError(f"{side}: give {side}PortRange or {side}PortRanges, not both")
+            if not getattr(self, f"{side}PortRange") and not getattr(self, f"{side}PortRanges"):
+                # Azure requires it; taking a missing one as '*' would open every port.
+                raise ValueError(
+                    f"{side}: one of {side}PortRange or {side}PortRanges is required "
+                    "('*' for any port)")
         return self
 
     # Convenience views used by the semantics engine.
@@ -348,10 +401,14 @@ class SecurityRule(_Base):
     def port_items(self, side: str) -> list[str]:
         single = getattr(self, f"{side}PortRange")
         plural = getattr(self, f"{side}PortRanges")
-        return [single] if single else (list(plural) or ["*"])
+        return [single] if single else list(plural)
 
 
 class NetworkSecurityGroup(_Base):
+    # defaultSecurityRules are Azure's built-in defaults (the same in every NSG, built in
+    # here); subnets / networkInterfaces back-references are turned into associations by the
+    # loader before validation.
+    azure_ignored: ClassVar[frozenset[str]] = frozenset({"defaultSecurityRules", "flowLogs"})
     name: str
     securityRules: Annotated[list[SecurityRule], BeforeValidator(_as_list)] = []
     flushConnection: bool = False
@@ -365,10 +422,30 @@ class NetworkSecurityGroup(_Base):
 
 
 class Subnet(_Base):
+    azure_ignored: ClassVar[frozenset[str]] = frozenset({
+        "ipConfigurations", "delegations", "serviceEndpoints", "serviceEndpointPolicies",
+        "privateEndpointNetworkPolicies", "privateLinkServiceNetworkPolicies", "purpose",
+        "resourceNavigationLinks", "serviceAssociationLinks", "natGateway", "privateEndpoints",
+        "ipConfigurationProfiles", "defaultOutboundAccess", "applicationGatewayIPConfigurations",
+        "ipAllocations", "ipamPoolPrefixAllocations", "sharingScope"})
     name: str
     addressPrefix: str
     networkSecurityGroup: RefName | None = None
     routeTable: RefName | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prefixes(cls, data: Any) -> Any:
+        # Azure: "addressPrefixes": [one prefix] instead of "addressPrefix"
+        data = flatten_properties(data)
+        if isinstance(data, dict) and "addressPrefix" not in data and "addressPrefixes" in data:
+            items = data["addressPrefixes"]
+            if isinstance(items, list) and len(items) == 1:
+                data = {**{k: v for k, v in data.items() if k != "addressPrefixes"}, "addressPrefix": items[0]}
+            elif isinstance(items, list) and len(items) > 1:
+                raise ValueError(f"subnet with {len(items)} addressPrefixes: only one prefix per "
+                                 "subnet is supported")
+        return data
 
     @field_validator("addressPrefix")
     @classmethod
@@ -434,6 +511,10 @@ class VirtualNetworkPeering(_Base):
 
 
 class VirtualNetwork(_Base):
+    azure_ignored: ClassVar[frozenset[str]] = frozenset({
+        "enableDdosProtection", "ddosProtectionPlan", "dhcpOptions", "encryption",
+        "bgpCommunities", "enableVmProtection", "privateEndpointVNetPolicies", "flowLogs",
+        "ipAllocations", "flowTimeoutInMinutes", "defaultPublicNatGateway"})
     name: str
     addressSpace: Annotated[list[str], BeforeValidator(_as_list)]
     subnets: Annotated[list[Subnet], BeforeValidator(_as_list)] = []
@@ -537,13 +618,87 @@ class RouteTable(_Base):
     _name = field_validator("name")(classmethod(lambda cls, v: _name_check(v)))
 
 
+class IPConfiguration(_Base):
+    """One of Azure's ``ipConfigurations`` of a NIC (``az network nic show``)."""
+
+    azure_ignored: ClassVar[frozenset[str]] = frozenset({
+        "privateIPAllocationMethod", "privateIPAddressVersion", "primary", "publicIPAddress",
+        "loadBalancerBackendAddressPools", "loadBalancerInboundNatRules",
+        "applicationGatewayBackendAddressPools", "virtualNetworkTaps", "gatewayLoadBalancer",
+        "privateLinkConnectionProperties", "privateIPAddressPrefixLength"})
+    name: str | None = None
+    privateIPAddress: str | None = None
+    subnet: RefName | None = None
+    applicationSecurityGroups: RefList = []
+
+    @field_validator("subnet", mode="before")
+    @classmethod
+    def _subnet_id(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "id" in v:
+            v = v["id"]
+        if isinstance(v, str):
+            m = re.search(r"virtualNetworks/([^/]+)/subnets/([^/]+)/?$", v, re.I)
+            if m:
+                return f"{m.group(1)}/{m.group(2)}"
+        return v
+
+
+def _from_ipconfigs(data: Any) -> Any:
+    """Azure's NIC shape -> ours: ``ipConfigurations[].privateIPAddress`` become ipAddresses,
+    their (common) subnet the NIC's subnet, their ASGs the NIC's ASGs."""
+    data = flatten_properties(data)
+    if not isinstance(data, dict) or not isinstance(data.get("ipConfigurations"), list):
+        return data
+    configs = [flatten_properties(c) for c in data["ipConfigurations"]]
+    if not all(isinstance(c, dict) for c in configs):
+        return data  # the model reports the wrong type of the item
+    out = dict(data)
+    if "ipAddresses" not in out:
+        missing = [str(c.get("name", i))[:40] for i, c in enumerate(configs) if not c.get("privateIPAddress")]
+        if missing:
+            raise ValueError(
+                f"ipConfigurations {', '.join(missing)} without privateIPAddress (a Dynamic address "
+                "is known only once deployed: export the deployed NIC with az network nic show)")
+        out["ipAddresses"] = [c["privateIPAddress"] for c in configs]
+    if "subnet" not in out:
+        found = [IPConfiguration._subnet_id(c.get("subnet")) for c in configs]
+        subnets = {s for s in found if isinstance(s, str)}
+        if len(subnets) > 1:
+            raise ValueError(f"ipConfigurations are in different subnets ({', '.join(sorted(map(str, subnets)))}): "
+                             "one NIC, one subnet")
+        if subnets:
+            out["subnet"] = subnets.pop()
+    if "applicationSecurityGroups" not in out:
+        groups: list = []
+        for c in configs:
+            given = c.get("applicationSecurityGroups") or []
+            for g in given if isinstance(given, list) else [given]:
+                if g not in groups:
+                    groups.append(g)
+        if groups:
+            out["applicationSecurityGroups"] = groups
+    return out
+
+
 class NetworkInterface(_Base):
+    azure_ignored: ClassVar[frozenset[str]] = frozenset({
+        "dnsSettings", "enableAcceleratedNetworking", "enableIPForwarding", "macAddress",
+        "primary", "virtualMachine", "hostedWorkloads", "tapConfigurations", "nicType",
+        "auxiliaryMode", "auxiliarySku", "disableTcpStateTracking", "vnetEncryptionSupported",
+        "dscpConfiguration", "privateEndpoint", "workloadType", "privateLinkService",
+        "migrationPhase", "allowPort25Out", "defaultOutboundConnectivityEnabled"})
     name: str
     subnet: str  # "vnet/subnet"
     ipAddresses: Annotated[list[str], BeforeValidator(_as_list)]
     networkSecurityGroup: RefName | None = None
     applicationSecurityGroups: RefList = []
     interface: str | None = Field(default=None, max_length=15)
+    ipConfigurations: list[IPConfiguration] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _azure_nic(cls, data: Any) -> Any:
+        return _from_ipconfigs(data)
 
     @field_validator("ipAddresses", mode="before")
     @classmethod
@@ -563,6 +718,11 @@ class NetworkInterface(_Base):
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP address") from None
         return v
+
+    @field_validator("subnet", mode="before")
+    @classmethod
+    def _subnet_obj(cls, v: Any) -> Any:
+        return v["id"] if isinstance(v, dict) and isinstance(v.get("id"), str) else v
 
     @field_validator("subnet")
     @classmethod
@@ -656,3 +816,21 @@ class DesiredState(_Base):
 
     def nic(self, name: str) -> NetworkInterface | None:
         return next((n for n in self.networkInterfaces if n.name.lower() == name.lower()), None)
+
+
+SCHEMA_ID = "https://github.com/nsg-agent/nsg-agent/desired-state.schema.json"
+
+
+def desired_state_schema() -> dict[str, Any]:
+    """The JSON Schema of the desired-state file (``nsg-agent schema``), from these models.
+    It describes the flat shape; the loader also accepts Azure's nested ``properties`` shape
+    and the exports listed in docs/desired-state.md."""
+    schema = DesiredState.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = SCHEMA_ID
+    schema["title"] = "nsg-agent desired state"
+    schema["description"] = ("Azure Network Security Group semantics enforced with nftables: "
+                             "VNets, subnets, NICs, ASGs, NSGs. See docs/desired-state.md.")
+    # Editors: allow the $schema key (and Azure's informational keys) at the top level.
+    schema.setdefault("properties", {})["$schema"] = {"type": "string"}
+    return schema

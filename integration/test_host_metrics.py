@@ -57,3 +57,29 @@ def test_metrics_endpoint_counts_rule_hits_and_outcomes(host_pair, echo_server, 
     write_atomically(config, host_policy(pair, web_access="Deny"))
     assert poll(lambda: scrape(port)[("nsg_agent_reconcile_total", (("outcome", "delta"),))]
                 + scrape(port)[("nsg_agent_reconcile_total", (("outcome", "replace"),))] >= 2, timeout=10) is not None
+
+
+def test_effective_rules_live_shows_the_rules_hits(host_pair, echo_server, prober, tmp_path):
+    """effective-rules --live: each rule of the NIC with the packets the kernel counted."""
+    import json
+
+    from host_helpers import NSG_AGENT, run
+
+    pair = host_pair
+    echo_server(pair.srv, [8080], [])
+    cli = prober(pair.cli)
+    config = tmp_path / "desired-state.yaml"
+    config.write_text(host_policy(pair))
+    state = str(tmp_path / "run")
+    assert run(NSG_AGENT, "apply", str(config), "--netns", pair.srv, "--state-dir", state, timeout=60).returncode == 0
+    for _ in range(3):
+        assert cli.tcp(pair.cli_internet, pair.srv_addr, 8080, timeout=0.5)
+    r = run(NSG_AGENT, "effective-rules", str(config), "--nic", "srv", "--live", "--netns", pair.srv,
+            "--state-dir", state, "--json", timeout=30)
+    rules = {x["name"]: x for e in json.loads(r.stdout)["value"] for x in e["effectiveSecurityRules"]}
+    assert rules["securityRules/web"]["hits"]["packets"] == 3
+    assert rules["securityRules/deny-8081"]["hits"]["packets"] == 0
+    table = run(NSG_AGENT, "effective-rules", str(config), "--nic", "srv", "--live", "--netns", pair.srv,
+                "--state-dir", state, timeout=30).stdout
+    line = next(x for x in table.splitlines() if x.strip().startswith("100") and " web " in f" {x} ")
+    assert line.split()[-2] == "3"

@@ -131,7 +131,7 @@ def test_nested_template_errors_point_at_the_right_line():
     prio = found["resources[0].properties.securityRules[1].properties.priority"]
     assert prio.line == 16 and "outside 100..4096" in prio.message
     port = found["resources[0].properties.securityRules[1].properties.destinationPortRange"]
-    assert port.line == 20 and "template expressions are not evaluated" in port.message
+    assert port.line == 20 and "cannot be evaluated: parameters() parameter 'port' has no value" in port.message
 
 
 def test_missing_nested_field_reported_under_properties():
@@ -161,7 +161,7 @@ def test_many_errors_all_reported_in_file_order():
 SYNTAX = [
     ("invalid-json", "{\n  \"a\": 1,\n  oops\n}", "f.json", "invalid JSON", 3),
     ("invalid-yaml", "virtualNetworks:\n  - name: a\n   bad: [\n", "f.yaml", "invalid YAML", None),
-    ("top-level-list", "- a\n- b\n", "f.yaml", "expected a mapping", None),
+    ("top-level-list", "- a\n- b\n", "f.yaml", "not an Azure resource this importer knows", 1),
     ("unknown-document", "foo: 1\n", "f.yaml", "not a desired-state file", 1),
     ("wrong-type-list", "virtualNetworks: 5\n", "f.yaml", "valid list", 1),
 ]

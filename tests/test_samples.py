@@ -1,6 +1,7 @@
-"""Azure's public samples (../shared/azure-samples): every JSON file loads, or fails with the
-specific "template expressions are not evaluated" message naming the field; the REST examples
-of effective rules and IP flow verify give the same verdicts through our engine."""
+"""Azure's public samples (../shared/azure-samples): every JSON file loads as listed in
+EXPECTED (kind, NSGs and rule counts), or is refused with problems naming the field and the
+ARM function that cannot be evaluated there; the REST examples of effective rules and IP flow
+verify give the same verdicts through our engine."""
 
 from __future__ import annotations
 
@@ -20,69 +21,167 @@ from agent.semantics import Resolver, evaluate, resolve
 SAMPLE_FILES = sorted(SAMPLES.rglob("*.json")) if SAMPLES.is_dir() else []
 NET = ipaddress.ip_network
 
-# Files that must load (the rest are ARM templates whose values are expressions).
-MUST_LOAD = {
-    "azure-cli-recording__test_network_nsg__nsg-create-PUT-201-response.json": ("nsg", ["test-nsg1"]),
-    "azure-docs-json-samples__multiplesecurityrules.parameters.json": ("arm-parameters", ["securityRules"]),
-    "NetworkInterfaceEffectiveNSGList.json": ("rest-example", ["test-nsg"]),
-    "NetworkSecurityGroupCreate.json": ("rest-example", ["testnsg"]),
-    "NetworkSecurityGroupList.json": ("rest-example", ["nsg1", "nsg3"]),
-    "NetworkSecurityGroupRuleCreate.json": ("rest-example", ["testnsg"]),
-    "NetworkSecurityGroupRuleGet.json": ("rest-example", ["testnsg"]),
-    "NetworkSecurityGroupRuleList.json": ("rest-example", ["testnsg"]),
-    "NetworkWatcherSecurityGroupViewGet.json": ("rest-example", []),
-    "ApplicationSecurityGroupCreate.json": ("rest-example", []),
-    "ApplicationSecurityGroupGet.json": ("rest-example", []),
-    "DefaultSecurityRuleGet.json": ("rest-example", []),
-    "NetworkSecurityGroupCreateWithRule.json": ("rest-example", ["testnsg"]),
-    "NetworkSecurityGroupGet.json": ("rest-example", ["testnsg"]),
-    "NetworkWatcherIpFlowVerify.json": ("rest-example", []),
-    "ServiceTags_China_20251028.json": ("service-tags", []),
-    "ServiceTags_Public_20190722.trimmed.json": ("service-tags", []),
-    "ServiceTags_Public_20251028.selected-tags.json": ("service-tags", []),
-    "ServiceTags_Public_20251028.trimmed.json": ("service-tags", []),
+# Every sample, file by file: what it loads as (kind and rule count per NSG), or the
+# problems it is refused with -- each (field path as written, the ARM function that cannot
+# be evaluated there). A template is loaded with its parameters file where one exists
+# (<name>.parameters.json beside it). The resource extracts of nsg-real-world are cut out
+# of their templates, so a [variables(...)] there has nothing to read: refused, naming it.
+EXPECTED = {
+    "azure-cli-recording__test_network_nsg__nsg-create-PUT-201-response.json": ("nsg", {'test-nsg1': 0}),
+    "azure-docs-json-samples__multiplesecurityrules.json": ("arm-template", {'NSG1': 2}),
+    "azure-docs-json-samples__multiplesecurityrules.parameters.json": ("arm-parameters", {'securityRules': 2}),
+    "azure-network-security__netsec-demo-lab-vnets__nsg1.json": [('name', 'parameters'), ('properties.securityRules[0].properties.sourceAddressPrefix', 'variables'), ('properties.securityRules[1].properties.destinationAddressPrefix', 'variables')],
+    "azure-quickstart-templates__application-security-group__nsg.json": [('name', 'variables'), ('properties.securityRules[0].properties.destinationApplicationSecurityGroups[0].id', 'variables'), ('properties.securityRules[1].properties.destinationApplicationSecurityGroups[0].id', 'variables')],
+    "azure-quickstart-templates__azure-bastion-nsg__nsg.json": [('name', 'variables')],
+    "azure-quickstart-templates__security-group-create__azuredeploy.json": ("arm-template", {'networkSecurityGroup1': 1}),
+    "azurestack-qs__101-create-nsg__azuredeploy.json": ("arm-template", {'myNSG': 1}),
+    "azurestack-qs__101-vm-linux-minikube__nsg.json": [('name', 'variables')],
+    "azurestack-qs__101-vm-windows-create__nsg.json": [('name', 'variables')],
+    "azurestack-qs__appservice-fileserver-sqlserver-ha__ad-nsg-empty.json": [('name', 'variables')],
+    "azurestack-qs__docker-swarm-ubuntu__agent-nsg.json": [('name', 'variables')],
+    "azurestack-qs__docker-swarm-ubuntu__jumpbox-nsg.json": [('name', 'variables')],
+    "azurestack-qs__ethereum-consortium-leader__mn-nsg.json": [('name', 'variables'), ('properties.securityRules[0].properties.destinationPortRange', 'variables'), ('properties.securityRules[0].properties.sourceAddressPrefix', 'variables'), ('properties.securityRules[0].properties.destinationAddressPrefix', 'variables'), ('properties.securityRules[1].properties.destinationPortRange', 'variables'), ('properties.securityRules[2].properties.sourceAddressPrefix', 'variables'), ('properties.securityRules[2].properties.destinationAddressPrefix', 'variables')],
+    "azurestack-qs__ethereum-consortium-leader__tx-nsg.json": [('name', 'variables'), ('properties.securityRules[3].properties.sourceAddressPrefix', 'variables'), ('properties.securityRules[3].properties.destinationAddressPrefix', 'variables'), ('properties.securityRules[4].properties.destinationPortRange', 'variables'), ('properties.securityRules[4].properties.sourceAddressPrefix', 'variables'), ('properties.securityRules[4].properties.destinationAddressPrefix', 'variables'), ('properties.securityRules[5].properties.destinationPortRange', 'variables')],
+    "azurestack-qs__ethereum-poa-network-resources__nsg-copyloop.json": [('copy.count', 'parameters')],
+    "azurestack-qs__hadoop-cluster__nsg.json": [('name', 'variables')],
+    "azurestack-qs__hybrid-azure__nsg.json": [('name', 'variables')],
+    "azurestack-qs__hybrid-azurestack__nsg.json": [('name', 'variables')],
+    "azurestack-qs__sql-2014-standalone__nsg.json": [('name', 'variables')],
+    "azurestack-qs__wsus__nsg.json": [('name', 'parameters')],
+    "azure-cli__test_network_nic_convenience_commands__effective-nsg.json": ("effective-rules", {'conveniencevm1NSG': 0}),
+    "azure-cli__test_network_nic_convenience_commands__effective-routes.json": [('body', 'an effective route table (az network nic show-effective-rout')],
+    "NetworkInterfaceEffectiveNSGList.json": ("rest-example", {'test-nsg': 2}),
+    "NetworkSecurityGroupCreate.json": ("rest-example", {'testnsg': 0}),
+    "NetworkSecurityGroupList.json": ("rest-example", {'nsg1': 0, 'nsg3': 0}),
+    "NetworkSecurityGroupRuleCreate.json": ("rest-example", {'testnsg': 1}),
+    "NetworkSecurityGroupRuleGet.json": ("rest-example", {'testnsg': 1}),
+    "NetworkSecurityGroupRuleList.json": ("rest-example", {'testnsg': 1}),
+    "NetworkWatcherSecurityGroupViewGet.json": ("rest-example", {}),
+    "ApplicationSecurityGroupCreate.json": ("rest-example", {}),
+    "ApplicationSecurityGroupGet.json": ("rest-example", {}),
+    "DefaultSecurityRuleGet.json": ("rest-example", {}),
+    "NetworkSecurityGroupCreateWithRule.json": ("rest-example", {'testnsg': 1}),
+    "NetworkSecurityGroupGet.json": ("rest-example", {'testnsg': 1}),
+    "NetworkWatcherIpFlowVerify.json": ("rest-example", {}),
+    "ServiceTags_China_20251028.json": ("service-tags", {}),
+    "ServiceTags_Public_20190722.trimmed.json": ("service-tags", {}),
+    "ServiceTags_Public_20251028.selected-tags.json": ("service-tags", {}),
+    "ServiceTags_Public_20251028.trimmed.json": ("service-tags", {}),
 }
 
-EXPRESSION_MSG = re.compile(r"^ARM template expression (['\"])(.+)\1: template expressions are not evaluated")
+
+def _parameters_for(path):
+    params = path.with_name(path.name.replace(".json", ".parameters.json"))
+    return [params] if params.exists() and params != path else []
+
+
+def _outcome(path):
+    try:
+        loaded = load(path, parameters=_parameters_for(path))
+    except LoadError as e:
+        out = []
+        for p in e.problems:
+            m = UNEVALUABLE.search(p.message)
+            out.append((p.path, m.group(1) if m else p.message[:60]))
+        return out, e.problems
+    return (loaded.kind, {n.name: len(n.securityRules) for n in loaded.state.networkSecurityGroups}), loaded
+
+
+UNEVALUABLE = re.compile(r"cannot be evaluated: (\w+)\(\)")
 
 
 @pytest.mark.parametrize("path", SAMPLE_FILES, ids=[p.name for p in SAMPLE_FILES])
-def test_sample_loads_or_names_the_template_expression(path):
-    """A sample loads as expected, or every problem is the template-expression message, naming
-    the field path and the line where that expression is written."""
-    try:
-        loaded = load(path)
-    except LoadError as e:
-        assert path.name not in MUST_LOAD, [str(p) for p in e.problems]
+def test_sample_loads_or_is_refused_naming_field_and_function(path):
+    """Each sample gives exactly its EXPECTED outcome. A refusal names, for every problem,
+    the field path as written, the unevaluable function and the line where the expression
+    is written; a load gives the NSGs with their rule counts."""
+    outcome, detail = _outcome(path)
+    assert outcome == EXPECTED[path.name]
+    if isinstance(outcome, list):
         lines = path.read_text(encoding="utf-8-sig").splitlines()
-        for p in e.problems:
-            m = EXPRESSION_MSG.match(p.message)
-            assert m, str(p)
-            assert p.path, str(p)
-            assert p.line is not None and m.group(2) in lines[p.line - 1], str(p)
-        return
-    kind, nsgs = MUST_LOAD[path.name]
-    assert loaded.kind == kind
-    assert [n.name for n in loaded.state.networkSecurityGroups] == nsgs
-    if kind == "service-tags":
-        assert loaded.tags.tags
+        for p in detail:
+            assert p.path and p.line is not None, str(p)
+            m = re.search(r"ARM expression (['\"])(.+?)\1 cannot be evaluated", p.message)
+            if m:
+                assert m.group(2) in lines[p.line - 1], str(p)
 
 
 def test_every_sample_is_covered():
-    """The MUST_LOAD table names only files that exist (guards against renamed samples)."""
+    """EXPECTED names exactly the files that exist (guards against renamed or new samples)."""
     if not SAMPLE_FILES:
         pytest.skip("sample data not present")
-    assert set(MUST_LOAD) <= {p.name for p in SAMPLE_FILES}
+    assert set(EXPECTED) == {p.name for p in SAMPLE_FILES}
 
 
-def test_whole_rule_list_expression_names_the_field(samples_dir):
-    """`"securityRules": "[variables('securityRules')]"` fails on that very field."""
+def test_whole_rule_list_variable_copy_loop_evaluated(samples_dir):
+    """multiplesecurityrules.json builds its rule list with a variable copy loop over the
+    securityRules parameter: with its parameters file, the rules are the parameter's."""
+    path = samples_dir / "nsg-real-world/azure-docs-json-samples__multiplesecurityrules.json"
+    loaded = load(path, parameters=_parameters_for(path))
+    (nsg,) = loaded.state.networkSecurityGroups
+    assert [(r.name, r.priority, r.protocol.value, r.port_items("destination"), r.destinationAddressPrefix)
+            for r in nsg.securityRules] == [("RDPAllow", 100, "Tcp", ["3389"], "10.0.0.0/24"),
+                                            ("HTTPAllow", 200, "Tcp", ["80"], "10.0.1.0/24")]
+
+
+def test_template_without_its_parameters_file_names_the_parameter(samples_dir):
+    """Without the parameters file the template is refused at the field, naming parameters()."""
     path = samples_dir / "nsg-real-world/azure-docs-json-samples__multiplesecurityrules.json"
     with pytest.raises(LoadError) as e:
         load(path)
     (p,) = e.value.problems
-    assert p.path == "resources[0].properties.securityRules"
-    assert "template expressions are not evaluated" in p.message and p.line == 41
+    assert p.path == "variables.copy[0].count" or "securityRules" in p.path, str(p)
+    assert "parameters()" in p.message and "'securityRules'" in p.message
+
+
+def test_copy_loop_extract_loads_with_parameters(samples_dir, tmp_path):
+    """The ethereum copy-loop NSG: given its parameters, one NSG per region, each with the
+    five rules, access and prefixes from the if() expressions."""
+    params = tmp_path / "p.json"
+    params.write_text(json.dumps({"$schema": "https://schema.management.azure.com/schemas/2015-01-01/deploymentParameters.json#",
+                                  "parameters": {
+        "regionCount": {"value": 2}, "locationArray": {"value": ["westus", "eastus"]},
+        "vnetSettings": {"value": [{"vlNsgName": "nsg-west"}, {"vlNsgName": "nsg-east"}]},
+        "enableSshAccess": {"value": False}, "ethRpcPort": {"value": 8545},
+        "ethNetworkPort": {"value": 30303}, "mustDeployVnetGateway": {"value": True}}}))
+    loaded = load(samples_dir / "nsg-real-world/azurestack-qs__ethereum-poa-network-resources__nsg-copyloop.json",
+                  parameters=[params])
+    assert [n.name for n in loaded.state.networkSecurityGroups] == ["nsg-west", "nsg-east"]
+    for nsg in loaded.state.networkSecurityGroups:
+        rules = {r.name: r for r in nsg.securityRules}
+        assert len(rules) == 5
+        assert rules["allow-ssh"].access.value == "Deny"
+        assert rules["allow-eth-rpc"].port_items("destination") == ["8545"]
+        assert rules["parity-client-port-inbound"].sourceAddressPrefix == "VirtualNetwork"
+
+
+def test_extract_loads_once_its_name_parameter_is_given(samples_dir, tmp_path):
+    """wsus's NSG is refused only for its [parameters('networkSecurityGroupName')] name;
+    with that parameter given it loads, upper-case "TCP" included."""
+    params = tmp_path / "p.json"
+    params.write_text(json.dumps({"parameters": {"networkSecurityGroupName": {"value": "wsus-nsg"}}}))
+    loaded = load(samples_dir / "nsg-real-world/azurestack-qs__wsus__nsg.json", parameters=[params])
+    (nsg,) = loaded.state.networkSecurityGroups
+    assert nsg.name == "wsus-nsg" and nsg.securityRules and {r.protocol.value for r in nsg.securityRules} <= {"Tcp", "*"}
+
+
+def test_recorded_effective_nsg_is_the_nics_effective_rules(samples_dir):
+    """az network nic list-effective-nsg (recorded): NSG conveniencevm1NSG, only default
+    rules (built in), associated with NIC conveniencevm1VMNic; a desired state with that NIC
+    gets the NSG from the association alone."""
+    path = samples_dir / "recorded/azure-cli__test_network_nic_convenience_commands__effective-nsg.json"
+    loaded = load(path)
+    assert [(n.name, len(n.securityRules)) for n in loaded.state.networkSecurityGroups] == [("conveniencevm1NSG", 0)]
+    assert any("6 default rule(s) are built in" in w.message for w in loaded.warnings)
+
+
+def test_recorded_effective_routes_refused_clearly(samples_dir):
+    """The effective route table is observed state, not a desired state: refused, saying so."""
+    path = samples_dir / "recorded/azure-cli__test_network_nic_convenience_commands__effective-routes.json"
+    with pytest.raises(LoadError) as e:
+        load(path)
+    (p,) = e.value.problems
+    assert p.path == "body" and "effective route table" in p.message and "not a desired state" in p.message
 
 
 def test_arm_parameters_file_imported_as_named_nsg(samples_dir):

@@ -54,3 +54,13 @@ def test_log_format_auto_is_console_on_a_terminal_and_json_otherwise(tmp_path):
     get_logger().info("config.applied", file="x.yaml")
     assert "config.applied" in tty.getvalue() and not tty.getvalue().startswith("{")
     configure("info")
+
+
+def test_help_does_not_import_the_engine():
+    """--help builds the parser only: no pydantic model, no pyroute2, no semantics engine
+    (what made it slow), so it answers in well under 150 ms on this machine."""
+    code = ("import sys; from agent.cli import build_parser; build_parser(); "
+            "print(','.join(m for m in ('agent.model', 'agent.semantics', 'pyroute2', 'pydantic', 'agent.loader') "
+            "if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr

@@ -15,6 +15,7 @@ import os
 import sys
 from typing import Any
 
+from agent.commands.inputs import add_files, add_input_options, files_label, load_options
 from agent.errors import LoadError
 from agent.state import (
     DEFAULT_STATE_DIR,
@@ -45,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Compile FILE and compare it with what was last applied (the status file) "
                     "and with the kernel (is the table there, has it drifted): rules added, "
                     "removed and changed by comment, and set sizes. Changes nothing.")
-    p.add_argument("file", metavar="FILE")
+    add_files(p)
     p.add_argument("--mode", choices=MODES, default="classify")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--detailed-exitcode", action="store_true",
@@ -60,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "table inet nsg_agent is replaced in one transaction. Records the commit in "
                     "the status file. With flushConnection on an NSG, live flows the new policy "
                     "denies are cut.")
-    p.add_argument("file", metavar="FILE")
+    add_files(p)
     p.add_argument("--mode", choices=MODES, default="classify")
     p.add_argument("--force", action="store_true",
                    help="apply even if the coverage check finds a lock-out of the current "
@@ -101,8 +102,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "last good state on bad input, repair drift every --resync seconds. SIGHUP "
                     "reloads, SIGTERM exits leaving the rules in place. See docs/daemon.md.")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--config", metavar="FILE", help="host mode: enforce the file's NICs on this machine")
-    target.add_argument("--lab", metavar="FILE",
+    target.add_argument("--config", metavar="FILE", nargs="+",
+                        help="host mode: enforce the file's NICs on this machine (several files "
+                             "are merged; every file involved is watched)")
+    target.add_argument("--lab", metavar="FILE", nargs="+",
                         help="lab mode: keep the lab's topology and rules equal to FILE "
                              "(same as 'nsg-agent lab run FILE')")
     p.add_argument("--lab-name", metavar="NAME", help="with --lab: the lab's name (default from the file)")
@@ -125,6 +128,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="serve Prometheus metrics on HOST:PORT (HOST defaults to 127.0.0.1); see docs/metrics.md")
     p.add_argument("--metrics-textfile", metavar="PATH", default=None,
                    help="write the metrics to PATH after each reconcile (node_exporter's textfile collector)")
+    add_input_options(p)
     _common(p)
     p.set_defaults(func=cmd_run)
 
@@ -182,12 +186,14 @@ def read_record(store: StatusStore) -> tuple[Status, str | None]:
 # --- plan ----------------------------------------------------------------------------------
 
 
-def build_plan(file: str, mode: str, store: StatusStore, backend: Any | None) -> tuple[Plan, dict]:
-    """Compile ``file`` and diff it against the remembered commit and the kernel."""
+def build_plan(file: Any, mode: str, store: StatusStore, backend: Any | None,
+               load_options: dict | None = None) -> tuple[Plan, dict]:
+    """Compile ``file`` (one path or several) and diff it against the remembered commit and
+    the kernel."""
     from agent import loader, semantics
     from agent.daemon import compile_host, host_interfaces
 
-    loaded = loader.load(file)
+    loaded = loader.load(file, **(load_options or {}))
     policy = semantics.resolve(loaded.state, loaded.tags)
     interfaces = host_interfaces(policy)
     rs = compile_host(policy, interfaces, mode)
@@ -224,7 +230,7 @@ def kernel_matches(backend: Any, status: Status, fingerprint: str | None) -> boo
     return commit.kernel_fingerprint is not None and fingerprint == commit.kernel_fingerprint
 
 
-def review_change(file: str, store: StatusStore, backend: Any | None):
+def review_change(file: Any, store: StatusStore, backend: Any | None, load_options: dict | None = None):
     """The reviewer's view of applying ``file``: per-rule changes against the last commit's
     desired state, shadowed rules, revoked live connections and the coverage check (the
     last two need the kernel: root). The current policy is the last commit's desired state
@@ -232,7 +238,7 @@ def review_change(file: str, store: StatusStore, backend: Any | None):
     from agent import conntrack, coverage, loader, review, semantics
     from agent.daemon import host_interfaces
 
-    loaded = loader.load(file)
+    loaded = loader.load(file, **(load_options or {}))
     new = semantics.resolve(loaded.state, loaded.tags)
     old_state = store.read_applied() if read_record(store)[0].commit is not None else None
     old = semantics.resolve(old_state, loaded.tags) if old_state is not None else None
@@ -266,8 +272,8 @@ def _plan(args: argparse.Namespace) -> int:
     if os.geteuid() == 0:
         backend = _backend(args.netns)
     try:
-        plan, summary = build_plan(args.file, args.mode, store, backend)
-        rev, cov = review_change(args.file, store, backend)
+        plan, summary = build_plan(args.file, args.mode, store, backend, load_options(args))
+        rev, cov = review_change(args.file, store, backend, load_options(args))
     finally:
         if backend is not None:
             backend.close()
@@ -333,7 +339,8 @@ def _reconciler(file: str, args: argparse.Namespace, backend: Any, **kw: Any):
 
     store = StatusStore(args.state_dir, args.netns)
     flusher = (lambda policy: conntrack.flush_denied(backend.runner, policy)) if hasattr(backend, "runner") else None
-    rec = Reconciler(file, backend, store, mode=args.mode, flusher=flusher, **kw)
+    rec = Reconciler(file, backend, store, load_options=load_options(args), mode=args.mode,
+                     flusher=flusher, **kw)
     try:
         store.ensure_dir()  # before anything reaches the kernel: the record must be writable
     except OSError as e:
@@ -356,7 +363,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     _quiet_logging()
     backend = _backend(args.netns)
     try:
-        _, cov = review_change(args.file, StatusStore(args.state_dir, args.netns), backend)
+        _, cov = review_change(args.file, StatusStore(args.state_dir, args.netns), backend, load_options(args))
         for f in cov.findings if cov else []:
             print(f"nsg-agent: {'LOCK-OUT' if f.kind == 'lockout' else 'warning'}: {f.message}", file=sys.stderr)
         if cov and cov.lockouts and not args.force:
@@ -378,7 +385,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if rec.reconcile("apply"):
             c = rec.status.commit
             s = c.summary
-            print(f"applied {args.file} (sha256 {c.sha256[:12]}) to {args.netns or 'this namespace'}: "
+            print(f"applied {files_label(args.file)} (sha256 {c.sha256[:12]}) to {args.netns or 'this namespace'}: "
                   f"{s.get('chains')} chains, {s.get('rules')} rules, {s.get('sets')} sets, "
                   f"{s.get('set_elements')} elements")
             if pending is not None:
@@ -580,6 +587,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return lab_commands.cmd_run(argparse.Namespace(
             file=args.lab, name=args.lab_name, mode=args.mode, debounce=args.debounce,
             resync=args.resync, log_level=args.log_level, down_on_exit=args.remove_on_exit,
+            **{k: getattr(args, k) for k in ("strict", "nsg", "parameters", "max_file_size")},
             log_format=args.log_format))
     store = StatusStore(args.state_dir, args.netns)
     try:

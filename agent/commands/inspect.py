@@ -16,11 +16,10 @@ import ipaddress
 import json
 import re
 import sys
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
+from agent.commands.inputs import add_files
 from agent.errors import LoadError, Problem
-from agent.loader import LoadedState, load
-from agent.model import looks_like_address
 from agent.policy import (
     AddressTerm,
     Direction,
@@ -32,8 +31,12 @@ from agent.policy import (
     ResolvedRule,
     Verdict,
 )
-from agent import answers
-from agent.semantics import Resolver, effective_rules, evaluate, find_nic, protocol_number, resolve
+
+if TYPE_CHECKING:
+    from agent.loader import LoadedState
+
+# The loader, the model (pydantic) and the semantics engine are imported where a command
+# runs, not here: building the parser (and so `--help`) must stay fast.
 
 EXIT_OK, EXIT_DENY, EXIT_INVALID = 0, 1, 2
 
@@ -47,9 +50,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validate", help="check a desired-state file (or an Azure export) and summarise it",
         description="Load and validate FILE. Prints OK and a summary, or every problem "
                     "(file:line: field path: message). Exit 0 if valid, 2 if not.")
-    p.add_argument("file", metavar="FILE")
+    add_files(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_validate)
+
+    p = subparsers.add_parser(
+        "schema", help="print the desired-state JSON Schema (for editors and CI checks)",
+        description="Print the JSON Schema of the desired-state file, generated from the "
+                    "models the loader validates with. Point an editor at it, e.g. with the "
+                    "YAML language server: '# yaml-language-server: $schema=nsg-agent.schema.json'.")
+    p.set_defaults(func=cmd_schema)
 
     p = subparsers.add_parser(
         "effective-rules", help="a NIC's effective security rules, like the Azure portal's",
@@ -58,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "included. Tags and ASGs are shown by name; --expand lists their prefixes. "
                     "JSON follows Azure's NetworkInterfaceEffectiveNSGList shape (tag and ASG "
                     "terms always carry expanded*AddressPrefix there, as in Azure).")
-    p.add_argument("file", metavar="FILE")
+    add_files(p)
     p.add_argument("--nic", required=True, metavar="NAME", help="network interface name")
     p.add_argument("--direction", type=_direction, metavar="Inbound|Outbound",
                    help="only this direction (default: both)")
@@ -67,6 +77,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="same as --format json")
     p.add_argument("--expand", action="store_true",
                    help="expand service tags, VirtualNetwork/Internet and ASGs into prefixes")
+    g = p.add_argument_group("hit counters from the live kernel")
+    g.add_argument("--live", action="store_true",
+                   help="show each rule's packets and bytes as the kernel counted them (needs root)")
+    g.add_argument("--netns", metavar="NAME", default=None, help="with --live: the enforced namespace")
+    g.add_argument("--state-dir", metavar="DIR", default=None,
+                   help="with --live: where the status files live (default /run/nsg-agent)")
     p.set_defaults(func=cmd_effective_rules)
 
     p = subparsers.add_parser(
@@ -75,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "does) against a NIC's NSGs. Prints Allow or Deny and the decision at each "
                     "level. Exit 0 allow, 1 deny, 2 invalid input. For TCP and UDP give ports "
                     "(IP:PORT, or [IPv6]:PORT).")
-    p.add_argument("file", metavar="FILE")
+    add_files(p)
     p.add_argument("--nic", required=True, metavar="NAME")
     p.add_argument("--direction", required=True, type=_direction, metavar="Inbound|Outbound")
     p.add_argument("--protocol", required=True, metavar="P",
@@ -110,7 +126,7 @@ def summary(loaded: LoadedState) -> dict[str, Any]:
         "securityRules": sum(len(n.securityRules) for n in s.networkSecurityGroups),
         "applicationSecurityGroups": len(s.applicationSecurityGroups),
         "serviceTags": len(loaded.tags.tags),
-        "serviceTagFiles": len(loaded.files) - 1 if loaded.kind != "service-tags" else 1,
+        "serviceTagFiles": len(loaded.tag_files),
         "externalHosts": len(s.lab.externalHosts),
     }
 
@@ -127,24 +143,36 @@ _SUMMARY_LABELS = (
 )
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from agent.model import desired_state_schema
+
+    _print_json(desired_state_schema())
+    return EXIT_OK
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
+    from agent.commands.inputs import files_label, load_inputs
+
+    label = files_label(args.file)
     try:
-        loaded = load(args.file)
+        loaded = load_inputs(args)
     except LoadError as e:
         if args.json:
-            _print_json({"ok": False, "file": args.file, "problems": [p.as_dict() for p in e.problems]})
+            _print_json({"ok": False, "file": label, "files": list(args.file),
+                         "problems": [p.as_dict() for p in e.problems]})
         else:
             n = len(e.problems)
-            print(f"INVALID {args.file}: {n} problem{'s' if n != 1 else ''}")
+            print(f"INVALID {label}: {n} problem{'s' if n != 1 else ''}")
             for p in e.problems:
                 print(f"  {p}")
         return EXIT_INVALID
     counts = summary(loaded)
     if args.json:
-        _print_json({"ok": True, "file": args.file, "kind": loaded.kind, "sha256": loaded.sha256,
+        _print_json({"ok": True, "file": label, "files": [str(f) for f in loaded.files], "kind": loaded.kind,
+                     "sha256": loaded.sha256,
                      "counts": counts, "warnings": [w.as_dict() for w in loaded.warnings]})
         return EXIT_OK
-    print(f"OK {args.file} ({loaded.kind})")
+    print(f"OK {label} ({loaded.kind})")
     rows = [[label, str(counts[key])] for key, label in _SUMMARY_LABELS]
     if counts["serviceTagFiles"] and loaded.kind != "service-tags":
         rows[6][1] += f" (from {counts['serviceTagFiles']} file{'s' if counts['serviceTagFiles'] != 1 else ''})"
@@ -161,8 +189,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # --- effective-rules ----------------------------------------------------------------------
 
 
-def _load_policy(path: str, nic_name: str) -> tuple[LoadedState, NicPolicy] | int:
-    loaded = load(path)  # LoadError -> exit 2 in agent.cli
+def _load_policy(args: argparse.Namespace, nic_name: str) -> tuple[LoadedState, NicPolicy] | int:
+    from agent.commands.inputs import load_inputs
+    from agent.semantics import find_nic, resolve
+
+    loaded = load_inputs(args)  # LoadError -> exit 2 in agent.cli
     policy = resolve(loaded.state, loaded.tags)
     try:
         return loaded, find_nic(policy, nic_name)
@@ -182,6 +213,8 @@ def address_text(term: AddressTerm) -> str:
 
 def _is_named(term: AddressTerm) -> bool:
     """A tag or ASG (its prefixes are not what the user wrote)."""
+    from agent.model import looks_like_address
+
     if term.any:
         return False
     return term.label.startswith("asg:") or not all(looks_like_address(x) for x in term.label.split(","))
@@ -223,21 +256,76 @@ def _level_order(direction: Direction) -> tuple[LevelKind, LevelKind]:
 
 
 def cmd_effective_rules(args: argparse.Namespace) -> int:
-    found = _load_policy(args.file, args.nic)
+    found = _load_policy(args, args.nic)
     if isinstance(found, int):
         return found
     loaded, nic = found
+    hits = live_hits(args, nic) if getattr(args, "live", False) else None
     if args.format == "json":
-        _print_json(effective_json(loaded, nic, _directions(args)))
+        body = effective_json(loaded, nic, _directions(args))
+        if hits is not None:
+            _attach_hits(body, nic, hits)
+        _print_json(body)
     elif args.format == "csv":
         _emit(effective_csv(nic, _directions(args), args.expand))
     else:
-        _emit(effective_table(nic, _directions(args), args.expand, loaded) + "\n")
+        _emit(effective_table(nic, _directions(args), args.expand, loaded, hits) + "\n")
     return EXIT_OK
 
 
+def live_hits(args: argparse.Namespace, nic: NicPolicy) -> dict:
+    """(level kind, nsg, direction, flow-log rule name) -> (packets, bytes, NICs sharing)
+    from the kernel's counters and the enforced commit's rule index."""
+    import os
+
+    from agent import counters
+    from agent.errors import OperationFailed
+    from agent.nft import NftBackend
+    from agent.state import DEFAULT_STATE_DIR, StatusStore
+
+    if os.geteuid() != 0:
+        raise OperationFailed("effective-rules --live reads the kernel's counters: run it as root")
+    commit = StatusStore(args.state_dir or os.environ.get("NSG_AGENT_STATE_DIR", DEFAULT_STATE_DIR),
+                         args.netns).read().commit
+    if commit is None:
+        raise OperationFailed(f"nothing is enforced in {args.netns or 'this namespace'} (no commit recorded)")
+    backend = NftBackend(args.netns)
+    try:
+        kernel = backend.counters()
+    finally:
+        backend.close()
+    return counters.for_nic(kernel, commit.rule_index, nic.nic)
+
+
+def _hit(hits: dict | None, kind: LevelKind, rule: ResolvedRule) -> tuple[int, int, tuple[str, ...]] | None:
+    if hits is None:
+        return None
+    return hits.get((kind.value, rule.nsg, rule.direction.value, rule.log_name), (0, 0, ()))
+
+
+def _attach_hits(body: dict, nic: NicPolicy, hits: dict) -> None:
+    """effective-rules --json --live: each rule gets "hits" (an extension of Azure's shape)."""
+    for entry, kind in zip(body["value"], [lv.kind for lv in _entry_levels(nic)]):
+        for r in entry["effectiveSecurityRules"]:
+            name = r["name"].split("/", 1)[1]
+            log = ("DefaultRule_" if r["name"].startswith("default") else "UserRule_") + name
+            nsg = entry["networkSecurityGroup"]["id"].rsplit("/", 1)[-1]
+            p, b, shared = hits.get((kind.value, nsg, r["direction"], log), (0, 0, ()))
+            r["hits"] = {"packets": p, "bytes": b, "sharedWith": [n for n in shared if n != nic.nic]}
+
+
+def _entry_levels(nic: NicPolicy) -> list:
+    """The levels in effective_nsg_list's entry order (subnet NSG first, then NIC NSG)."""
+    out = []
+    for kind in (LevelKind.SUBNET, LevelKind.NIC):
+        found = [lv for lv in nic.inbound + nic.outbound if lv.kind is kind]
+        if found:
+            out.append(found[0])
+    return out
+
+
 def effective_table(nic: NicPolicy, directions: Iterable[Direction], expand: bool,
-                    loaded: LoadedState | None = None) -> str:
+                    loaded: LoadedState | None = None, hits: dict | None = None) -> str:
     addrs = ", ".join(str(a) for a in nic.addresses)
     out = [f"Effective security rules of NIC {nic.nic} ({addrs}; subnet {nic.subnet})"]
     for direction in directions:
@@ -252,7 +340,17 @@ def effective_table(nic: NicPolicy, directions: Iterable[Direction], expand: boo
                 continue
             out.append(f"  {LEVEL_TITLE[kind]} {lv.nsg} (on {where})")
             rows = [_rule_cells(r, expand) for r in lv.rules]
-            out.append(render_table(RULE_HEADERS, rows, indent=4))
+            headers = RULE_HEADERS
+            if hits is not None:
+                headers = RULE_HEADERS + ["Packets", "Bytes"]
+                shared: set[str] = set()
+                for row, r in zip(rows, lv.rules):
+                    p, b, users = _hit(hits, kind, r)  # type: ignore[misc]
+                    row += [str(p), str(b)]
+                    shared.update(u for u in users if u != nic.nic)
+                if shared:
+                    out.append(f"    (counters of this NSG's chains are shared with {', '.join(sorted(shared))})")
+            out.append(render_table(headers, rows, indent=4))
     notes = platform_notes(nic, directions)
     if notes:
         out.append("")
@@ -290,10 +388,15 @@ def platform_notes(nic: NicPolicy, directions: Iterable[Direction]) -> list[str]
 
 def effective_json(loaded: LoadedState, nic: NicPolicy, directions: Iterable[Direction]) -> dict[str, Any]:
     """Azure's NetworkInterfaceEffectiveNSGList body (agent.answers)."""
+    from agent import answers
+    from agent.semantics import Resolver
+
     return answers.effective_nsg_list(loaded.state, Resolver(loaded.state, loaded.tags), nic, directions)
 
 
 def effective_csv(nic: NicPolicy, directions: Iterable[Direction], expand: bool) -> str:
+    from agent.semantics import effective_rules
+
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     header = ["direction", "level", "nsg", "priority", "name", "source", "sourcePorts",
@@ -342,6 +445,8 @@ def parse_endpoint(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Add
 
 
 def parse_flow(args: argparse.Namespace) -> Flow:
+    from agent.semantics import protocol_number
+
     if args.protocol.strip() in ("*", "any", "all", "Any", "All"):
         raise BadArgument("a flow has one protocol: give tcp, udp, icmp, esp, ah or a number, not '*'")
     try:
@@ -360,6 +465,8 @@ def parse_flow(args: argparse.Namespace) -> Flow:
 
 
 def _decision_json(d: LevelDecision) -> dict[str, Any]:
+    from agent import answers
+
     return {
         "level": d.kind.value if d.kind is not None else "platform",
         "nsg": d.nsg,
@@ -391,6 +498,8 @@ def _endpoint_text(addr, port) -> str:
 
 
 def verdict_json(loaded: LoadedState, nic: NicPolicy, flow: Flow, verdict: Verdict) -> dict[str, Any]:
+    from agent import answers
+
     out = answers.ip_flow_verify(loaded.state, nic, flow, verdict, [_decision_json(d) for d in verdict.path])
     out["nic"] = nic.nic
     out["flow"] = {"direction": flow.direction.value, "protocol": flow.protocol,
@@ -400,12 +509,14 @@ def verdict_json(loaded: LoadedState, nic: NicPolicy, flow: Flow, verdict: Verdi
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from agent.semantics import evaluate, resolve
+
     try:
         flow = parse_flow(args)
     except BadArgument as e:
         _error(str(e))
         return EXIT_INVALID
-    found = _load_policy(args.file, args.nic)
+    found = _load_policy(args, args.nic)
     if isinstance(found, int):
         return found
     loaded, nic = found
@@ -430,6 +541,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _print_verify_text(loaded: LoadedState, nic: NicPolicy, flow: Flow, verdict: Verdict) -> None:
+    from agent import answers
+
     proto = PROTOCOL_NAMES.get(flow.protocol, f"protocol {flow.protocol}")
     src, sport, dst, dport = flow.oriented()
     deciding = verdict.deciding

@@ -23,8 +23,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.lab import build, naming, nsexec
-from agent.lab.topology import LabPlan, LabPlanError
+from agent.commands.inputs import add_files, add_input_options, files_label, load_inputs, load_options
+from typing import TYPE_CHECKING
+
+from agent.commands import lazy
+from agent.lab import naming
+
+build = lazy("agent.lab.build")  # pyroute2: imported when a lab command runs
+nsexec = lazy("agent.lab.nsexec")
+topology = lazy("agent.lab.topology")
+
+if TYPE_CHECKING:
+    from agent.lab.topology import LabPlan
 
 EXIT_OK, EXIT_MISMATCH, EXIT_INVALID, EXIT_FAILED = 0, 1, 2, 3
 
@@ -74,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Create the lab's namespaces, bridges and veths from FILE (or "
                                    "change only what differs if the lab is up), then compile the "
                                    "policy for the fabric and apply it atomically.")
-    p.add_argument("file", metavar="FILE")
+    add_files(p)
     p.add_argument("--name", "--lab", dest="name", help="lab name (default: from the file name)")
     p.add_argument("--mode", choices=("classify", "simple"), default="classify",
                    help="compiler rendering (default classify)")
@@ -112,7 +122,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "pair of NICs and hosts, on the ports the rules mention plus "
                                    "a few they do not; each cell compared with what Azure would "
                                    "do (verify). Exit 1 on any mismatch.")
-    p.add_argument("file", metavar="FILE", nargs="?",
+    add_input_options(p)
+    p.add_argument("file", metavar="FILE", nargs="*",
                    help="the desired state to predict from (default: the file the lab was built from)")
     p.add_argument("--name", "--lab", dest="name", help="lab name (default: from FILE, or the only lab up)")
     p.add_argument("--ports", help="comma-separated ports instead of the automatic choice")
@@ -126,7 +137,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "change of FILE (or its service-tag files) the topology is "
                                    "reconciled (NICs added, removed, moved, readdressed) and the "
                                    "rules re-applied; bad edits keep the last good state.")
-    p.add_argument("file", metavar="FILE")
+    add_files(p)
     p.add_argument("--name", "--lab", dest="name", help="lab name (default: from the file name)")
     p.add_argument("--mode", choices=("classify", "simple"), default="classify")
     p.add_argument("--debounce", type=float, default=None, help="seconds (default: the daemon's)")
@@ -142,16 +153,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from agent.loader import load
     from agent.lab.reconcile import reconcile_lab
 
-    loaded = load(args.file)
+    loaded = load_inputs(args)
     _need_root()
-    lab = _lab_name(args, args.file)
+    lab = _lab_name(args, args.file[0])
     t0 = time.monotonic()
     try:
-        changes, applied = reconcile_lab(loaded, lab, mode=args.mode, source=args.file)
-    except LabPlanError as e:
+        changes, applied = reconcile_lab(loaded, lab, mode=args.mode, source=args.file[0])
+    except topology.LabPlanError as e:
         print(f"nsg-agent: {e}", file=sys.stderr)
         return EXIT_INVALID
     except Exception as e:  # noqa: BLE001 - kernel/netlink failures: report, exit 3
@@ -325,16 +335,16 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from agent.lab import probe
-    from agent.loader import load
     from agent.semantics import resolve
 
     _need_root()
-    lab = _lab_name(args, args.file)
+    lab = _lab_name(args, args.file[0] if args.file else None)
     plan = _plan_or_fail(lab)
     file = args.file or (build.read_state(lab) or {}).get("file")
     if not file:
         raise _failed(f"lab {lab}: no file recorded; give FILE")
-    loaded = load(file)
+    loaded = load_inputs(args, file)
+    file = files_label(file)
     policy = resolve(loaded.state, loaded.tags)
     ports = None
     if args.ports:
@@ -362,14 +372,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.lab.labdaemon import lab_daemon
-    from agent.loader import load
     from agent.logging import configure
 
-    load(args.file)  # a bad file at startup is an input error (exit 2)
+    load_inputs(args)  # a bad file at startup is an input error (exit 2)
     _need_root()
-    lab = _lab_name(args, args.file)
+    lab = _lab_name(args, args.file[0])
     configure(args.log_level, fmt=getattr(args, "log_format", "auto"))
-    daemon = lab_daemon(args.file, lab, mode=args.mode, debounce=args.debounce, resync=args.resync)
+    daemon = lab_daemon(args.file, lab, mode=args.mode, debounce=args.debounce, resync=args.resync,
+                        load_options=load_options(args))
     try:
         return daemon.run()
     finally:

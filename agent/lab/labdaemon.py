@@ -44,14 +44,15 @@ class LabReconciler(Reconciler):
         self._backend_factory = backend_factory or _nft_backend
         self._fabric_inode: int | None = None
         # The fabric must exist before a backend can enter it: build the topology now.
-        loaded = loader.load(config)
-        reconcile_topology(loaded, lab, source=config, state_dir=state_dir)
+        inputs = list(config) if isinstance(config, (list, tuple)) else [config]
+        loaded = loader.load(inputs, **(kw.get("load_options") or {}))
+        reconcile_topology(loaded, lab, source=inputs[0], state_dir=state_dir)
         self._fabric_inode = _inode(self.fabric)
         super().__init__(config, self._backend_factory(self.fabric),
                          store or StatusStore(netns=self.fabric), compile_fn=fabric_compile, **kw)
 
     def load(self) -> Desired:
-        loaded = loader.load(self.config)  # a bad file raises here: topology untouched
+        loaded = loader.load(self.inputs, **self.load_options)  # a bad file raises here: topology untouched
         changes = reconcile_topology(loaded, self.lab, source=self.config,
                                      state_dir=self.lab_state_dir)
         if not changes.empty:
@@ -93,10 +94,10 @@ def _nft_backend(netns: str) -> Any:
     return NftBackend(netns=netns)
 
 
-def lab_daemon(config: str | os.PathLike, lab: str, *, mode: str = "classify",
+def lab_daemon(config: Any, lab: str, *, mode: str = "classify",
                debounce: float | None = None, resync: float | None = None,
-               state_dir: Path = naming.STATE_DIR) -> Daemon:
-    kw: dict[str, Any] = {"mode": mode}
+               state_dir: Path = naming.STATE_DIR, load_options: dict | None = None) -> Daemon:
+    kw: dict[str, Any] = {"mode": mode, "load_options": load_options or {}}
     if debounce is not None:
         kw["debounce"] = debounce
     if resync is not None:
