@@ -87,10 +87,32 @@ def rule_index_json(index: dict) -> dict[str, Any]:
 
 
 def file_digest(path: Path) -> str | None:
+    """The sha256 of a watched file (None: unreadable). Bounded, because the daemon hashes
+    its files before every reconcile and at every resync, whatever is there: a FIFO is
+    never opened for a blocking read, a device (a symlink to /dev/zero) never read, and a
+    regular file is read in chunks up to input_files.MAX_DIGEST_BYTES (beyond that its
+    identity stands in for its content). Those are told apart by a marker instead of a hash;
+    refusing them is the loader's job."""
+    import stat as _stat
+
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError:
         return None
+    try:
+        st = os.fstat(fd)
+        if not _stat.S_ISREG(st.st_mode):
+            return f"not-a-regular-file:{st.st_mode:o}:{st.st_dev}:{st.st_ino}"
+        if st.st_size > input_files.MAX_DIGEST_BYTES:
+            return f"too-large:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+        h = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 20):
+            h.update(chunk)
+        return h.hexdigest()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 @dataclass

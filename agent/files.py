@@ -22,6 +22,9 @@ import stat
 from pathlib import Path
 
 
+MAX_DIGEST_BYTES = 256 << 20  # a watched file larger than this is told apart by its identity
+
+
 def open_for_writing(path: Path) -> bool | None:
     """True when some process has ``path`` open for writing; None when the kernel cannot
     tell us (no lease support on this file system, not the owner, file missing)."""

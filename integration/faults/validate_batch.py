@@ -33,7 +33,9 @@ def validate(path: str) -> dict:
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             rc = cli_main(["validate", path])
-        return {"path": path, "rc": rc, "traceback": None, "hang": False, "output": (out.getvalue() + err.getvalue())[-600:]}
+        text = out.getvalue() + err.getvalue()
+        return {"path": path, "rc": rc, "traceback": None, "hang": False,
+                "output": text if len(text) <= 1200 else text[:600] + " ... " + text[-600:]}
     except Hang:
         return {"path": path, "rc": None, "traceback": None, "hang": True, "output": ""}
     except SystemExit as e:
