@@ -189,6 +189,11 @@ def container_python_version(rootfs: Path) -> str:
     return versions[-1]
 
 
+# Dependencies PyPI has as source distributions only (pure Python; built with the setuptools
+# wheel the wheelhouse holds anyway).
+SDIST_ONLY = ("argparse-manpage",)
+
+
 def ensure_wheelhouse(rootfs: Path, extras: Sequence[str] = ()) -> Path:
     """A directory of wheels for the container's Python, downloaded from PyPI once."""
     reqs = wheel_requirements(extras=extras)
@@ -204,11 +209,16 @@ def ensure_wheelhouse(rootfs: Path, extras: Sequence[str] = ()) -> Path:
         log(f"downloading {len(reqs)} requirements as wheels for Python {pyver} into {wh}")
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
         env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+        binary = [r for r in reqs if not r.lower().startswith(SDIST_ONLY)]
         sh(sys.executable, "-m", "pip", "download", "-q", "-d", str(wh), "--only-binary=:all:",
            "--python-version", pyver, "--implementation", "cp",
            "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
            "--platform", "manylinux2014_x86_64", "--platform", "linux_x86_64",
-           *reqs, timeout=600, env=env)
+           *binary, timeout=600, env=env)
+        sdist = [r for r in reqs if r.lower().startswith(SDIST_ONLY)]
+        if sdist:  # pure-Python packages published as sdists only: pip builds them offline
+            sh(sys.executable, "-m", "pip", "download", "-q", "-d", str(wh), "--no-deps",
+               "--no-binary=:all:", *sdist, timeout=600, env=env)
         done.write_text("\n".join(reqs) + "\n")
         return wh
 

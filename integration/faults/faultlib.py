@@ -25,7 +25,6 @@ from host_helpers import NSG_AGENT, AgentProcess, HostPair, host_policy, run, st
 
 PREFIX = "nsgf"
 AS_LIMIT = 2 << 30  # bytes of address space for any process fed hostile input
-NEEDS_ISSUE10 = "needs issue10 loader (issue 13 item 1: bounded, total input handling)"
 
 # --- the summary ------------------------------------------------------------------------------
 

@@ -3,8 +3,7 @@ and hypothesis mutations of a good file. What must hold: no traceback, no hang, 
 the last good state kept, the error reported within a second; a file still being written is
 never enforced (namespaces nsgf-*; processes under an address-space limit and timeouts).
 
-Rows marked NEEDS_ISSUE10 depend on issue 13 item 1 (bounded, total input handling in the
-loader, done on branch issue10): they are expected to fail until it is merged.
+The corpus rows marked True are item 1's (bounded, total input handling in the loader).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from faultlib import NEEDS_ISSUE10, compiled, limited, poll, record, tables, wait_event
+from faultlib import compiled, limited, poll, record, tables, wait_event
 from host_helpers import PYTHON, HostPair, host_policy
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root_nft_guard")]
@@ -73,7 +72,7 @@ RULE = ("networkSecurityGroups:\n  - name: n\n    securityRules:\n      - {{name
         "access: Allow, protocol: Tcp, sourceAddressPrefix: '*', sourcePortRange: '*', "
         "destinationAddressPrefix: '*', destinationPortRange: '{port}'}}\n")
 
-# name -> (how to make it, needs issue10's loader)
+# name -> (how to make it, a row of issue 13 item 1: bounded, total input handling)
 CORPUS: dict[str, tuple[Callable[[Path], None], bool]] = {
     "alias-bomb": (alias_bomb, True),
     "symlink-to-dev-zero": (symlink_to("/dev/zero"), True),
@@ -132,8 +131,7 @@ def clear(result: dict, path: Path) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("case", [pytest.param(name, marks=pytest.mark.xfail(strict=False, reason=NEEDS_ISSUE10) if i1 else ())
-                                  for name, (_, i1) in CORPUS.items()])
+@pytest.mark.parametrize("case", list(CORPUS))
 def test_validate_rejects_the_corpus_clearly(case, tmp_path):
     path = tmp_path / f"{case}.yaml"
     CORPUS[case][0](path)
@@ -228,7 +226,6 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("hostile_case", names)
 
 
-@pytest.mark.xfail(strict=False, reason=NEEDS_ISSUE10)
 def test_hostile_files_through_a_running_daemon(hostile_case, fault_pair, agents, prober, tmp_path):
     """Item 1's rows through the daemon: no death, last good kept, a clear error in time."""
     r = Running(fault_pair, agents, tmp_path, prober)
@@ -379,9 +376,7 @@ def test_mutations_through_validate(tmp_path, long_mode):
            clear_errors=sum(r["rc"] == 2 for r in results), tracebacks=len(tracebacks), hangs=len(hangs))
     assert len(results) == n
     assert all(r["rc"] in (0, 2) for r in results if not (r["traceback"] or r["hang"]))
-    if tracebacks or hangs:  # item 1 (issue10) turns these into clear errors; then this must hold
-        pytest.xfail(f"{NEEDS_ISSUE10}: {len(tracebacks)} tracebacks, {len(hangs)} hangs, e.g. "
-                     f"{(tracebacks or hangs)[0]}")
+    assert not tracebacks and not hangs, (tracebacks or hangs)[:3]
 
 
 def test_mutations_through_a_running_daemon(fault_pair, agents, prober, tmp_path, long_mode):
@@ -414,5 +409,4 @@ def test_mutations_through_a_running_daemon(fault_pair, agents, prober, tmp_path
     record("daemon mutations", files=n, problems=len(problems),
            **{k.replace(".", "_"): v for k, v in outcomes.items()}, report_max_s=round(max(r.report_s), 2))
     assert not problems, problems
-    if outcomes.get("compile.failed"):  # item 1 (issue10) names the field instead
-        pytest.xfail(f"{NEEDS_ISSUE10}: {outcomes['compile.failed']} compile.failed (a Python error, not the field)")
+    assert not outcomes.get("compile.failed"), outcomes  # a bad field is named, never a Python error
