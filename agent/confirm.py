@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,14 +33,9 @@ def _path(store: StatusStore, suffix: str = "") -> Path:
     return store.dir / (PENDING + suffix)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".pending.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_json(store: StatusStore, path: Path, data: dict) -> None:
+    """Atomically, through the state directory's safe handle (agent.state)."""
+    store._write(path, json.dumps(data).encode())
 
 
 def pending(store: StatusStore) -> dict | None:
@@ -89,7 +83,7 @@ def arm(store: StatusStore, data: dict, applied_sha256: str, netns: str | None, 
     """After a successful apply: write the pending record and start the watcher. Returns
     the watcher's pid."""
     data = {**data, "applied_sha256": applied_sha256}
-    _write_json(_path(store), data)
+    _write_json(store, _path(store), data)
     cmd = [sys.executable, "-m", "agent.cli", "confirm", "--watch", "--state-dir", state_dir]
     if netns:
         cmd += ["--netns", netns]
@@ -98,8 +92,25 @@ def arm(store: StatusStore, data: dict, applied_sha256: str, netns: str | None, 
                             start_new_session=True, close_fds=True)
     log.close()
     data["watcher_pid"] = proc.pid
-    _write_json(_path(store), data)
+    _write_json(store, _path(store), data)
     return proc.pid
+
+
+def write_pending(store: StatusStore, data: dict) -> None:
+    """The daemon's pending record (run --confirm-edits): 'nsg-agent confirm' takes it."""
+    _write_json(store, _path(store), data)
+
+
+def take_for_rollback(store: StatusStore) -> bool:
+    """Take the pending record for a rollback (False: confirmed meanwhile). The rename decides
+    a race with 'nsg-agent confirm' at the deadline."""
+    src, dst = _path(store), _path(store, ".rolling-back")
+    try:
+        os.replace(src, dst)
+    except FileNotFoundError:
+        return False
+    dst.unlink(missing_ok=True)
+    return True
 
 
 def confirm(store: StatusStore) -> dict | None:
@@ -141,9 +152,9 @@ def rollback(store: StatusStore, backend: Any) -> dict | None:
                                     f"{data.get('previous_sha256') or 'no table'}", "problems": []}
     store.write(status)
     if data.get("previous_applied") is not None:
-        store.applied_path.write_text(data["previous_applied"])
+        store._write(store.applied_path, data["previous_applied"].encode())
     else:
-        store.applied_path.unlink(missing_ok=True)
+        store._unlink(store.applied_path)
     dst.unlink(missing_ok=True)
     return data
 

@@ -218,6 +218,17 @@ class Reconciler:
         # the two): until one apply has gone through, nothing is taken as already enforced.
         self.unverified = False
         self._warned_insecure: set[str] = set()
+        # run --confirm-edits SECONDS: an applied edit is rolled back to the state before it
+        # unless `nsg-agent confirm` takes the pending record in time (agent.confirm).
+        self.confirm_edits: float | None = None
+        self.pending_edit: dict[str, Any] | None = None  # deadline (clock), previous, sha256
+        self.rejected: str | None = None  # sha256 of a file content rolled back: not re-applied
+        # The lock-out check before an edit: management sessions (established TCP to port 22
+        # in conntrack) that the current policy allows and the edit would deny. host_reader()
+        # -> (ifname -> addresses, conntrack entries); None (no netlink, e.g. FakeBackend):
+        # the check is skipped.
+        self.lockout_check = True
+        self.host_reader: Callable[[], tuple[dict, list]] | None = None
 
     def restore(self, previous: Status) -> None:
         """Start from the record a previous process left: its commit, and whether an apply it
@@ -281,6 +292,8 @@ class Reconciler:
             elif self.retry_at is not None and now >= self.retry_at:
                 self.retry_at = None
                 self.reconcile("retry")
+            if self.pending_edit is not None:
+                self._check_pending_edit(now)
             if now >= self.next_resync:
                 self.next_resync = now + self.resync_interval
                 self.resync()
@@ -370,6 +383,17 @@ class Reconciler:
                 self.notifier.status("config refused (incomplete); "
                                      + ("enforcing the last good state" if self.last_good else "nothing enforced"))
                 return False
+            if self.rejected is not None and desired.loaded.sha256 == self.rejected:
+                self.log.warning("config.rejected", file=str(self.config), sha256=self.rejected,
+                                 why="rolled back (not confirmed in time): edit the file again to apply it")
+                return False
+            lockout = self._lockout(desired)
+            if lockout is not None:
+                self.log.error("config.lockout", file=str(self.config), problem=lockout,
+                               enforcing=self.last_good.loaded.sha256 if self.last_good else None)
+                self._record_error("lockout", lockout)
+                self.notifier.status("config refused (it would lock out a management session)")
+                return False
             self.seen_files = dict(desired.files)
             if desired.loaded.state.enforce == "none":
                 return self._enforce_none(desired, reason)
@@ -408,6 +432,63 @@ class Reconciler:
                     self._log_timing(reason, "adopted" if adopted else "unchanged", phases)
                     return True
             return self._apply(desired, reason, phases, diff=diff)
+
+    def _lockout(self, desired: Desired) -> str | None:
+        """Why applying ``desired`` would cut a live management session, or None."""
+        if not self.lockout_check or self.host_reader is None:
+            return None
+        from agent import coverage
+
+        try:
+            links, entries = self.host_reader()
+        except Exception as e:  # noqa: BLE001 - a failed look must not block the firewall
+            self.log.warning("coverage.unchecked", error=str(e))
+            return None
+        local = {a for addrs in links.values() for a in addrs}
+        old = self.last_good.policy if self.last_good is not None else None
+        cov = coverage.check(desired.policy, host_interfaces(desired.policy), links,
+                             coverage.conntrack_sessions(entries, local), old,
+                             host_interfaces(old) if old is not None else None)
+        for f in cov.findings:
+            if f.kind != "lockout":
+                self.log.warning("coverage.warning", kind=f.kind, nic=f.nic, interface=f.interface,
+                                 message=f.message)
+        if cov.lockouts:
+            return "; ".join(f.message for f in cov.lockouts) + " (run with --force to apply anyway)"
+        return None
+
+    def _arm_confirm(self, desired: Desired, previous: Desired) -> None:
+        """After an applied edit with --confirm-edits: the pending record that 'nsg-agent
+        confirm' takes (agent.confirm); the daemon rolls back itself at the deadline."""
+        from agent import confirm
+
+        seconds = float(self.confirm_edits or 0)
+        self.pending_edit = {"deadline": self.clock() + seconds, "previous": previous,
+                             "sha256": desired.loaded.sha256}
+        confirm.write_pending(self.store, {
+            "deadline": self.wall() + seconds, "seconds": seconds, "daemon_pid": os.getpid(),
+            "applied_sha256": desired.loaded.sha256, "previous_sha256": previous.loaded.sha256})
+        self.log.info("confirm.pending", sha256=desired.loaded.sha256, seconds=seconds)
+
+    def _check_pending_edit(self, now: float) -> None:
+        from agent import confirm
+
+        pending = self.pending_edit
+        assert pending is not None
+        if confirm.pending(self.store) is None:  # 'nsg-agent confirm' took it
+            self.pending_edit = None
+            self.log.info("confirm.confirmed", sha256=pending["sha256"])
+            return
+        if now < pending["deadline"] or not confirm.take_for_rollback(self.store):
+            return
+        self.pending_edit = None
+        previous: Desired = pending["previous"]
+        self.rejected = pending["sha256"]
+        self.log.warning("confirm.rolling_back", sha256=pending["sha256"], to=previous.loaded.sha256)
+        if self._apply(previous, "rollback"):
+            self.log.info("config.rolled_back", sha256=pending["sha256"], enforcing=previous.loaded.sha256)
+            self._record_error("rolled-back", f"edit {pending['sha256'][:12]} not confirmed within "
+                                              f"{self.confirm_edits:g} s: rolled back to {previous.loaded.sha256[:12]}")
 
     def _unsettled(self, why: str) -> bool:
         """The file is not final yet (an in-place write in progress): keep the last good
@@ -620,7 +701,7 @@ class Reconciler:
         self.kernel_fingerprint = fingerprint
         self.kernel_generation = generation
         self.applied_clock = self.clock()
-        self.last_good = desired
+        previous, self.last_good = self.last_good, desired
         self.applies += 1
         self.status.last_error = None
         s = desired.summary
@@ -632,6 +713,9 @@ class Reconciler:
         self.unverified = False
         self.status.pending = None
         self._write_commit(desired, applied_at=self.wall(), how=how)
+        if (self.confirm_edits and previous is not None and reason not in ("drift", "rollback")
+                and previous.sha256 != desired.sha256):
+            self._arm_confirm(desired, previous)
         self._clear_intent()
         phases.mark("status")
         self._announce(desired)

@@ -107,7 +107,11 @@ def test_lockout_refused_forced_then_rolled_back(host):
         assert st["pending_confirm"] is not None and st["pending_confirm"]["seconds_left"] > 0
         # nobody confirms: within the window plus a margin the old table is back
         assert poll(lambda: prober.tcp(pair.cli_internet, pair.srv_addr, 22, timeout=0.3), timeout=15) is not None
-        st = json.loads(agent(tmp, "status", "--netns", pair.srv, "--json").stdout)
+
+        def record():  # the watcher writes the record right after the kernel is back
+            return json.loads(agent(tmp, "status", "--netns", pair.srv, "--json").stdout)
+        assert poll(lambda: (record().get("last_error") or {}).get("kind") == "rolled-back", timeout=10) is not None
+        st = record()
         assert st["pending_confirm"] is None
         assert st["last_error"]["kind"] == "rolled-back"
         assert st["kernel"]["matches_commit"] and st["commit"]["source"].endswith("good.yaml")

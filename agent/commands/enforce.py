@@ -124,6 +124,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
                    help="auto (default): readable lines on a terminal, JSON lines otherwise")
+    p.add_argument("--confirm-edits", type=float, metavar="SECONDS", default=None,
+                   help="roll an applied edit back unless 'nsg-agent confirm' arrives within SECONDS "
+                        "(the edited file is then not applied again until it changes)")
+    p.add_argument("--force", action="store_true",
+                   help="apply edits even when they would lock out a live management session "
+                        "(established TCP to port 22 that the current policy allows)")
     p.add_argument("--metrics", metavar="[HOST:]PORT", default=None,
                    help="serve Prometheus metrics on HOST:PORT (HOST defaults to 127.0.0.1); see docs/metrics.md")
     p.add_argument("--metrics-textfile", metavar="PATH", default=None,
@@ -614,6 +620,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         rec = _reconciler(args.config, args, backend, notifier=notifier,
                           debounce=args.debounce, resync=args.resync)
         rec.incremental = not args.no_delta
+        rec.confirm_edits = args.confirm_edits
+        rec.lockout_check = not args.force
+        if hasattr(backend, "runner"):
+            from agent import conntrack, coverage
+
+            rec.host_reader = lambda: (coverage.interface_addresses(backend.runner),
+                                       conntrack.list_entries(backend.runner))
         daemon = Daemon(rec, netns=args.netns, notifier=notifier, remove_on_exit=args.remove_on_exit,
                         watch_links=not args.no_link_events)
         try:
