@@ -254,7 +254,8 @@ def ip_flow_verify(state: DesiredState, nic: NicPolicy, flow: Flow, verdict: Ver
     if not nic.inbound and not nic.outbound:
         out["azure"] = {"error": {"code": NSGS_NOT_APPLIED,
                                   "message": f"No NSGs are applied on network interface {nic.nic}: "
-                                             "Azure's IP flow verify refuses the question; the data plane allows the flow"}}
+                                             "Azure's IP flow verify refuses the question; "
+                                             "the data plane allows the flow"}}
     else:
         azure = _answer(evaluate(nsg_only(nic), flow), ids)
         if azure != _answer(verdict, ids):

@@ -189,7 +189,8 @@ def parse(text: str) -> Any:
 
 
 def is_expression(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith("[") and not value.startswith("[[") and value.rstrip().endswith("]")
+    return (isinstance(value, str) and value.startswith("[") and not value.startswith("[[")
+            and value.rstrip().endswith("]"))
 
 
 # --- evaluator ---------------------------------------------------------------------------
@@ -487,7 +488,8 @@ def _int(v: Any) -> int:
     return int(v)
 
 
-_SCOPE = {"name": "{resourceGroup}", "location": "{location}", "id": "/subscriptions/{subscription}/resourceGroups/{resourceGroup}"}
+_SCOPE = {"name": "{resourceGroup}", "location": "{location}",
+          "id": "/subscriptions/{subscription}/resourceGroups/{resourceGroup}"}
 
 _FUNCTIONS: dict[str, Callable[[Evaluator, list], Any]] = {
     "parameters": lambda ev, a: ev.parameter(str(a[0])),
@@ -676,7 +678,8 @@ def evaluate_template(doc: dict, parameter_docs: list[dict] | None = None
                     if k not in ("copy", "condition", "resources")}
             body["type"] = rtype
             name = body.get("name")
-            if parent_type and "/" not in rtype.split(".", 1)[-1].split("/", 1)[0] and not rtype.lower().startswith("microsoft."):
+            if (parent_type and "/" not in rtype.split(".", 1)[-1].split("/", 1)[0]
+                    and not rtype.lower().startswith("microsoft.")):
                 rtype = f"{parent_type}/{rtype}"
                 if isinstance(name, str):
                     name = f"{parent_name}/{name}"

@@ -15,6 +15,7 @@ the object it names, in the merged document of every input file, before validati
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -119,7 +120,8 @@ def apply(doc: dict) -> tuple[list[tuple[Loc, str]], list[tuple[Loc, str]]]:
                     if back == "subnets":
                         m = _SUBNET_ID.search(rid)
                         if not m:
-                            problems.append((loc + (j,), f"{rid!r} is not a subnet id (.../virtualNetworks/V/subnets/S)"))
+                            problems.append((loc + (j,),
+                                             f"{rid!r} is not a subnet id (.../virtualNetworks/V/subnets/S)"))
                             continue
                         found = subnet_at(m.group(1), m.group(2))
                         what, one = f"subnet {m.group(1)}/{m.group(2)}", f"a subnet has one {singular}"
@@ -128,7 +130,7 @@ def apply(doc: dict) -> tuple[list[tuple[Loc, str]], list[tuple[Loc, str]]]:
                         else:
                             vi, si = found
                             current = _ref_name(_holder(_holder(vnets[vi])["subnets"][si]).get(key))
-                            setter = (lambda vi=vi, si=si: set_subnet(vi, si, key, name))
+                            setter = functools.partial(set_subnet, vi, si, key, name)
                     else:
                         m = _NIC_ID.search(rid)
                         nic_name = m.group(1) if m else rid.rstrip("/").rsplit("/", 1)[-1]

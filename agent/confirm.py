@@ -60,9 +60,8 @@ def describe(store: StatusStore, now: float | None = None) -> dict | None:
 
 def prepare(store: StatusStore, listing: dict | None, seconds: float) -> dict:
     """Record what a rollback puts back (before the apply changes anything)."""
-    from agent.nft import listing_to_batch
-
     from agent.commands.enforce import read_record
+    from agent.nft import listing_to_batch
 
     previous, _ = read_record(store)
     try:

@@ -91,7 +91,8 @@ def conntrack_sessions(entries: Iterable, local: set[IPAddress]) -> list[Session
     return out
 
 
-def _owner(interfaces: dict[str, str], links: dict[str, list[IPAddress]], address: IPAddress) -> tuple[str | None, str | None]:
+def _owner(interfaces: dict[str, str], links: dict[str, list[IPAddress]],
+           address: IPAddress) -> tuple[str | None, str | None]:
     """(interface carrying ``address``, NIC mapped to that interface)."""
     by_if = {ifname: nic for nic, ifname in interfaces.items()}
     for ifname, addrs in sorted(links.items()):
@@ -132,7 +133,8 @@ def check(new: Policy, interfaces: dict[str, str], links: dict[str, list[IPAddre
                 mapped = interfaces.get(owner)
                 cov.findings.append(Finding("unmapped-address", (
                     f"{ifname} carries {addr} of NIC {owner}, but NIC {owner} is "
-                    + (f"mapped to {mapped}" if mapped else "not mapped to any interface (its traffic is not filtered)")),
+                    + (f"mapped to {mapped}" if mapped
+                       else "not mapped to any interface (its traffic is not filtered)")),
                     owner, ifname))
     for s in sessions:
         verdict_new = _session_verdict(new, interfaces, links, s)

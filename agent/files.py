@@ -21,7 +21,6 @@ import os
 import stat
 from pathlib import Path
 
-
 MAX_DIGEST_BYTES = 256 << 20  # a watched file larger than this is told apart by its identity
 
 

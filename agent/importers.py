@@ -143,8 +143,8 @@ def _type_name(v: Any) -> str:
 def _prefixed(imported: Imported, prefix: Loc) -> Imported:
     inner = imported.translate
     imported.translate = lambda loc: prefix + tuple(inner(loc))
-    imported.problems = [(prefix + tuple(l), m) for l, m in imported.problems]
-    imported.warnings = [(prefix + tuple(l), m) for l, m in imported.warnings]
+    imported.problems = [(prefix + tuple(loc), m) for loc, m in imported.problems]
+    imported.warnings = [(prefix + tuple(loc), m) for loc, m in imported.warnings]
     if imported.kind in ("unknown", "service-tags", "desired-state"):
         # these are interpreted by the loader on imported.doc with identity paths
         imported.translate = lambda loc: prefix + tuple(loc)
@@ -339,8 +339,8 @@ def _resource_list(kind: str, items: list[tuple[Loc, Any]], options: Options) ->
             continue
         if _has_expression(obj):
             sub = _arm_template(obj, options)
-            for (l, m) in sub.problems:
-                b.problems.append((loc + tuple(l), m))
+            for (where, m) in sub.problems:
+                b.problems.append((loc + tuple(where), m))
             for coll, lst in sub.doc.items():
                 for i, it in enumerate(lst):
                     b.doc.setdefault(coll, []).append(it)
@@ -426,8 +426,8 @@ def _unresolved(imported: Imported, marker: type) -> None:
 
     imported.doc = walk(imported.doc, ())
     # problems found here are at paths of the imported document: translate them
-    imported.problems = [(imported.translate(l) if l and l[0] in COLLECTION.values() else l, m)
-                         for l, m in imported.problems]
+    imported.problems = [(imported.translate(where) if where and where[0] in COLLECTION.values() else where, m)
+                         for where, m in imported.problems]
 
 
 def _contains(v: Any, marker: type) -> bool:

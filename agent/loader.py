@@ -7,7 +7,6 @@ each with the file, the line (when the parser can tell), the field path and what
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,8 @@ from pydantic import ValidationError
 
 from agent import reading
 from agent.errors import LoadError, Problem
-from agent.model import DesiredState, flatten_properties
 from agent.importers import RULES_ONLY
+from agent.model import DesiredState, flatten_properties
 from agent.reading import DEFAULT_LIMITS, Limits
 from agent.servicetags import ServiceTagIndex, parse_service_tag_file, parse_service_tags
 

@@ -80,7 +80,7 @@ def enter(name: str) -> None:
 
 def current_inode() -> int:
     """The inode of the calling thread's network namespace (to tell namespaces apart)."""
-    return os.stat(f"/proc/thread-self/ns/net").st_ino
+    return os.stat("/proc/thread-self/ns/net").st_ino
 
 
 class NetnsRunner:

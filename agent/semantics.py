@@ -41,6 +41,7 @@ from agent.model import (
 from agent.policy import (
     ANY_ADDRESS,
     ANY_PORT,
+    NEIGHBOR_DISCOVERY_TYPES,
     Access,
     AddressTerm,
     Direction,
@@ -50,13 +51,12 @@ from agent.policy import (
     LevelDecision,
     LevelKind,
     NicPolicy,
-    NEIGHBOR_DISCOVERY_TYPES,
     PlatformDrop,
     Policy,
     PortTerm,
+    PrefixSet,
     Protocol,
     ResolvedRule,
-    PrefixSet,
     Verdict,
     parse_cidr,
 )

@@ -10,6 +10,7 @@ import ipaddress
 from collections import Counter, defaultdict
 from typing import Iterator
 
+from agent import networks
 from agent.model import (
     MAX_ASGS_PER_NIC,
     MAX_ASGS_PER_NSG,
@@ -20,7 +21,6 @@ from agent.model import (
     looks_like_address,
     parse_prefix,
 )
-from agent import networks
 from agent.servicetags import ServiceTagIndex
 
 Issue = tuple[tuple, str]
@@ -170,7 +170,8 @@ def _nics(state: DesiredState, tags: ServiceTagIndex) -> Iterator[Issue]:
                 yield loc + ("applicationSecurityGroups", gi), f"unknown application security group {g!r}"
         if len(nic.applicationSecurityGroups) > MAX_ASGS_PER_NIC:
             yield loc + ("applicationSecurityGroups",), (
-                f"{len(nic.applicationSecurityGroups)} ASGs; Azure allows at most {MAX_ASGS_PER_NIC} per IP configuration")
+                f"{len(nic.applicationSecurityGroups)} ASGs; Azure allows at most {MAX_ASGS_PER_NIC} "
+                "per IP configuration")
         if nic.interface:
             if nic.interface in ifaces:
                 yield loc + ("interface",), f"interface {nic.interface!r} is already NIC {ifaces[nic.interface]!r}"

@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 
 from bench import control, dataplane, fabric, generate, machine, naive, netns, probeloop, report
-from bench.report import Target, fmt, fmt_summary, ms, steps_table
+from bench.report import Target, fmt, fmt_summary, steps_table
 from bench.stats import percentile, summarize
 
 DOC = netns.ROOT / "docs" / "benchmarks.md"

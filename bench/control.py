@@ -11,8 +11,8 @@ service-tag files by (path, sha256), work as they do there); each step is timed 
 
 from __future__ import annotations
 
-import cProfile
 import copy
+import cProfile
 import io
 import json
 import os

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-from host_helpers import stop_process
 
 from agent import loader, semantics
 from agent.lab import build, naming, nsexec, probe
 from agent.lab.reconcile import reconcile_lab
 from agent.lab.topology import LabPlan
+from host_helpers import stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 NSG_AGENT = str(REPO / ".venv" / "bin" / "nsg-agent")

@@ -7,7 +7,6 @@ import hashlib
 import ipaddress
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from agent.netns import NetnsError, NetnsRunner, current_inode
-from agent.nft import NftBackend, NftError, TABLE_NAME
+from agent.nft import TABLE_NAME, NftBackend, NftError
 from host_helpers import run
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root_nft_guard")]

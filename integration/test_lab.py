@@ -5,7 +5,6 @@ packets crossing (or not) the fabric's bridges and routes."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 from pathlib import Path
 

@@ -8,14 +8,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 
 from agent.cli import main
 from agent.lab import build, naming, nsexec
-from lab_fixtures import REPO, Lab, lab_name, leftovers, poll, root_lab_links, write_atomically
+from lab_fixtures import REPO, Lab, leftovers, poll, root_lab_links, write_atomically
 
 pytestmark = [pytest.mark.root]
 

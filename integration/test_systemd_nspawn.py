@@ -21,10 +21,22 @@ import pytest
 from agent.loader import load
 from agent.policy import Access, Direction, Flow
 from agent.semantics import protocol_number, resolve, verify
-
-from nspawn import (CONTAINER_ADDR, PEER_ADDR, REPO, Container, HarnessError, apt_mirror,
-                    ensure_rootfs, ensure_wheelhouse, install_script_packages, missing_tools,
-                    rootfs_packages, tcp_listener, tcp_probe, wait_for)
+from nspawn import (
+    CONTAINER_ADDR,
+    PEER_ADDR,
+    REPO,
+    Container,
+    HarnessError,
+    apt_mirror,
+    ensure_rootfs,
+    ensure_wheelhouse,
+    install_script_packages,
+    missing_tools,
+    rootfs_packages,
+    tcp_listener,
+    tcp_probe,
+    wait_for,
+)
 
 UNIT = "nsg-agent.service"
 CONFIG = "/etc/nsg-agent/desired-state.yaml"

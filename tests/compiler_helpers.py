@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Iterator
 
-from agent.compiler import FabricPlacement, HostPlacement
+from agent.compiler import HostPlacement
 from agent.compiler.tracer import Packet
 from agent.model import DesiredState
 from agent.policy import (

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.arm import ExpressionError, Unevaluable, evaluate_template, parse, Evaluator, Template
+from agent.arm import Evaluator, ExpressionError, Template, Unevaluable, evaluate_template, parse
 from agent.errors import LoadError
 from agent.loader import load_bytes
 

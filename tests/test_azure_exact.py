@@ -11,12 +11,11 @@ import json
 
 import pytest
 
-from foundation_helpers import SAMPLES, base_state, check, decided_by, flow, load_doc, rule
-
 from agent import answers, networks
 from agent.builtin_tags import internet_v4_prefixes, parse_internet_file
 from agent.commands.inspect import effective_json, verdict_json
 from agent.semantics import Resolver, canonical_default_rule, evaluate, find_nic, resolve
+from foundation_helpers import SAMPLES, base_state, check, decided_by, flow, load_doc, rule
 
 RECORDED = SAMPLES / "recorded" / "azure-cli__test_network_nic_convenience_commands__effective-nsg.json"
 RECORDED_ROUTES = SAMPLES / "recorded" / "azure-cli__test_network_nic_convenience_commands__effective-routes.json"

@@ -10,9 +10,8 @@ import json
 import pytest
 import yaml
 
-from foundation_helpers import EXAMPLES, base_state, rule
-
 from agent.cli import main
+from foundation_helpers import EXAMPLES, base_state, rule
 
 PORT80 = str(EXAMPLES / "port80-subnet-nic.yaml")
 ASG = str(EXAMPLES / "webservers-asg.yaml")

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from foundation_helpers import check, decided_by
-
 from agent.cli import main
 from agent.loader import load
+from foundation_helpers import check, decided_by
 
 CORPUS = Path(__file__).parent / "corpus"
 

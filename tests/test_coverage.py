@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 
-from foundation_helpers import base_state, load_doc, rule
-
 from agent import coverage
 from agent.conntrack import CtFlow
 from agent.semantics import resolve
+from foundation_helpers import base_state, load_doc, rule
 
 IP = ipaddress.ip_address
 SSH = coverage.Session(IP("203.0.113.7"), 51000, IP("10.0.1.4"), 22, "SSH_CONNECTION")

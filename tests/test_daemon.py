@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
-import os
 from pathlib import Path
 
 import pytest
@@ -602,8 +602,9 @@ class TestDelta:
         assert applied["how"] == "delta" and 0 < applied["delta_commands"] < len(env.rec.last_good.commands)
         # the whole batch is serialized before the delta: its digest is the intent written
         # before the transaction and the stamp the delta leaves in the table
-        from agent.nft import batch_payload
         import hashlib
+
+        from agent.nft import batch_payload
         assert env.rec.last_good.payload == batch_payload(env.rec.last_good.commands)
         assert env.store.read().commit.ruleset_sha256 == hashlib.sha256(env.rec.last_good.payload).hexdigest()
         assert env.backend.stamp() == env.rec.last_good.sha256

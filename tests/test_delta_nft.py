@@ -4,7 +4,6 @@ a fresh load of the new table (root; throwaway namespaces nsgc-*; no traffic).""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import yaml

@@ -11,11 +11,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from foundation_helpers import EXAMPLES, base_state, load_doc, problems_of, rule
-
 from agent.errors import LoadError
 from agent.loader import load, load_bytes
 from agent.model import DesiredState
+from foundation_helpers import EXAMPLES, base_state, load_doc, rule
 
 
 def _load_text(text: str, name: str):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from agent.nft import (
+    TABLE_NAME,
     FakeBackend,
     NftError,
     RuleCounter,
-    TABLE_NAME,
     assert_own_table,
     listing_fingerprint,
     table_counters,
@@ -140,8 +140,8 @@ def test_table_name_matches_the_compiler():
 
 def test_only_agent_nft_imports_nftables():
     """agent/nft.py is the single module importing libnftables."""
-    from pathlib import Path
     import re
+    from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent / "agent"
     importers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")

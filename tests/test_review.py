@@ -6,11 +6,10 @@ from __future__ import annotations
 import copy
 import ipaddress
 
-from foundation_helpers import base_state, load_doc, rule
-
 from agent.conntrack import CtFlow
 from agent.review import Review, revocations, rule_changes, shadowed_rules, summarize_list
 from agent.semantics import resolve
+from foundation_helpers import base_state, load_doc, rule
 
 IP = ipaddress.ip_address
 

@@ -11,12 +11,11 @@ import re
 
 import pytest
 
-from foundation_helpers import SAMPLES, base_state, decided_by, flow, load_doc
-
 from agent.errors import LoadError
 from agent.loader import load
 from agent.policy import Direction
 from agent.semantics import Resolver, evaluate, resolve
+from foundation_helpers import SAMPLES, base_state, decided_by, flow, load_doc
 
 SAMPLE_FILES = sorted(SAMPLES.rglob("*.json")) if SAMPLES.is_dir() else []
 NET = ipaddress.ip_network

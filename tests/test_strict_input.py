@@ -18,8 +18,6 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from foundation_helpers import base_state, load_doc, problems_of, rule
-
 from agent.cli import main
 from agent.daemon import Reconciler
 from agent.errors import LoadError
@@ -28,6 +26,7 @@ from agent.nft import FakeBackend
 from agent.reading import Limits
 from agent.state import StatusStore
 from daemon_helpers import FakeClock, fake_compile, policy_text, write
+from foundation_helpers import base_state, load_doc, problems_of, rule
 
 
 def _load_text(text: str, name: str = "f.yaml", **kw) -> LoadedState:

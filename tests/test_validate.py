@@ -7,10 +7,9 @@ import copy
 
 import pytest
 
-from foundation_helpers import base_state, load_doc, problems_of, rule
-
 from agent.model import Protocol
 from agent.policy import Access, Direction
+from foundation_helpers import base_state, load_doc, problems_of, rule
 
 
 def _with_rules(*rules) -> dict:

@@ -21,12 +21,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-from agent.commands.inputs import add_files, add_input_options, files_label, load_inputs, load_options
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent.commands import lazy
+from agent.commands.inputs import add_files, add_input_options, files_label, load_inputs, load_options
 from agent.lab import naming
 
 build = lazy("agent.lab.build")  # pyroute2: imported when a lab command runs

@@ -75,7 +75,8 @@ class Decomposer:
     ``nodes[id]`` is either ("leaf", rule_index) -- that rule for the whole remaining space --
     or ("node", ((lo, hi, child_id), ...)) for one dimension, pieces sorted and disjoint; a
     space not covered by any piece matches no rule; or, at dimension ``stop`` when that is
-    not 5, ("class", rules): the candidate rules there, left for the caller to render. Dimension numbers below (``d``) are
+    not 5, ("class", rules): the candidate rules there, left for the caller to render.
+    Dimension numbers below (``d``) are
     positions in ``order``.
     """
 

@@ -25,14 +25,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.compiler import expr as E
-from agent.compiler.classify import (D_DPORT, D_LOCAL, D_PROTO, D_REMOTE, D_SPORT, ORDERS, Box,
-                                     EMPTY, NODE, Decomposer, TooLarge, first_match_1d, full_ranges)
+from agent.compiler.classify import (
+    D_DPORT,
+    D_LOCAL,
+    D_PROTO,
+    D_REMOTE,
+    D_SPORT,
+    EMPTY,
+    NODE,
+    ORDERS,
+    Box,
+    Decomposer,
+    TooLarge,
+    first_match_1d,
+    full_ranges,
+)
 from agent.compiler.placement import FabricPlacement, HostPlacement
 from agent.policy import (
+    NEIGHBOR_DISCOVERY_TYPES,
     Access,
     AddressTerm,
     Direction,
-    NEIGHBOR_DISCOVERY_TYPES,
     Level,
     NicPolicy,
     Policy,
@@ -670,13 +683,13 @@ def project(rule: ResolvedRule, index: int, inbound: bool, family: int) -> Box |
     """The rule as a box in (remote, local, proto, sport, dport) for one family, or None
     when it cannot match that family (an address term without prefixes of it)."""
     remote, local = (rule.source, rule.destination) if inbound else (rule.destination, rule.source)
-    r, l = _intervals(remote, family), _intervals(local, family)
-    if r is None or l is None:
+    r, loc = _intervals(remote, family), _intervals(local, family)
+    if r is None or loc is None:
         return None
     nums = rule.protocol.numbers
     proto = ((0, 255),) if nums is None else tuple((n, n) for n in sorted(nums))
     ports_any = rule.source_ports.any and rule.destination_ports.any
-    return Box(index, (r, l, proto, rule.source_ports.ranges, rule.destination_ports.ranges), ports_any)
+    return Box(index, (r, loc, proto, rule.source_ports.ranges, rule.destination_ports.ranges), ports_any)
 
 
 def _addr_match(term: AddressTerm, family: int, field_name: str) -> list | None:
@@ -787,7 +800,8 @@ def _nic_chains(b: _Builder, nic: NicPolicy, slug: str) -> tuple[str, str]:
         for m in _prefix_rules(nic.platform_exempt, "daddr"):
             b.rule(cout, m + [E.verdict("goto", cpf)])
         for lv in nic.outbound_platform:
-            b.rule(cpf, [E.verdict("jump", b.level(lv, Direction.OUTBOUND, True, f"{nic.nic}/{lv.kind.value}-platform"))])
+            user = f"{nic.nic}/{lv.kind.value}-platform"
+            b.rule(cpf, [E.verdict("jump", b.level(lv, Direction.OUTBOUND, True, user))])
         b.counted(cpf, [E.counter(), E.verdict("accept")], EXEMPT_COMMENT,
                   RuleRef("", EXEMPT_COMMENT, Direction.OUTBOUND.value, cpf, (nic.nic,)))
     for lv in nic.outbound:

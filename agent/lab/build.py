@@ -256,7 +256,7 @@ def converge(plan: LabPlan, previous: LabPlan | None) -> TopologyChanges:
         prev_h = {h.name.lower(): h for h in previous.hosts if nsexec.netns_inode(h.netns)}
 
     with IPRoute(netns=plan.fabric) as fab:
-        have_links = {l.get("ifname") for l in fab.get_links()}
+        have_links = {link.get("ifname") for link in fab.get_links()}
         # bridges first (NICs attach to them)
         for b in plan.bridges:
             old = prev_b.get(b.key)
@@ -277,7 +277,7 @@ def converge(plan: LabPlan, previous: LabPlan | None) -> TopologyChanges:
         for n in plan.nics:
             old = prev_n.get(n.name.lower())
             if old is None or old.index != n.index:
-                if n.port in {l.get("ifname") for l in fab.get_links()}:
+                if n.port in {link.get("ifname") for link in fab.get_links()}:
                     fab.link("del", index=_index(fab, n.port))  # its namespace vanished
                 _add_nic(fab, n)
                 ch.added.append(f"NIC {n.name} ({n.netns}, {', '.join(n.addresses)} on {n.bridge})")
@@ -298,7 +298,7 @@ def converge(plan: LabPlan, previous: LabPlan | None) -> TopologyChanges:
         for h in plan.hosts:
             old = prev_h.get(h.name.lower())
             if old is None or (old.index, old.kind) != (h.index, h.kind):
-                if h.port in {l.get("ifname") for l in fab.get_links()}:
+                if h.port in {link.get("ifname") for link in fab.get_links()}:
                     fab.link("del", index=_index(fab, h.port))
                 _add_host(fab, plan.fabric, h)
                 ch.added.append(f"host {h.name} ({h.netns}, {h.address})")
@@ -308,7 +308,7 @@ def converge(plan: LabPlan, previous: LabPlan | None) -> TopologyChanges:
         # bridges no longer wanted (their ports are gone or moved by now)
         want_b = {b.key for b in plan.bridges}
         for key, old in prev_b.items():
-            if key not in want_b and old.ifname in {l.get("ifname") for l in fab.get_links()}:
+            if key not in want_b and old.ifname in {link.get("ifname") for link in fab.get_links()}:
                 fab.link("del", index=_index(fab, old.ifname))
                 ch.removed.append(f"subnet {old.vnet}/{old.subnet} ({old.ifname})")
     return ch

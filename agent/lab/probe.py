@@ -274,11 +274,13 @@ def render(report: Report) -> str:
             order.append(key)
         if not r.match:
             obs = r.observed + (f" ({r.detail})" if r.detail else "")
-            txt = f"MISMATCH[{ref('MISMATCH predicted ' + ('allowed' if r.predicted.allowed else 'denied') + ', observed ' + obs + ' -- ' + r.predicted.reason)}]"
+            predicted = "allowed" if r.predicted.allowed else "denied"
+            txt = f"MISMATCH[{ref(f'MISMATCH predicted {predicted}, observed {obs} -- {r.predicted.reason}')}]"
         elif r.predicted.allowed:
             txt = "allow"
         else:
-            txt = f"deny[{ref(r.predicted.reason[len('deny '):] if r.predicted.reason.startswith('deny ') else r.predicted.reason)}]"
+            reason = r.predicted.reason
+            txt = f"deny[{ref(reason[len('deny '):] if reason.startswith('deny ') else reason)}]"
         rows[key][r.cell.service.label] = txt
     cols = [s.label for s in report.services]
     head = ["source", "destination"] + cols

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from faultlib import Agents, summary_lines
+
 from host_helpers import HostPair, make_host_pair
 
 

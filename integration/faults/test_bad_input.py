@@ -19,10 +19,10 @@ from typing import Callable
 
 import pytest
 import yaml
+from faultlib import compiled, limited, poll, record, tables, wait_event
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from faultlib import compiled, limited, poll, record, tables, wait_event
 from host_helpers import PYTHON, HostPair, host_policy
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root_nft_guard")]

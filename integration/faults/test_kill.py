@@ -12,9 +12,18 @@ import subprocess
 import time
 
 import pytest
-
-from faultlib import (NSG_AGENT, bench_state, complete, compiled, limited, poll, read_record,
-                      record, record_problems, write_atomically)
+from faultlib import (
+    NSG_AGENT,
+    bench_state,
+    compiled,
+    complete,
+    limited,
+    poll,
+    read_record,
+    record,
+    record_problems,
+    write_atomically,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root_nft_guard")]
 

@@ -14,8 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from faultlib import bench_state, poll, read_record, record, write_atomically
+
 from host_helpers import PYTHON, stop_process
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root_nft_guard")]

@@ -10,8 +10,8 @@ import subprocess
 import time
 
 import pytest
-
 from faultlib import NSG_AGENT, bench_state, compiled, content, nft_script, poll, record, tables
+
 from host_helpers import host_policy
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root_nft_guard")]

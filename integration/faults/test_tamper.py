@@ -8,7 +8,6 @@ import json
 import time
 
 import pytest
-
 from faultlib import bench_state, compiled, content, nft_script, poll, record, ruleset, tables
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root_nft_guard")]
