@@ -4,7 +4,7 @@
   ``effectiveNetworkSecurityGroups`` call (NetworkInterfaceEffectiveNSGList): per NSG
   association ``networkSecurityGroup.id``, ``association``, ``effectiveSecurityRules`` and
   ``tagMap``, written as Azure writes them (recorded response in
-  ../shared/azure-samples/recorded/): ``protocol: "All"`` for ``*``, ports ``"0-65535"``,
+  docs/evidence/): ``protocol: "All"`` for ``*``, ports ``"0-65535"``,
   ``*`` addresses as ``"0.0.0.0/0"`` (twice in the plural list, as recorded), names
   ``securityRules/<n>`` / ``defaultSecurityRules/<n>``, ``expanded…AddressPrefix`` only on a
   side that names a tag or ASG.

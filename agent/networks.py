@@ -25,8 +25,8 @@ from agent.model import DesiredState, VirtualNetworkPeering, parse_prefix
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # The default routes with next hop None in a real effective route table
-# (az network nic show-effective-route-table, westus, 2022-05-12; ../shared/azure-samples/
-# recorded/azure-cli__test_network_nic_convenience_commands__effective-routes.json). Azure's
+# (az network nic show-effective-route-table, westus, 2022-05-12; docs/evidence/
+# azure-cli__test_network_nic_convenience_commands__effective-routes.json). Azure's
 # documentation also lists 172.16.0.0/12; the recorded table has no such route (172.16/12
 # goes to the 0.0.0.0/0 Internet route there), and a recorded answer wins over the docs.
 SYSTEM_NONE_ROUTES: tuple[str, ...] = (

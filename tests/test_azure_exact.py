@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +18,9 @@ from agent.commands.inspect import effective_json, verdict_json
 from agent.semantics import Resolver, canonical_default_rule, evaluate, find_nic, resolve
 from foundation_helpers import SAMPLES, base_state, check, decided_by, flow, load_doc, rule
 
-RECORDED = SAMPLES / "recorded" / "azure-cli__test_network_nic_convenience_commands__effective-nsg.json"
-RECORDED_ROUTES = SAMPLES / "recorded" / "azure-cli__test_network_nic_convenience_commands__effective-routes.json"
+EVIDENCE = Path(__file__).resolve().parent.parent / "docs" / "evidence"  # copies of ../shared's recordings
+RECORDED = EVIDENCE / "azure-cli__test_network_nic_convenience_commands__effective-nsg.json"
+RECORDED_ROUTES = EVIDENCE / "azure-cli__test_network_nic_convenience_commands__effective-routes.json"
 INTERNET_TXT = SAMPLES / "recorded" / "internet-tag-2022-05-12.txt"
 
 
@@ -473,3 +475,12 @@ def test_icmpv6_neighbour_discovery_is_the_platforms(icmp_type, decided):
     v = evaluate(nic, Flow(Direction.INBOUND, 58, ipaddress.ip_address("fd00:10::4"),
                            ipaddress.ip_address("2001:db8::9"), icmp_type=icmp_type))
     assert v.deciding.rule.name == decided
+
+
+def test_evidence_copies_equal_the_shared_recordings():
+    """The repository's copies are byte for byte the recordings in ../shared."""
+    for path in (RECORDED, RECORDED_ROUTES):
+        shared = SAMPLES / "recorded" / path.name
+        if not shared.is_file():
+            pytest.skip("shared recordings not present")
+        assert path.read_bytes() == shared.read_bytes()

@@ -504,12 +504,16 @@ def collect_status(store: StatusStore, backend: Any | None) -> dict:
                           **({"nsg": ref.get("nsg"), "rule": ref.get("rule"), "direction": ref.get("direction")}
                              if isinstance(ref, dict) else {})})
         stamp = backend.stamp() if hasattr(backend, "stamp") else None
+        from agent import counters as counting
+
         out["kernel"] = {
             "table_present": fingerprint is not None,
             "matches_commit": kernel_matches(backend, status, fingerprint),
             # the digest of the ruleset the table carries ("" while a replace is half done)
             "ruleset_sha256": stamp,
-            "rules": rules,
+            "rules": rules,  # per nft rule (internal chain)
+            # per NSG, direction and rule, summed over its chains, with the NICs they serve
+            "rule_hits": [h.as_dict() for h in counting.by_rule(counters, index)],
         }
     return out
 
@@ -556,11 +560,14 @@ def render_status(data: dict, show_all: bool = False) -> str:
         state = ("absent" if not k["table_present"] else
                  "matches the commit" if k["matches_commit"] else "DIFFERS from the commit (drift)")
         lines.append(f"kernel:    table inet nsg_agent {state}")
-        shown = [r for r in k["rules"] if show_all or r["packets"]]
+        hits = k.get("rule_hits", [])
+        shown = [h for h in hits if show_all or h["packets"]]
         if shown:
-            lines.append(f"  {'packets':>10} {'bytes':>12}  chain / rule")
-            lines += [f"  {r['packets']:>10} {r['bytes']:>12}  {r['chain']}  {r['comment']}" for r in shown]
-        lines.append(f"  ({len(k['rules'])} counted rules, {len([r for r in k['rules'] if r['packets']])} with hits)")
+            lines.append(f"  {'packets':>10} {'bytes':>12}  direction  NSG: rule  (NICs)")
+            lines += [f"  {h['packets']:>10} {h['bytes']:>12}  {h['direction']:<9}  "
+                      f"{h['nsg'] or 'platform'}: {h['rule']}  ({', '.join(h['nics'])})" for h in shown]
+        lines.append(f"  ({len(hits)} NSG and platform rules, {len([h for h in hits if h['packets']])} with hits; "
+                     "--json has them per internal chain too)")
     return "\n".join(lines)
 
 
