@@ -107,14 +107,19 @@ def _to_ctflow(entry: Any) -> CtFlow | None:
                   int(t.dport) if ports and t.dport is not None else None, handle=entry)
 
 
-def _list_entries() -> list[CtFlow]:
+def _list_entries(proto: int | None = None, dport: int | None = None) -> list[CtFlow]:
     from pyroute2 import Conntrack
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
     out: list[CtFlow] = []
     for family in (socket.AF_INET, socket.AF_INET6):
         ct = Conntrack(nfgen_family=family)
+        # proto/dport: filtered in the kernel (CTA_FILTER, Linux 5.8+), so a busy table of
+        # tens of thousands of flows costs nothing when only SSH sessions are wanted
+        match = (NFCTAttrTuple(family=family, proto=proto, dport=dport)
+                 if proto is not None else None)
         try:
-            for entry in ct.dump_entries():
+            for entry in ct.dump_entries(tuple_orig=match):
                 flow = _to_ctflow(entry)
                 if flow is not None:
                     out.append(flow)
@@ -146,9 +151,10 @@ def _delete(flows: list[CtFlow]) -> int:
     return deleted
 
 
-def list_entries(runner: NetnsRunner) -> list[CtFlow]:
-    """Every conntrack entry (IPv4 and IPv6) of the runner's namespace."""
-    return runner.call(_list_entries)
+def list_entries(runner: NetnsRunner, proto: int | None = None, dport: int | None = None) -> list[CtFlow]:
+    """The conntrack entries (IPv4 and IPv6) of the runner's namespace: every one, or those
+    of one protocol and destination port (filtered by the kernel)."""
+    return runner.call(_list_entries, proto, dport)
 
 
 def flush_denied(runner: NetnsRunner, policy: Policy) -> list[Cut]:

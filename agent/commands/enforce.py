@@ -633,7 +633,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             from agent import conntrack, coverage
 
             rec.host_reader = lambda: (coverage.interface_addresses(backend.runner),
-                                       conntrack.list_entries(backend.runner))
+                                       [e for port in coverage.MANAGEMENT_PORTS
+                                        for e in conntrack.list_entries(backend.runner, 6, port)])
         daemon = Daemon(rec, netns=args.netns, notifier=notifier, remove_on_exit=args.remove_on_exit,
                         watch_links=not args.no_link_events)
         try:
