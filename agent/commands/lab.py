@@ -183,7 +183,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"rules: inet nsg_agent in {plan.fabric} ({applied.mode}: {s.get('chains')} chains, "
           f"{s.get('rules')} rules, {s.get('set_elements')} set elements)")
     _print_members(plan)
-    print(f"next: nsg-agent lab probe --name {lab}    |    nsg-agent lab exec NIC --lab {lab} -- CMD"
+    print(f"next: nsg-agent lab probe --name {lab}    |    nsg-agent lab exec NIC --name {lab} -- CMD"
           f"    |    nsg-agent lab down --name {lab}")
     return EXIT_OK
 
