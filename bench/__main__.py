@@ -29,7 +29,8 @@ def log(msg: str) -> None:
 
 
 def _resolve(gen: generate.Generated, tmpdir: Path, name: str):
-    from agent import loader, semantics
+    from nsg_agent.desired import loader
+    from nsg_agent.semantics import resolver as semantics
 
     path = gen.write(tmpdir / name, name=name, interface="nsgb-s0")
     loaded = loader.load(path)
@@ -38,7 +39,7 @@ def _resolve(gen: generate.Generated, tmpdir: Path, name: str):
 
 def _compiler():
     try:
-        from agent.compiler import HostPlacement, compile_ruleset
+        from nsg_agent.compiler import HostPlacement, compile_ruleset
     except ImportError:
         return None
     return compile_ruleset, HostPlacement
@@ -69,7 +70,7 @@ def build_variants(cmp_gen, large_gen, max_gen, tmpdir: Path, rep: report.Report
                                           info={"ruleset": f"{naive.rule_count(cmds):,} nft rules (one per prefix×port)"}))
     comp = _compiler()
     if comp is None:
-        rep.not_measured.append("the compiler's simple and classify modes: agent.compiler is missing")
+        rep.not_measured.append("the compiler's simple and classify modes: nsg_agent.compiler is missing")
         return variants
     compile_ruleset, HostPlacement = comp
     max_policy = _resolve(max_gen, tmpdir, "max")
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.scenarios["probe flows"] = (
         "TCP from 10.70.200.1 (outside the VNet) to the server NIC 10.70.0.10: port 7001 is decided by the "
         "first rule, 7002 and iperf3's 5201 by the last rule (Allow, protocol *), 7003 by DenyAllInBound "
-        "(tests/test_bench_generator.py checks these against agent.semantics).")
+        "(tests/test_bench_generator.py checks these against nsg_agent.semantics.resolver).")
 
     swept = netns.sweep()
     if swept:
@@ -219,7 +220,7 @@ def run_dataplane(lab, rep, cmp_gen, large_gen, max_gen, tmpdir, cfg) -> None:
             rep.findings.append(
                 f"- **classify mode at the maximum size is not classified**: the compiler fell back to the "
                 f"simple rendering for the inbound level ({fb[0]['fallback']}; limits MAX_LEVEL_ELEMENTS / "
-                "MAX_LEVEL_WORK in agent/compiler/render.py). So the 'classify, maximum policy' row measures "
+                "MAX_LEVEL_WORK in nsg_agent/compiler/render.py). So the 'classify, maximum policy' row measures "
                 "one nft rule per NSG rule with anonymous sets, whose per-packet cost grows with the rule count.")
     else:
         rep.targets += [Target("new conns/s at the maximum NSG", "≥ 0.9× no fw, ≥ 5× naive", "n/a", None),
@@ -230,9 +231,9 @@ def run_fabric(lab, rep, max_gen, tmpdir, cfg, quick) -> None:
     from bench.stats import paired_ratio
 
     try:
-        import agent.lab  # noqa: F401
+        import nsg_agent.lab  # noqa: F401
     except ImportError:
-        rep.not_measured.append("dataplane through the lab fabric: agent.lab is missing")
+        rep.not_measured.append("dataplane through the lab fabric: nsg_agent.lab is missing")
         return
     log("dataplane through the lab fabric")
     try:
@@ -274,8 +275,8 @@ def _per_rep(t: control.Timings, steps: tuple[str, ...]) -> list[float]:
 
 def run_control(lab, rep, cmp_gen, max_gen, tmpdir, cfg, quick) -> None:
     try:
-        import agent.nft  # noqa: F401
-        from agent.compiler import compile_ruleset  # noqa: F401
+        import nsg_agent.kernel.backend  # noqa: F401
+        from nsg_agent.compiler import compile_ruleset  # noqa: F401
     except ImportError as e:
         rep.not_measured.append(f"control plane: {e}")
         return
@@ -324,7 +325,7 @@ def run_control(lab, rep, cmp_gen, max_gen, tmpdir, cfg, quick) -> None:
     rep.nft_cli_rss = cli["load"]["maxrss_mib"]
     rep.sections.append("\n".join([
         "## Control plane: where a full apply's time goes at the maximum (nft per element)", "",
-        "The compiled maximum table (classify) loaded through agent.nft with every named set and map cut to a "
+        "The compiled maximum table (classify) loaded through nsg_agent.kernel.backend with every named set and map cut to a "
         f"fraction of its elements; chains and rules unchanged (the {anon:,} elements of anonymous sets inside "
         "rules are kept). Each row: the table deleted (untimed), loaded into the namespace, then loaded again "
         "over the identical table, which is what the daemon does on every change (one transaction: add, "
@@ -380,7 +381,7 @@ def run_control(lab, rep, cmp_gen, max_gen, tmpdir, cfg, quick) -> None:
     rep.sections.append(steps_table(
         "## Control plane: ASG and service-tag changes\n\nWhat the daemon does for such a change, in one "
         "long-lived process: load (the unchanged service-tag file cached by (path, sha256)), resolve, compile, "
-        "diff against the table the kernel holds (agent/compiler/delta.py), apply the delta in one transaction, "
+        "diff against the table the kernel holds (nsg_agent/compiler/delta.py), apply the delta in one transaction, "
         "then serialize the whole batch (for the daemon's records and a later full replace); classify mode; "
         "'compile + diff + apply' and 'all steps' are per repetition; each repetition toggles "
         "the change so every apply really changes the table. The comparison rows use the comparison size with "
@@ -463,7 +464,7 @@ def run_control(lab, rep, cmp_gen, max_gen, tmpdir, cfg, quick) -> None:
     lines = ["## Memory at the maximum policy", ""]
     if mem:
         lines += ["bench/memprobe.py in a fresh process runs the daemon's apply path once (garbage collector "
-                  "paused from load to replace, then one collection, as in agent/daemon.py) and reads VmRSS/VmHWM "
+                  "paused from load to replace, then one collection, as in nsg_agent/daemon/reconciler.py) and reads VmRSS/VmHWM "
                   "after each step, with everything the daemon keeps (state, policy, commands, payload) alive. "
                   f"The batch handed to libnftables is {mem['payload_kb'] / 1024:.0f} MiB of JSON.", "",
                   "| after step | step s | VmRSS MiB | Δ RSS MiB | VmHWM MiB |", "|---|---|---|---|---|"]

@@ -1,8 +1,8 @@
 """Control-plane measurements: compile, apply, changes, file save -> enforced, daemon RSS.
 
 Everything is applied inside throwaway ``nsgb-`` namespaces through the agent's own backend
-(agent.nft.NftBackend), the way the daemon's apply path does it (agent/daemon.py): load,
-resolve, compile, serialize the batch once (agent.nft.batch_payload), then one transaction
+(nsg_agent.kernel.backend.NftBackend), the way the daemon's apply path does it (nsg_agent/daemon/reconciler.py): load,
+resolve, compile, serialize the batch once (nsg_agent.kernel.backend.batch_payload), then one transaction
 replacing the table (no separate dry run, no read-back), with the cyclic garbage collector
 paused from load to replace. A change (ASG membership, service-tag file) is that same full
 rebuild and swap, in one long-lived process like the daemon (so the loader's caches, e.g.
@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import loader, semantics
 from bench import netns
 from bench.generate import LINK_PREFIXLEN, PORT_FLIP, SERVER_NIC, Generated
+from nsg_agent.desired import loader
+from nsg_agent.semantics import resolver as semantics
 
 STEPS = ("load", "resolve", "compile", "serialize", "replace")
 APPLY_STEPS = ("compile", "serialize", "replace")  # "compile + apply"
@@ -58,13 +59,13 @@ def pipeline(path: Path, mode: str, interfaces: dict[str, str], backend: Any, t:
     """load -> resolve -> compile -> serialize -> replace, each step timed into ``t``; the
     garbage collector paused meanwhile and one collection afterwards, as in the daemon.
     With ``previous`` (the commands the kernel holds) it applies like the daemon's edits:
-    diff (agent.compiler.delta) -> apply (one transaction of the delta; the whole table
+    diff (nsg_agent.compiler.delta) -> apply (one transaction of the delta; the whole table
     when there is no delta), and records in ``t.info["how"]`` which it was."""
     import gc
 
-    from agent.compiler import HostPlacement, compile_ruleset
-    from agent.compiler.delta import delta
-    from agent.nft import batch_payload
+    from nsg_agent.compiler import HostPlacement, compile_ruleset
+    from nsg_agent.compiler.delta import delta
+    from nsg_agent.kernel.backend import batch_payload
 
     was_enabled = gc.isenabled()
     gc.disable()
@@ -104,7 +105,7 @@ def pipeline(path: Path, mode: str, interfaces: dict[str, str], backend: Any, t:
 def compile_apply(lab: netns.Lab, gen: Generated, tmpdir: Path, mode: str, reps: int,
                   log: Callable[[str], None]) -> Timings:
     """Full table: the first apply into an empty namespace, then ``reps`` replacements."""
-    from agent.nft import NftBackend
+    from nsg_agent.kernel.backend import NftBackend
 
     ifname = "nsgb-s0"
     path = gen.write(tmpdir / f"cp-{mode}", name="max", interface=ifname)
@@ -138,7 +139,7 @@ def change(lab: netns.Lab, gen: Generated, tmpdir: Path, kind: str, mode: str, r
     load, resolve and compile, then a delta against the table the kernel holds.
 
     Each repetition toggles the change (on, off, on, ...) so every apply changes the table."""
-    from agent.nft import NftBackend
+    from nsg_agent.kernel.backend import NftBackend
 
     ifname = "nsgb-s0"
     work = tmpdir / f"change-{kind}"
@@ -199,13 +200,13 @@ def element_scaling(lab: netns.Lab, gen: Generated, tmpdir: Path, mode: str, fra
                     reps: int, log: Callable[[str], None]) -> dict[str, Any]:
     """nft's cost against element count: the SAME compiled table with its named sets' and
     maps' elements cut to a fraction (chains and rules unchanged), timed two ways through
-    agent.nft: loaded into a namespace without our table (the table deleted first, untimed),
+    nsg_agent.kernel.backend: loaded into a namespace without our table (the table deleted first, untimed),
     and loaded again over the identical table (what the daemon's every change does).
     Returns {"rows": [(fraction, elements, rules, [load s], [replace s])], "load": (µs per
     element, fixed s), "replace": (µs per element, fixed s), "list_s": seconds to list the full
     table (what nft reads back from the kernel)}."""
-    from agent.compiler import HostPlacement, compile_ruleset
-    from agent.nft import NftBackend, batch_payload
+    from nsg_agent.compiler import HostPlacement, compile_ruleset
+    from nsg_agent.kernel.backend import NftBackend, batch_payload
 
     path = gen.write(tmpdir / f"elements-{mode}", name="state", interface="nsgb-s0")
     loaded = loader.load(path)
@@ -342,7 +343,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def profile_pipeline(gen: Generated, tmpdir: Path, mode: str, top: int = 12) -> tuple[str, list]:
     """cProfile of load + resolve + compile (no kernel): the functions where time goes."""
-    from agent.compiler import HostPlacement, compile_ruleset
+    from nsg_agent.compiler import HostPlacement, compile_ruleset
 
     path = gen.write(tmpdir / "profile", name="max", interface="nsgb-s0")
     prof = cProfile.Profile()
@@ -366,7 +367,7 @@ def hotspots(stats: pstats.Stats, n: int = 6) -> list[tuple[str, float, float]]:
     root = str(netns.ROOT) + "/"
     rows = []
     for (file, line, func), (_cc, _nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        if file.startswith(root + "agent/"):
+        if file.startswith(root + "nsg_agent/"):
             rows.append((f"{file[len(root):]}:{line} {func}", tt, ct))
         elif file.endswith("/ipaddress.py"):  # the stdlib prefix arithmetic the project calls
             rows.append((f"ipaddress.py:{line} {func}", tt, ct))
@@ -454,7 +455,7 @@ def _with_flip(gen: Generated, interface: str, access: str, tag_files: dict | No
 
 
 def _daemon_cmd(path: Path, ns: str, state_dir: Path, mode: str) -> list[str]:
-    return [netns.python(), "-m", "agent.cli", "run", "--config", str(path), "--netns", ns,
+    return [netns.python(), "-m", "nsg_agent.cli", "run", "--config", str(path), "--netns", ns,
             "--state-dir", str(state_dir), "--mode", mode, "--log-level", "debug"]
 
 

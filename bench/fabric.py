@@ -23,7 +23,7 @@ LABS = {"nsg": "nsgbench-nsg", "open": "nsgbench-open"}
 
 
 def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([netns.python(), "-m", "agent.cli", *args], capture_output=True, text=True,
+    return subprocess.run([netns.python(), "-m", "nsg_agent.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=netns.ROOT)
 
 

@@ -14,7 +14,7 @@ How the flows are kept honest: every random prefix is drawn from 11.0.0.0-126.25
 (and 2001:db8::/32 for IPv6), ASG members live in the VNet (10.70.0.0/20), random port ranges
 lie in 10000-60000; the client (10.70.200.1) is outside the VNet (the Internet tag) and the
 probe ports are below 10000, so only the first and the last rule can match a probe flow.
-tests/test_bench_generator.py checks this against agent.semantics.
+tests/test_bench_generator.py checks this against nsg_agent.semantics.resolver.
 
 Sizes follow Azure's limits as the issue states them: up to 1,000 rules per NSG, up to 4,000
 prefixes per rule side, 10 ASGs per rule side (100 per NSG), 20 ASGs per NIC, service-tag files

@@ -4,7 +4,7 @@
 
 Runs the daemon's apply path once (load, resolve, compile, serialize, replace into the
 ``nsgb-`` namespace NETNS, then the same replace again over the existing table as on every
-change; garbage collector paused as in agent/daemon.py) and prints one JSON
+change; garbage collector paused as in nsg_agent/daemon/reconciler.py) and prints one JSON
 object: VmRSS and VmHWM (KiB, /proc/self/status) after each step and after the final
 collection, with everything the daemon keeps (file, policy, commands, payload) still alive.
 
@@ -39,10 +39,11 @@ def main(argv: list[str]) -> int:
         import tracemalloc
 
         tracemalloc.start(1)
-    from agent import loader, semantics
-    from agent.compiler import HostPlacement, compile_ruleset
-    from agent.daemon import host_interfaces
-    from agent.nft import NftBackend, batch_payload
+    from nsg_agent.compiler import HostPlacement, compile_ruleset
+    from nsg_agent.daemon.reconciler import host_interfaces
+    from nsg_agent.desired import loader
+    from nsg_agent.kernel.backend import NftBackend, batch_payload
+    from nsg_agent.semantics import resolver as semantics
 
     out: dict = {"steps": [], "trace": trace}
 

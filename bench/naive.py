@@ -25,7 +25,8 @@ import itertools
 import json
 from typing import Any, Iterable
 
-from agent.policy import Access, AddressTerm, Level, NicPolicy, Policy, PortTerm, Protocol, ResolvedRule
+from nsg_agent.desired.vocabulary import Access, Protocol
+from nsg_agent.semantics.policy import AddressTerm, Level, NicPolicy, Policy, PortTerm, ResolvedRule
 
 TABLE = "nsg_naive"
 FAMILY = "inet"

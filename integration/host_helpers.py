@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from agent.lab.probe import icmp_checksum
+from nsg_agent.lab.probe import icmp_checksum
 
 REPO = Path(__file__).resolve().parent.parent
 VENV = REPO / ".venv"
@@ -206,7 +206,7 @@ class Prober:
     """Real packets from inside one namespace: sockets made in a thread that entered it."""
 
     def __init__(self, ns: str):
-        from agent.netns import NetnsRunner
+        from nsg_agent.host.netns import NetnsRunner
 
         self.ns = ns
         self.runner = NetnsRunner(ns, thread_name=f"probe-{ns}")

@@ -20,11 +20,12 @@ from typing import Callable, Iterator
 
 import pytest
 
-from agent import loader, semantics
-from agent.lab import build, naming, nsexec, probe
-from agent.lab.reconcile import reconcile_lab
-from agent.lab.topology import LabPlan
 from host_helpers import stop_process
+from nsg_agent.desired import loader
+from nsg_agent.lab import build, naming, nsexec, probe
+from nsg_agent.lab.reconcile import reconcile_lab
+from nsg_agent.lab.topology import LabPlan
+from nsg_agent.semantics import resolver as semantics
 
 REPO = Path(__file__).resolve().parent.parent
 NSG_AGENT = str(REPO / ".venv" / "bin" / "nsg-agent")

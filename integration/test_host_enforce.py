@@ -10,9 +10,11 @@ import subprocess
 
 import pytest
 
-from agent import loader, semantics
-from agent.policy import Direction, Flow
 from host_helpers import NSG_AGENT, PYTHON, SERVER, host_policy, make_host_pair, run
+from nsg_agent.desired import loader
+from nsg_agent.desired.vocabulary import Direction
+from nsg_agent.semantics import resolver as semantics
+from nsg_agent.semantics.policy import Flow
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root_nft_guard")]
 

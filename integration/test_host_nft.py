@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from agent.netns import NetnsError, NetnsRunner, current_inode
-from agent.nft import TABLE_NAME, NftBackend, NftError
 from host_helpers import run
+from nsg_agent.host.netns import NetnsError, NetnsRunner, current_inode
+from nsg_agent.kernel.backend import TABLE_NAME, NftBackend, NftError
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root_nft_guard")]
 

@@ -171,7 +171,7 @@ def test_ipv6_neighbour_discovery_passes_so_allowed_ipv6_connects(tmp_path):
     """An NSG with only Azure's defaults allows VNet traffic; over IPv6 that needs neighbour
     discovery, which DenyAllInBound/OutBound would drop (the peer's neighbour entry stayed
     INCOMPLETE and every IPv6 connection timed out). The platform rule lets ND through."""
-    from agent.netns import NetnsRunner
+    from nsg_agent.host.netns import NetnsRunner
 
     with make_host_pair() as pair:
         for ns, ifname, addr in ((pair.srv, pair.srv_if, "fd00:50::4"), (pair.cli, pair.cli_if, "fd00:50::5")):

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
-from agent.lab import nsexec
 from lab_fixtures import EXAMPLES, REPO, Lab, root_lab_links
+from nsg_agent.cli.main import main
+from nsg_agent.lab import nsexec
 
 pytestmark = [pytest.mark.root]
 
@@ -263,9 +263,8 @@ def test_kernel_verify_agrees_with_every_cell_and_detects_an_edit(make_lab):
     import ipaddress
     import subprocess
 
-    from agent import kernelverify
-    from agent.lab import probe
-    from agent.nft import NftBackend
+    from nsg_agent.kernel.backend import NftBackend
+    from nsg_agent.lab import kernelverify, probe
 
     lab = make_lab("kver", EXACT.format(drops="true"))
     policy = lab.policy()

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from agent.cli import main
-from agent.lab import build, naming, nsexec
 from lab_fixtures import REPO, Lab, leftovers, poll, root_lab_links, write_atomically
+from nsg_agent.cli.main import main
+from nsg_agent.lab import build, naming, nsexec
 
 pytestmark = [pytest.mark.root]
 

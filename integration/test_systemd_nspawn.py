@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.loader import load
-from agent.policy import Access, Direction, Flow
-from agent.semantics import protocol_number, resolve, verify
+from nsg_agent.desired.loader import load
+from nsg_agent.desired.vocabulary import Access, Direction
+from nsg_agent.semantics.policy import Flow
+from nsg_agent.semantics.resolver import protocol_number, resolve, verify
 from nspawn import (
     CONTAINER_ADDR,
     PEER_ADDR,

@@ -37,7 +37,7 @@ echo "$venv/nft-binding" > "$site/libnftables-binding.pth"
 
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$venv/bin/python" -m pip install -q -e "$here${extras:+[$extras]}"
-"$venv/bin/python" -c 'import nftables, agent; nftables.Nftables()' \
+"$venv/bin/python" -c 'import nftables, nsg_agent; nftables.Nftables()' \
   || { echo "install: the libnftables binding does not load" >&2; exit 1; }
 # Shell completion and the man page, generated from the parser (inside the venv: a
 # developer install touches nothing outside the checkout; provision.sh installs them system-wide).

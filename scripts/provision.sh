@@ -3,7 +3,7 @@
 # (run as root). The same script provisions the Vagrant lab, the systemd-nspawn integration
 # test and CI's dry check.
 #
-#   /opt/nsg-agent/            a copy of the project (agent/, scripts/, systemd/, docs/, ...)
+#   /opt/nsg-agent/            a copy of the project (nsg_agent/, scripts/, systemd/, docs/, ...)
 #   /opt/nsg-agent/.venv/      its virtual environment, made by scripts/install.sh (NSG_VENV);
 #                              systemd/nsg-agent.service's ExecStart points there
 #   /usr/local/bin/nsg-agent   a symlink to the venv's entry point
@@ -76,7 +76,7 @@ note() { echo "provision: $*"; }
 
 # 1. The project's files. A copy rather than the checkout itself: the service must not depend
 #    on a working tree (or a Vagrant shared folder) staying where it was.
-payload=(pyproject.toml agent scripts systemd)
+payload=(pyproject.toml nsg_agent scripts systemd)
 for f in README.md LICENSE docs examples; do [ -e "$src/$f" ] && payload+=("$f"); done
 note "copy ${payload[*]} from $src to $dest"
 run install -d -m 0755 "$dest"
@@ -85,7 +85,7 @@ if [ "$src" != "$dest" ]; then
     printf '+ tar -C %q -cf - %s | tar -C %q -xf -\n' "$src" "${payload[*]}" "$dest"
   else
     # Replace the code directories wholesale so files removed upstream do not linger.
-    for d in agent scripts systemd docs examples; do rm -rf "${dest:?}/$d"; done
+    for d in agent nsg_agent scripts systemd docs examples; do rm -rf "${dest:?}/$d"; done
     tar -C "$src" --exclude='__pycache__' --exclude='*.pyc' --exclude='*.egg-info' \
         --no-same-owner -cf - "${payload[@]}" | tar -C "$dest" --no-same-owner -xf -
     [ -f "$dest/README.md" ] || printf '# nsg-agent\n\nInstalled by scripts/provision.sh.\n' > "$dest/README.md"

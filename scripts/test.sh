@@ -8,7 +8,7 @@ cd "$here"
 bash scripts/install.sh test
 export PYTHONDONTWRITEBYTECODE=1
 # Lint first (pyproject's [tool.ruff]): a finding fails the run like a failing test.
-.venv/bin/ruff check agent tests integration bench conftest.py
+.venv/bin/ruff check nsg_agent tests integration bench conftest.py
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider "$@"
 rc=$?

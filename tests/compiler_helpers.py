@@ -11,25 +11,22 @@ import subprocess
 from pathlib import Path
 from typing import Iterator
 
-from agent.compiler import HostPlacement
-from agent.compiler.tracer import Packet
-from agent.model import DesiredState
-from agent.policy import (
+from nsg_agent.compiler import HostPlacement
+from nsg_agent.desired.model import DesiredState
+from nsg_agent.desired.vocabulary import Access, Direction, LevelKind, Protocol
+from nsg_agent.kernel.tracer import Packet
+from nsg_agent.semantics.policy import (
     ANY_ADDRESS,
     ANY_PORT,
-    Access,
     AddressTerm,
-    Direction,
     Flow,
     Level,
-    LevelKind,
     NicPolicy,
     Policy,
     PortTerm,
-    Protocol,
     ResolvedRule,
 )
-from agent.semantics import evaluate, resolve
+from nsg_agent.semantics.resolver import evaluate, resolve
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.nft import TABLE_FAMILY, TABLE_NAME
-from agent.policy import Policy
+from nsg_agent.kernel.backend import TABLE_FAMILY, TABLE_NAME
+from nsg_agent.semantics.policy import Policy
 
 TABLE = {"family": TABLE_FAMILY, "name": TABLE_NAME}
 

@@ -40,10 +40,11 @@ import copy
 import ipaddress
 import json
 
-from agent.errors import LoadError, Problem
-from agent.loader import LoadedState, load_bytes
-from agent.policy import Direction, Flow, Verdict
-from agent.semantics import protocol_number, resolve, verify
+from nsg_agent.desired.loader import LoadedState, load_bytes
+from nsg_agent.desired.vocabulary import Direction
+from nsg_agent.errors import LoadError, Problem
+from nsg_agent.semantics.policy import Flow, Verdict
+from nsg_agent.semantics.resolver import protocol_number, resolve, verify
 
 
 def rule(name: str, priority: int, direction: str = "Inbound", access: str = "Allow",

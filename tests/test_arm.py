@@ -1,4 +1,4 @@
-"""agent.arm: the ARM expression evaluator and template expansion, and how the importer
+"""nsg_agent.desired.arm: the ARM expression evaluator and template expansion, and how the importer
 refuses what cannot be evaluated (naming the field and the function)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.arm import Evaluator, ExpressionError, Template, Unevaluable, evaluate_template, parse
-from agent.errors import LoadError
-from agent.loader import load_bytes
+from nsg_agent.desired.arm import Evaluator, ExpressionError, Template, Unevaluable, evaluate_template, parse
+from nsg_agent.desired.loader import load_bytes
+from nsg_agent.errors import LoadError
 
 
 def ev(text: str, **params):

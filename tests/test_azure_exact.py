@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from agent import answers, networks
-from agent.builtin_tags import internet_v4_prefixes, parse_internet_file
-from agent.commands.inspect import effective_json, verdict_json
-from agent.semantics import Resolver, canonical_default_rule, evaluate, find_nic, resolve
 from foundation_helpers import SAMPLES, base_state, check, decided_by, flow, load_doc, rule
+from nsg_agent.cli.inspect import effective_json, verdict_json
+from nsg_agent.desired import networks
+from nsg_agent.desired.builtin_tags import internet_v4_prefixes, parse_internet_file
+from nsg_agent.semantics import answers
+from nsg_agent.semantics.resolver import Resolver, canonical_default_rule, evaluate, find_nic, resolve
 
 EVIDENCE = Path(__file__).resolve().parent.parent / "docs" / "evidence"  # copies of ../shared's recordings
 RECORDED = EVIDENCE / "azure-cli__test_network_nic_convenience_commands__effective-nsg.json"
@@ -463,7 +464,8 @@ def test_smtp_block_is_at_the_internet_edge():
 def test_icmpv6_neighbour_discovery_is_the_platforms(icmp_type, decided):
     """ND and MLD pass before any NSG (else DenyAll* cuts IPv6 itself); an echo request or an
     ICMPv6 flow of unknown type is the NSGs' to decide."""
-    from agent.policy import Direction, Flow
+    from nsg_agent.desired.vocabulary import Direction
+    from nsg_agent.semantics.policy import Flow
 
     doc = base_state(subnet_rules=[])
     doc["virtualNetworks"][0]["addressSpace"].append("fd00:10::/48")

@@ -8,8 +8,6 @@ from dataclasses import replace
 
 import pytest
 
-from agent import loader, semantics
-from agent.policy import Access, Direction, Flow
 from bench.generate import (
     CLIENT_ADDRESS,
     MAXIMUM,
@@ -20,6 +18,10 @@ from bench.generate import (
     Scale,
     generate,
 )
+from nsg_agent.desired import loader
+from nsg_agent.desired.vocabulary import Access, Direction
+from nsg_agent.semantics import resolver as semantics
+from nsg_agent.semantics.policy import Flow
 
 # A mid-size policy with every rule kind (literal, wide, ASG, service tag, IPv6, mixed
 # protocols), small enough to load and resolve in a fraction of a second.
@@ -113,7 +115,7 @@ class TestSizes:
 class TestLoadsAndFlows:
     @pytest.mark.parametrize("scale", SCALES)
     def test_loads_without_problems(self, scale, tmp_path):
-        """The written file and its service-tag file load with agent.loader, warning-free."""
+        """The written file and its service-tag file load with nsg_agent.desired.loader, warning-free."""
         loaded = _loaded(generate(scale), tmp_path)
         assert loaded.warnings == ()
         assert loaded.state.nic(SERVER_NIC).interface == "nsgb-s0"
@@ -121,7 +123,7 @@ class TestLoadsAndFlows:
     @pytest.mark.parametrize("scale", SCALES)
     @pytest.mark.parametrize("flow_name", ["first", "last", "none"])
     def test_probe_flow_decided_as_claimed(self, scale, flow_name, tmp_path):
-        """agent.semantics decides each probe flow by the rule the generator claims."""
+        """nsg_agent.semantics.resolver decides each probe flow by the rule the generator claims."""
         gen = generate(scale)
         loaded = _loaded(gen, tmp_path)
         nic = semantics.resolve(loaded.state, loaded.tags).nics[SERVER_NIC]
@@ -159,8 +161,8 @@ class TestElementCut:
     def test_cut_keeps_structure(self, fraction, tmp_path):
         """Cutting a compiled table's set/map elements to a fraction keeps every command and
         rule, keeps each named set's first elements in order, and counts what it kept."""
-        from agent.compiler import HostPlacement, compile_ruleset
         from bench.control import _cut_elements
+        from nsg_agent.compiler import HostPlacement, compile_ruleset
 
         loaded = _loaded(generate(MIXED), tmp_path)
         rs = compile_ruleset(semantics.resolve(loaded.state, loaded.tags),

@@ -1,4 +1,4 @@
-"""The inspection commands through ``agent.cli.main``: validate, effective-rules, verify —
+"""The inspection commands through ``nsg_agent.cli.main.main``: validate, effective-rules, verify —
 output, JSON shapes and exit codes (0 ok/allow, 1 deny, 2 invalid input)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import json
 import pytest
 import yaml
 
-from agent.cli import main
 from foundation_helpers import EXAMPLES, base_state, rule
+from nsg_agent.cli.main import main
 
 PORT80 = str(EXAMPLES / "port80-subnet-nic.yaml")
 ASG = str(EXAMPLES / "webservers-asg.yaml")
@@ -297,7 +297,7 @@ def test_closed_pipe_ends_quietly(examples_dir):
     import subprocess
     import sys
 
-    code = ("import sys; from agent.cli import main; "
+    code = ("import sys; from nsg_agent.cli.main import main; "
             f"sys.exit(main(['effective-rules', {str(examples_dir / 'lab-demo.yaml')!r}, '--nic', 'web1']))")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # before the interpreter has even started: every write gets EPIPE

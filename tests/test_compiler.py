@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.compiler import TABLE_NAME, FabricPlacement, HostPlacement, compile_ruleset
-from agent.compiler.tracer import Packet, trace
-from agent.policy import Policy
 from compiler_helpers import REPO, big_policy, policy_from_dict
+from nsg_agent.compiler import TABLE_NAME, FabricPlacement, HostPlacement, compile_ruleset
+from nsg_agent.kernel.tracer import Packet, trace
+from nsg_agent.semantics.policy import Policy
 
 GOLDEN_INPUTS = Path(__file__).parent / "golden" / "inputs"
 
 
 def _policy(name: str = "webservers-asg.yaml") -> Policy:
-    from agent.loader import load
-    from agent.semantics import resolve
+    from nsg_agent.desired.loader import load
+    from nsg_agent.semantics.resolver import resolve
 
     loaded = load(GOLDEN_INPUTS / name)
     return resolve(loaded.state, loaded.tags)
@@ -35,8 +35,8 @@ def _objects(rs, kind: str) -> list[dict]:
 
 
 def test_compiler_imports_no_io_libraries():
-    """Importing agent.compiler (and compiling) loads neither nftables, pyroute2 nor watchdog."""
-    code = ("import sys, agent.compiler, agent.compiler.tracer; "
+    """Importing nsg_agent.compiler (and compiling) loads neither nftables, pyroute2 nor watchdog."""
+    code = ("import sys, nsg_agent.compiler, nsg_agent.kernel.tracer; "
             "bad = [m for m in ('nftables', 'pyroute2', 'watchdog') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.compiler import FabricPlacement, compile_ruleset
-from agent.loader import load
-from agent.semantics import resolve
 from compiler_helpers import REPO, host_placement
+from nsg_agent.compiler import FabricPlacement, compile_ruleset
+from nsg_agent.desired.loader import load
+from nsg_agent.semantics.resolver import resolve
 
 GOLDEN = Path(__file__).parent / "golden"
 INPUTS = sorted((GOLDEN / "inputs").glob("*.yaml")) + sorted((REPO / "examples").glob("*.yaml"))

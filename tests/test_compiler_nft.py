@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.compiler import HostPlacement, compile_ruleset
 from compiler_helpers import IS_ROOT, big_policy, load_with_libnftables, nft_in_netns, throwaway_netns
+from nsg_agent.compiler import HostPlacement, compile_ruleset
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not IS_ROOT, reason="needs root (network namespaces)")]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import time
 
-from agent import confirm
-from agent.nft import FakeBackend
-from agent.state import Commit, Status, StatusStore
+from nsg_agent.daemon import confirm
+from nsg_agent.daemon.status import Commit, Status, StatusStore
+from nsg_agent.kernel.backend import FakeBackend
 
 
 def _commit(sha: str) -> Commit:

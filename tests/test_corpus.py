@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
-from agent.loader import load
 from foundation_helpers import check, decided_by
+from nsg_agent.cli.main import main
+from nsg_agent.desired.loader import load
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -125,7 +125,7 @@ def test_rule_list_without_ids_needs_nsg_option(tmp_path):
         del r["id"]
     path = tmp_path / "rules.json"
     path.write_text(json.dumps(rules))
-    from agent.errors import LoadError
+    from nsg_agent.errors import LoadError
     with pytest.raises(LoadError) as e:
         load(path)
     assert "give the NSG with --nsg NAME" in e.value.problems[0].message
@@ -162,7 +162,7 @@ def test_back_reference_conflicting_with_an_association_is_an_error(tmp_path):
     topo["networkSecurityGroups"] = [{"name": "other-nsg"}]
     path = tmp_path / "topology.yaml"
     path.write_text(yaml.safe_dump(topo))
-    from agent.errors import LoadError
+    from nsg_agent.errors import LoadError
     with pytest.raises(LoadError) as e:
         load([path, CORPUS / "nsg-list.json", CORPUS / "rule-list.json"])
     msgs = [str(p) for p in e.value.problems]
@@ -185,7 +185,7 @@ def test_back_reference_to_a_missing_subnet_is_a_warning(tmp_path):
     (w,) = [w for w in loaded.warnings if "not enforced" in w.message]
     assert w.file.endswith("nsg-list.json") and w.path == "[0].properties.subnets[1]"
     assert "NSG 'web-nsg' is associated with subnet hub/app, which is not in the input" in w.message
-    from agent.errors import LoadError
+    from nsg_agent.errors import LoadError
     with pytest.raises(LoadError):
         load(files, strict=True)
     assert not [w for w in load(CORPUS / "nsg-list.json").warnings if "not enforced" in w.message]
@@ -224,7 +224,7 @@ def test_nic_ip_configurations_that_cannot_be_one_nic(tmp_path, change, message)
     nics = json.loads((CORPUS / "nic-list.json").read_text())
     change(nics[0]["properties"]["ipConfigurations"])
     (tmp_path / "nics.json").write_text(json.dumps(nics))
-    from agent.errors import LoadError
+    from nsg_agent.errors import LoadError
     with pytest.raises(LoadError) as e:
         load([CORPUS / "vnet-list.json", tmp_path / "nics.json", CORPUS / "asg-list.json"])
     assert any(message in p.message and p.path == "[0]" for p in e.value.problems), [str(p) for p in e.value.problems]

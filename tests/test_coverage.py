@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 
-from agent import coverage
-from agent.conntrack import CtFlow
-from agent.semantics import resolve
 from foundation_helpers import base_state, load_doc, rule
+from nsg_agent.daemon import coverage
+from nsg_agent.host.conntrack import CtFlow
+from nsg_agent.semantics.resolver import resolve
 
 IP = ipaddress.ip_address
 SSH = coverage.Session(IP("203.0.113.7"), 51000, IP("10.0.1.4"), 22, "SSH_CONNECTION")

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from agent.daemon import Daemon, Reconciler, compile_host
-from agent.nft import FakeBackend
-from agent.notify import Notifier
-from agent.state import StatusStore
 from daemon_helpers import BAD_PRIORITY, DENY_SSH, FakeClock, fake_compile, policy_text, write
+from nsg_agent.daemon.reconciler import Daemon, Reconciler, compile_host
+from nsg_agent.daemon.status import StatusStore
+from nsg_agent.host.notify import Notifier
+from nsg_agent.kernel.backend import FakeBackend
 
 
 class RecordingNotifier(Notifier):
@@ -57,7 +57,7 @@ def comments(backend: FakeBackend) -> set[str]:
 
 def policy_rules(backend: FakeBackend) -> list[dict]:
     """The table's rules without the stamp (the digest the table carries)."""
-    from agent.nft import STAMP_CHAIN
+    from nsg_agent.kernel.backend import STAMP_CHAIN
 
     return [r for r in backend.table.rules if r["chain"] != STAMP_CHAIN]
 
@@ -197,7 +197,7 @@ class TestFailures:
     def test_no_permission_at_startup_is_fatal(self, env):
         """Without CAP_NET_ADMIN the first apply can never succeed: the daemon stops with a
         clear error instead of retrying forever without READY."""
-        from agent.daemon import FatalError
+        from nsg_agent.daemon.reconciler import FatalError
 
         env.backend.fail_next("replace", "Error: Could not process rule: Operation not permitted")
         with capture_logs() as logs, pytest.raises(FatalError, match="CAP_NET_ADMIN"):
@@ -399,7 +399,7 @@ def test_every_log_event_is_documented(repo_dir):
     """Each event name the daemon emits appears in docs/daemon.md."""
     import re
 
-    source = (repo_dir / "agent" / "daemon.py").read_text()
+    source = (repo_dir / "nsg_agent" / "daemon" / "reconciler.py").read_text()
     emitted = set(re.findall(r'log\.(?:info|error|warning|debug|exception)\(\s*"([a-z_.]+)"', source))
     emitted |= {"link.added", "link.removed"}  # f"link.{event}"
     doc = (repo_dir / "docs" / "daemon.md").read_text()
@@ -559,7 +559,7 @@ class TestSettle:
     def test_complete_file_skips_the_debounce(self, env, pending):
         """A file renamed into place is reconciled after the short settle, even if a partial
         write event had pushed the debounce deadline out."""
-        from agent.daemon import COMPLETE_SETTLE
+        from nsg_agent.daemon.reconciler import COMPLETE_SETTLE
 
         env.rec.reconcile("startup")
         write(env.config, policy_text(extra_rule=DENY_SSH))
@@ -579,7 +579,7 @@ class TestDelta:
         """The fake after a full replace of ``commands`` (stamped with their digest)."""
         import hashlib
 
-        from agent.nft import batch_payload, stamp_commands
+        from nsg_agent.kernel.backend import batch_payload, stamp_commands
 
         fake = FakeBackend()
         fake.replace(commands + stamp_commands(hashlib.sha256(batch_payload(commands)).hexdigest()))
@@ -604,7 +604,7 @@ class TestDelta:
         # before the transaction and the stamp the delta leaves in the table
         import hashlib
 
-        from agent.nft import batch_payload
+        from nsg_agent.kernel.backend import batch_payload
         assert env.rec.last_good.payload == batch_payload(env.rec.last_good.commands)
         assert env.store.read().commit.ruleset_sha256 == hashlib.sha256(env.rec.last_good.payload).hexdigest()
         assert env.backend.stamp() == env.rec.last_good.sha256
@@ -645,7 +645,7 @@ def test_live_state_is_frozen_and_collected_when_idle(env):
     collection waits until the daemon has been idle."""
     import gc
 
-    from agent.daemon import IDLE_GC_DELAY
+    from nsg_agent.daemon.reconciler import IDLE_GC_DELAY
 
     gc.unfreeze()
     assert env.rec.reconcile("startup")

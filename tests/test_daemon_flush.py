@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import loader, semantics
-from agent.conntrack import CtFlow, denied_entries
-from agent.policy import Direction
 from daemon_helpers import DENY_SSH, policy_text
+from nsg_agent.desired import loader
+from nsg_agent.desired.vocabulary import Direction
+from nsg_agent.host.conntrack import CtFlow, denied_entries
+from nsg_agent.semantics import resolver as semantics
 
 SRV, INTERNET, VNET = "10.50.1.4", "203.0.113.10", "10.50.1.5"
 

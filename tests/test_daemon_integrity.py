@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from agent.commands.enforce import build_plan, collect_status, render_plan, render_status
-from agent.daemon import Reconciler, compile_host
-from agent.nft import FakeBackend, stamp_commands
-from agent.state import NamespaceLocked, Status, StatusFileError, StatusStore, UnsafePath
 from daemon_helpers import DENY_SSH, policy_text, write
+from nsg_agent.cli.enforce import render_plan, render_status
+from nsg_agent.daemon.operations import build_plan, collect_status
+from nsg_agent.daemon.reconciler import Reconciler, compile_host
+from nsg_agent.daemon.status import NamespaceLocked, Status, StatusFileError, StatusStore, UnsafePath
+from nsg_agent.kernel.backend import FakeBackend, stamp_commands
 from test_daemon import env, events  # noqa: F401 - the reconciler fixture
 
 ELEMENT = ["7003", {"accept": None}]  # what an outsider adds to a verdict map
@@ -278,7 +279,7 @@ class TestStatusFile:
         a new record is written; ``status`` and ``plan`` report it instead of a traceback."""
         import argparse
 
-        from agent.commands.enforce import _reconciler
+        from nsg_agent.cli.enforce import _reconciler
 
         config = tmp_path / "desired-state.yaml"
         write(config, policy_text())
@@ -359,7 +360,7 @@ class TestLock:
         """The lock is per namespace directory and held by another process: a clear error
         naming the holder's pid."""
         holder = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from agent.state import StatusStore; "
+            [sys.executable, "-c", "import sys; from nsg_agent.daemon.status import StatusStore; "
              "s = StatusStore(sys.argv[1], 'nsgh-x'); s.lock(); print('locked', flush=True); sys.stdin.read()",
              str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             cwd=Path(__file__).resolve().parent.parent)

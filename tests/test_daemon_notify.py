@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from agent.notify import Notifier
+from nsg_agent.host.notify import Notifier
 
 
 @pytest.fixture(params=["path", "abstract"])

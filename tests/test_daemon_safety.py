@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from agent import confirm
-from agent.conntrack import CtFlow
-from agent.daemon import Reconciler
-from agent.nft import FakeBackend
-from agent.state import StatusStore
 from daemon_helpers import FakeClock, fake_compile, policy_text, write
+from nsg_agent.daemon import confirm
+from nsg_agent.daemon.reconciler import Reconciler
+from nsg_agent.daemon.status import StatusStore
+from nsg_agent.host.conntrack import CtFlow
+from nsg_agent.kernel.backend import FakeBackend
 
 IP = ipaddress.ip_address
 ALLOW_SSH = """\

@@ -1,4 +1,4 @@
-"""The kernel agrees: old table + delta (one transaction through agent.nft) lists exactly like
+"""The kernel agrees: old table + delta (one transaction through nsg_agent.kernel.backend) lists exactly like
 a fresh load of the new table (root; throwaway namespaces nsgc-*; no traffic)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import copy
 import pytest
 import yaml
 
-from agent.compiler.delta import delta
-from agent.nft import NftBackend
 from compiler_helpers import IS_ROOT, throwaway_netns
+from nsg_agent.compiler.delta import delta
+from nsg_agent.kernel.backend import NftBackend
 from test_delta import EDITS, EXAMPLES, FILES, compile_doc
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not IS_ROOT, reason="needs root (network namespaces)")]
@@ -64,9 +64,10 @@ def test_generated_policy_changes_in_the_kernel(change, tmp_path):
     import json
     from dataclasses import replace
 
-    from agent import loader, semantics
-    from agent.compiler import HostPlacement, compile_ruleset
     from bench.generate import NAIVE_COMPARISON, SERVER_NIC, generate
+    from nsg_agent.compiler import HostPlacement, compile_ruleset
+    from nsg_agent.desired import loader
+    from nsg_agent.semantics import resolver as semantics
 
     # 150 NICs: ASG rules name enough members (>= 16 intervals) to get shared named sets
     gen = generate(replace(NAIVE_COMPARISON, nics=150, asg_every=10, asgs_per_rule=10, tag_every=20,

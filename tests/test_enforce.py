@@ -6,11 +6,12 @@ import json
 
 import pytest
 
-from agent.commands.enforce import build_plan, collect_status, render_plan, render_status
-from agent.daemon import Reconciler, compile_host
-from agent.nft import FakeBackend
-from agent.state import StatusStore
 from daemon_helpers import BAD_PRIORITY, DENY_SSH, policy_text, write
+from nsg_agent.cli.enforce import render_plan, render_status
+from nsg_agent.daemon.operations import build_plan, collect_status
+from nsg_agent.daemon.reconciler import Reconciler, compile_host
+from nsg_agent.daemon.status import StatusStore
+from nsg_agent.kernel.backend import FakeBackend
 
 
 @pytest.fixture
@@ -112,7 +113,7 @@ class TestStatus:
                          ids=["plan", "apply", "status", "remove", "run"])
 def test_commands_are_registered(argv):
     """Every enforcement command parses and has a handler."""
-    from agent.cli import build_parser
+    from nsg_agent.cli.main import build_parser
 
     args = build_parser().parse_args(argv)
     assert callable(args.func)

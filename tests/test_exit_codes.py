@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import cli
+from nsg_agent.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
 NONS = ["--netns", "nsgx-does-not-exist"]
@@ -37,7 +37,7 @@ def inputs(tmp_path_factory) -> dict[str, str]:
 
 
 def run(args: list[str], state_dir: Path, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nsg_agent.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO, env={"NSG_AGENT_STATE_DIR": str(state_dir), "PATH": "/usr/bin:/bin"})
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from agent.kernelverify import answer, model_rules, parse_trace
 from foundation_helpers import base_state, check, rule
+from nsg_agent.lab.kernelverify import answer, model_rules, parse_trace
 
 TRACE = """\
 trace id 11aa inet nsgv_trace pre packet: iif "eth0" ip saddr 203.0.113.10 ip daddr 10.0.1.4 tcp dport 80

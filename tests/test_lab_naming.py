@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.lab import naming
+from nsg_agent.lab import naming
 
 
 @pytest.mark.parametrize("path, expected", [

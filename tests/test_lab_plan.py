@@ -1,4 +1,4 @@
-"""The lab's address plan (agent.lab.topology) and its own nft tables (agent.lab.labrules)."""
+"""The lab's address plan (nsg_agent.lab.topology) and its own nft tables (nsg_agent.lab.labrules)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from agent.lab import labrules
-from agent.lab.topology import LabPlan, LabPlanError, plan_lab
-from agent.model import DesiredState
+from nsg_agent.desired.model import DesiredState
+from nsg_agent.lab import labrules
+from nsg_agent.lab.topology import LabPlan, LabPlanError, plan_lab
 
 BASE = {
     "virtualNetworks": [

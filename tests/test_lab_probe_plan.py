@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.lab import probe
-from agent.lab.probe import Cell, Endpoint, Prediction, Report, Result, Service
-from agent.lab.topology import LabPlan, plan_lab
-from agent.loader import load
-from agent.model import DesiredState
-from agent.semantics import resolve
+from nsg_agent.desired.loader import load
+from nsg_agent.desired.model import DesiredState
+from nsg_agent.lab import probe
+from nsg_agent.lab.probe import Cell, Endpoint, Prediction, Report, Result, Service
+from nsg_agent.lab.topology import LabPlan, plan_lab
+from nsg_agent.semantics.resolver import resolve
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "lab-demo.yaml"
 
@@ -180,7 +180,7 @@ def test_hosts_behind_a_none_route_are_unrouted():
     """A host whose address the NIC's subnet routes to next hop None (10.0.0.0/8 outside the
     VNet, or a user route) is unreachable: planned as unrouted, predicted denied, dropped by
     the lab's table both ways."""
-    from agent.lab import labrules
+    from nsg_agent.lab import labrules
     doc = yaml.safe_load(DEMO.read_text())
     doc["lab"]["externalHosts"].append({"name": "far", "address": "10.200.0.9"})
     doc["routeTables"] = [{"name": "rt", "routes": [{"name": "blackhole", "addressPrefix": "198.51.100.0/24",

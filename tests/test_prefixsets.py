@@ -1,4 +1,4 @@
-"""Integer-range prefix sets (agent.policy.PrefixSet) agree with the stdlib ipaddress module,
+"""Integer-range prefix sets (nsg_agent.netaddr.PrefixSet) agree with the stdlib ipaddress module,
 and the caches around them (service-tag files, literal terms, valid prefix lists) never change
 a result."""
 
@@ -12,9 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import loader, semantics, servicetags
-from agent.errors import LoadError
-from agent.policy import AddressTerm, PrefixSet, collapse, exclude, parse_cidr, range_cidrs
+from nsg_agent.desired import loader, servicetags
+from nsg_agent.errors import LoadError
+from nsg_agent.netaddr import PrefixSet, collapse, exclude, parse_cidr, range_cidrs
+from nsg_agent.semantics import resolver as semantics
+from nsg_agent.semantics.policy import AddressTerm
 
 NET = ipaddress.ip_network
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import copy
 import ipaddress
 
-from agent.conntrack import CtFlow
-from agent.review import Review, revocations, rule_changes, shadowed_rules, summarize_list
-from agent.semantics import resolve
 from foundation_helpers import base_state, load_doc, rule
+from nsg_agent.daemon.review import Review, revocations, rule_changes, shadowed_rules, summarize_list
+from nsg_agent.host.conntrack import CtFlow
+from nsg_agent.semantics.resolver import resolve
 
 IP = ipaddress.ip_address
 

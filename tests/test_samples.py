@@ -11,11 +11,11 @@ import re
 
 import pytest
 
-from agent.errors import LoadError
-from agent.loader import load
-from agent.policy import Direction
-from agent.semantics import Resolver, evaluate, resolve
 from foundation_helpers import SAMPLES, base_state, decided_by, flow, load_doc
+from nsg_agent.desired.loader import load
+from nsg_agent.desired.vocabulary import Direction
+from nsg_agent.errors import LoadError
+from nsg_agent.semantics.resolver import Resolver, evaluate, resolve
 
 SAMPLE_FILES = sorted(SAMPLES.rglob("*.json")) if SAMPLES.is_dir() else []
 NET = ipaddress.ip_network

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.loader import load
-from agent.policy import Access, Direction, LevelKind, Protocol
-from agent.semantics import Resolver, effective_rules, evaluate, find_nic, resolve
 from foundation_helpers import EXAMPLES, base_state, check, decided_by, flow, load_doc, rule
+from nsg_agent.desired.loader import load
+from nsg_agent.desired.vocabulary import Access, Direction, LevelKind, Protocol
+from nsg_agent.semantics.resolver import Resolver, effective_rules, evaluate, find_nic, resolve
 
 TAGS_FILE = str(EXAMPLES / "service-tags.json")
 NET = ipaddress.ip_network

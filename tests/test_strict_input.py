@@ -18,15 +18,15 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.cli import main
-from agent.daemon import Reconciler
-from agent.errors import LoadError
-from agent.loader import LoadedState, load, load_bytes
-from agent.nft import FakeBackend
-from agent.reading import Limits
-from agent.state import StatusStore
 from daemon_helpers import FakeClock, fake_compile, policy_text, write
 from foundation_helpers import base_state, load_doc, problems_of, rule
+from nsg_agent.cli.main import main
+from nsg_agent.daemon.reconciler import Reconciler
+from nsg_agent.daemon.status import StatusStore
+from nsg_agent.desired.loader import LoadedState, load, load_bytes
+from nsg_agent.desired.reading import Limits
+from nsg_agent.errors import LoadError
+from nsg_agent.kernel.backend import FakeBackend
 
 
 def _load_text(text: str, name: str = "f.yaml", **kw) -> LoadedState:

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, cwd=REPO)
+    return subprocess.run([sys.executable, "-m", "nsg_agent.cli", *args], capture_output=True, text=True, cwd=REPO)
 
 
 def test_bash_completion_knows_every_command_and_option():
@@ -37,7 +37,7 @@ def test_log_format_auto_is_console_on_a_terminal_and_json_otherwise(tmp_path):
     import io
     import json as _json
 
-    from agent.logging import configure, get_logger, wants_json
+    from nsg_agent.logging import configure, get_logger, wants_json
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
@@ -59,8 +59,8 @@ def test_log_format_auto_is_console_on_a_terminal_and_json_otherwise(tmp_path):
 def test_help_does_not_import_the_engine():
     """--help builds the parser only: no pydantic model, no pyroute2, no semantics engine
     (what made it slow), so it answers in well under 150 ms on this machine."""
-    code = ("import sys; from agent.cli import build_parser; build_parser(); "
-            "print(','.join(m for m in ('agent.model', 'agent.semantics', 'pyroute2', 'pydantic', 'agent.loader') "
+    code = ("import sys; from nsg_agent.cli.main import build_parser; build_parser(); "
+            "print(','.join(m for m in ('nsg_agent.desired.model', 'nsg_agent.semantics.resolver', 'pyroute2', 'pydantic', 'nsg_agent.desired.loader') "
             "if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr

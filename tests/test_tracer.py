@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.compiler import FabricPlacement, HostPlacement, compile_ruleset
-from agent.compiler.tracer import Packet, UnsupportedExpression, trace
 from compiler_helpers import policy_from_dict
+from nsg_agent.compiler import FabricPlacement, HostPlacement, compile_ruleset
+from nsg_agent.kernel.tracer import Packet, UnsupportedExpression, trace
 
 T = "t"
 

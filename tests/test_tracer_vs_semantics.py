@@ -1,4 +1,4 @@
-"""The compiled ruleset, walked by the tracer, decides exactly as agent.semantics.evaluate on
+"""The compiled ruleset, walked by the tracer, decides exactly as nsg_agent.semantics.resolver.evaluate on
 generated policies and flows: both modes, both placements."""
 
 from __future__ import annotations
@@ -8,11 +8,12 @@ import ipaddress
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.compiler import FabricPlacement, compile_ruleset
-from agent.compiler.tracer import Packet, Ruleset, trace
-from agent.policy import Direction, Flow
-from agent.semantics import evaluate
 from compiler_helpers import JUNK_PORTS, expected_fabric, host_packet, host_placement, policy_from_dict
+from nsg_agent.compiler import FabricPlacement, compile_ruleset
+from nsg_agent.desired.vocabulary import Direction
+from nsg_agent.kernel.tracer import Packet, Ruleset, trace
+from nsg_agent.semantics.policy import Flow
+from nsg_agent.semantics.resolver import evaluate
 
 VNETS = {
     "vnetA": {"addressSpace": ["10.1.0.0/16"],

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.loader import load
-from agent.policy import Access, Direction, Flow
-from agent.semantics import protocol_number, resolve, verify
+from nsg_agent.desired.loader import load
+from nsg_agent.desired.vocabulary import Access, Direction
+from nsg_agent.semantics.policy import Flow
+from nsg_agent.semantics.resolver import protocol_number, resolve, verify
 
 REPO = Path(__file__).resolve().parent.parent
 VAGRANTFILE = REPO / "Vagrantfile"
@@ -263,7 +264,7 @@ def test_provision_into_prefix_installs_working_agent(tmp_path):
     r = run_provision("--config", str(config), prefix=prefix, timeout=540)
     assert r.returncode == 0, r.stdout + r.stderr
     opt = prefix / "opt" / "nsg-agent"
-    assert (opt / "agent" / "cli.py").is_file()
+    assert (opt / "nsg_agent" / "cli" / "main.py").is_file()
     assert not (opt / ".git").exists() and not (opt / "tests").exists()
     assert (prefix / "etc/systemd/system/nsg-agent.service").read_bytes() == UNIT.read_bytes()
     assert (prefix / "etc/nsg-agent/desired-state.yaml").read_bytes() == config.read_bytes()
@@ -280,7 +281,7 @@ def test_provision_into_prefix_installs_working_agent(tmp_path):
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     # The venv runs the staged copy, not this checkout.
-    where = subprocess.run([str(opt / ".venv" / "bin" / "python"), "-c", "import agent; print(agent.__file__)"],
+    where = subprocess.run([str(opt / ".venv" / "bin" / "python"), "-c", "import nsg_agent; print(nsg_agent.__file__)"],
                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert where.stdout.strip() == str(opt / "agent" / "__init__.py")
+    assert where.stdout.strip() == str(opt / "nsg_agent" / "__init__.py")
     assert "staged under" in r.stdout

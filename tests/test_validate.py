@@ -7,9 +7,9 @@ import copy
 
 import pytest
 
-from agent.model import Protocol
-from agent.policy import Access, Direction
 from foundation_helpers import base_state, load_doc, problems_of, rule
+from nsg_agent.desired.model import Protocol
+from nsg_agent.desired.vocabulary import Access, Direction
 
 
 def _with_rules(*rules) -> dict:

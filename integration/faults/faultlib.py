@@ -156,10 +156,11 @@ class Compiled:
 
 
 def compiled(path: Path, mode: str = "classify") -> Compiled:
-    from agent import loader, semantics
-    from agent.daemon import compile_host, host_interfaces
-    from agent.nft import batch_payload
-    from agent.state import set_sizes
+    from nsg_agent.daemon.reconciler import compile_host, host_interfaces
+    from nsg_agent.daemon.status import set_sizes
+    from nsg_agent.desired import loader
+    from nsg_agent.kernel.backend import batch_payload
+    from nsg_agent.semantics import resolver as semantics
 
     loaded = loader.load(path)
     policy = semantics.resolve(loaded.state, loaded.tags)

@@ -14,7 +14,7 @@ import json
 import signal
 import sys
 
-from agent.cli import main as cli_main
+from nsg_agent.cli.main import main as cli_main
 
 PER_FILE = 5  # seconds: a clear error comes in milliseconds; this is a hang
 

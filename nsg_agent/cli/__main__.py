@@ -1,0 +1,3 @@
+from nsg_agent.cli.main import main
+
+raise SystemExit(main())

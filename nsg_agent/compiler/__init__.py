@@ -1,0 +1,23 @@
+"""The nftables compiler: a resolved Policy in, libnftables JSON for one table out.
+
+Pure: no nftables, pyroute2 or watchdog import here (a test proves it). See README.md.
+
+    from nsg_agent.compiler import compile_ruleset, HostPlacement, FabricPlacement
+    rs = compile_ruleset(policy, HostPlacement({"web1": "eth0"}), mode="classify")
+    rs.commands   # add table, delete table, add table, chains, maps, rules
+    rs.to_json()  # {"nftables": [metainfo, *commands]}, deterministic bytes
+"""
+
+from nsg_agent.compiler.placement import FabricPlacement, HostPlacement
+from nsg_agent.compiler.render import MAX_LEVEL_ELEMENTS, MODES, TABLE_NAME, RuleRef, Ruleset, compile_ruleset
+
+__all__ = [
+    "FabricPlacement",
+    "HostPlacement",
+    "MAX_LEVEL_ELEMENTS",
+    "MODES",
+    "RuleRef",
+    "Ruleset",
+    "TABLE_NAME",
+    "compile_ruleset",
+]

@@ -1,0 +1,142 @@
+"""What the enforcement commands ask of a namespace, as functions the CLI, the daemon's
+metrics and ``confirm`` share: the status record as the agent wrote it, whether the kernel still
+holds its commit, a plan (what an apply would change), the reviewer's view of an edit, and the
+status report. The CLI only parses arguments and prints what these return."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from nsg_agent.daemon.status import Plan, Status, StatusFileError, StatusStore, make_plan, rule_digests, set_sizes
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_record(store: StatusStore) -> tuple[Status, str | None]:
+    """The record, or an empty one and the reason when the status file is not the agent's
+    (read-only commands report it and leave the file where it is)."""
+    try:
+        return store.read(), None
+    except StatusFileError as e:
+        return Status(netns=store.netns), str(e)
+
+
+def build_plan(file: Any, mode: str, store: StatusStore, backend: Any | None,
+               load_options: dict | None = None) -> tuple[Plan, dict]:
+    """Compile ``file`` (one path or several) and diff it against the remembered commit and
+    the kernel."""
+    from nsg_agent.daemon.reconciler import compile_host, host_interfaces
+    from nsg_agent.desired import loader
+    from nsg_agent.semantics import resolver as semantics
+
+    loaded = loader.load(file, **(load_options or {}))
+    policy = semantics.resolve(loaded.state, loaded.tags)
+    interfaces = host_interfaces(policy)
+    rs = compile_host(policy, interfaces, mode)
+    rules, sets = rule_digests(policy, interfaces), set_sizes(rs.commands)
+    status, problem = read_record(store)
+    commit = status.commit
+    plan = make_plan(commit, rules, sets)
+    plan.record_problem = problem or ("an apply was interrupted (record unverified)" if status.unverified else None)
+    if backend is not None:
+        fingerprint = backend.fingerprint()
+        plan.table_present = fingerprint is not None
+        plan.drift = commit is not None and not kernel_matches(backend, status, fingerprint)
+        if commit is None and fingerprint is None:
+            plan.drift = False
+    return plan, dict(rs.summary)
+
+
+def kernel_matches(backend: Any, status: Status, fingerprint: str | None) -> bool:
+    """Does the kernel still hold the record's commit? Never while the record is unverified
+    (an apply's intent without its outcome). No nft transaction since the commit (same
+    generation) proves it; otherwise the table's stamp must be the commit's digest and the
+    fingerprint (down to set elements) the one taken after the commit. (The daemon records
+    the generation at once and takes the fingerprint shortly after the apply.)"""
+    commit = status.commit
+    if commit is None or fingerprint is None or status.unverified:
+        return False
+    generation = getattr(commit, "kernel_generation", None)
+    read = getattr(backend, "generation", None)
+    if generation is not None and read is not None and read() == generation:
+        return True
+    stamp = getattr(backend, "stamp", None)
+    if stamp is not None and stamp() != commit.ruleset_sha256:
+        return False
+    return commit.kernel_fingerprint is not None and fingerprint == commit.kernel_fingerprint
+
+
+def review_change(file: Any, store: StatusStore, backend: Any | None, load_options: dict | None = None):
+    """The reviewer's view of applying ``file``: per-rule changes against the last commit's
+    desired state, shadowed rules, revoked live connections and the coverage check (the
+    last two need the kernel: root). The current policy is the last commit's desired state
+    resolved with today's service-tag files."""
+    from nsg_agent.daemon import coverage, review
+    from nsg_agent.daemon.reconciler import host_interfaces
+    from nsg_agent.desired import loader
+    from nsg_agent.host import conntrack
+    from nsg_agent.semantics import resolver as semantics
+
+    loaded = loader.load(file, **(load_options or {}))
+    new = semantics.resolve(loaded.state, loaded.tags)
+    old_state = store.read_applied() if read_record(store)[0].commit is not None else None
+    old = semantics.resolve(old_state, loaded.tags) if old_state is not None else None
+    rev = review.Review(review.rule_changes(old_state, loaded.state), review.shadowed_rules(new))
+    cov = None
+    if backend is not None and hasattr(backend, "runner"):
+        links = coverage.interface_addresses(backend.runner)
+        entries = conntrack.list_entries(backend.runner)
+        local = {a for addrs in links.values() for a in addrs}
+        sessions = [s for s in [coverage.ssh_session()] if s is not None]
+        sessions += coverage.conntrack_sessions(entries, local)
+        rev.revoked = review.revocations(old, new, entries)
+        old_if = host_interfaces(old) if old is not None else None
+        cov = coverage.check(new, host_interfaces(new), links, sessions, old, old_if)
+    return rev, cov
+
+
+def collect_status(store: StatusStore, backend: Any | None) -> dict:
+    status, problem = read_record(store)
+    out: dict[str, Any] = {"netns": store.netns or "host", "status_file": str(store.path),
+                           "record_error": problem, "pending": status.pending,
+                           "unverified": status.unverified}
+    c = status.commit
+    out["commit"] = None if c is None else {
+        "source": c.source, "sha256": c.sha256, "files": c.files, "applied_at": c.applied_at,
+        "applied": when(c.applied_at), "mode": c.mode, "ruleset_sha256": c.ruleset_sha256,
+        "how": c.how,
+        "counts": {k: c.summary.get(k) for k in ("chains", "rules", "sets", "set_elements", "modes_used")},
+    }
+    out["last_error"] = status.last_error
+    from nsg_agent.daemon import confirm
+
+    out["pending_confirm"] = confirm.describe(store)
+    out["kernel"] = None
+    if backend is not None:
+        fingerprint = backend.fingerprint()
+        counters = backend.counters() if fingerprint is not None else {}
+        index = c.rule_index if c else {}
+        rules = []
+        for (chain, comment), ctr in sorted(counters.items()):
+            ref = index.get(f"{chain}|{comment}", {})
+            rules.append({"chain": chain, "comment": comment, "packets": ctr.packets, "bytes": ctr.bytes,
+                          **({"nsg": ref.get("nsg"), "rule": ref.get("rule"), "direction": ref.get("direction")}
+                             if isinstance(ref, dict) else {})})
+        stamp = backend.stamp() if hasattr(backend, "stamp") else None
+        from nsg_agent.kernel import counters as counting
+
+        out["kernel"] = {
+            "table_present": fingerprint is not None,
+            "matches_commit": kernel_matches(backend, status, fingerprint),
+            # the digest of the ruleset the table carries ("" while a replace is half done)
+            "ruleset_sha256": stamp,
+            "rules": rules,  # per nft rule (internal chain)
+            # per NSG, direction and rule, summed over its chains, with the NICs they serve
+            "rule_hits": [h.as_dict() for h in counting.by_rule(counters, index)],
+        }
+    return out

@@ -1,0 +1,1021 @@
+"""The reconciling daemon: keep one namespace's ``inet nsg_agent`` equal to the file.
+
+Two layers, so the logic is testable without root, threads or a real clock:
+
+- :class:`Reconciler` holds the state machine. Events only mark it *dirty*; ``tick()`` (called
+  by the loop with the current time) does at most one full load + resolve + compile + apply
+  once the debounce delay has passed, re-applies the last good ruleset when the periodic
+  resync finds the kernel table missing or different, and retries failed applies with
+  backoff. Bad input never touches the kernel: the last good state stays enforced and the
+  error goes to the log (``config.invalid``) and the status file.
+- :class:`Daemon` is the I/O shell: watchdog observers on the directories of the config file
+  and of every service-tag file (editors replace files by rename, so the directory is
+  watched, not the file), a pyroute2 link monitor, signal handlers (SIGHUP reload, SIGTERM
+  stop), systemd notifications, and the loop that calls ``tick()``.
+
+Event names are stable and documented in docs/daemon.md.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from nsg_agent.compiler.delta import delta
+from nsg_agent.daemon import files as input_files
+from nsg_agent.daemon.status import Commit, Status, StatusStore, rule_digests, set_sizes
+from nsg_agent.desired import loader
+from nsg_agent.errors import LoadError, OperationFailed
+from nsg_agent.host.notify import Notifier
+from nsg_agent.kernel.backend import Backend, NftError, batch_payload, stamp_commands
+from nsg_agent.logging import get_logger
+from nsg_agent.semantics import resolver as semantics
+from nsg_agent.semantics.policy import Policy
+
+DEFAULT_DEBOUNCE = 0.15
+DEFAULT_RESYNC = 5.0
+MAX_BACKOFF = 30.0
+IDLE_GC_DELAY = 5.0  # seconds without a reconcile before the deferred full garbage collection
+# A file renamed into place or closed after writing is complete: reconcile after this short
+# settle time (enough to coalesce several files renamed together) instead of the debounce.
+COMPLETE_SETTLE = 0.02
+# A file some process still holds open for writing, or that changed while it was read, is
+# not final: look again after this long (the last good state stays meanwhile).
+UNSETTLED_RETRY = 0.25
+
+
+class CompiledRuleset(Protocol):
+    commands: list[dict]
+    summary: dict
+    rule_index: dict
+
+
+CompileFn = Callable[[Policy, dict[str, str], str], CompiledRuleset]
+Flusher = Callable[[Policy], list]  # returns the cuts made
+
+
+def compile_host(policy: Policy, interfaces: dict[str, str], mode: str) -> CompiledRuleset:
+    """The real compiler in host placement (imported lazily: the daemon's tests use fakes)."""
+    from nsg_agent.compiler import HostPlacement, compile_ruleset
+
+    return compile_ruleset(policy, HostPlacement(interfaces=interfaces), mode=mode)
+
+
+def host_interfaces(policy: Policy) -> dict[str, str]:
+    """NIC name -> Linux interface, for NICs that name one (host mode)."""
+    return {name: nic.interface for name, nic in sorted(policy.nics.items()) if nic.interface}
+
+
+def rule_index_json(index: dict) -> dict[str, Any]:
+    """The compiler's rule index in a JSON-friendly shape: "<chain>|<comment>" -> fields."""
+    out: dict[str, Any] = {}
+    for key, ref in index.items():
+        k = "|".join(key) if isinstance(key, tuple) else str(key)
+        if is_dataclass(ref):
+            out[k] = asdict(ref)
+        elif isinstance(ref, tuple):
+            out[k] = list(ref)
+        else:
+            out[k] = ref
+    return out
+
+
+def file_digest(path: Path) -> str | None:
+    """The sha256 of a watched file (None: unreadable). Bounded, because the daemon hashes
+    its files before every reconcile and at every resync, whatever is there: a FIFO is
+    never opened for a blocking read, a device (a symlink to /dev/zero) never read, and a
+    regular file is read in chunks up to input_files.MAX_DIGEST_BYTES (beyond that its
+    identity stands in for its content). Those are told apart by a marker instead of a hash;
+    refusing them is the loader's job."""
+    import stat as _stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not _stat.S_ISREG(st.st_mode):
+            return f"not-a-regular-file:{st.st_mode:o}:{st.st_dev}:{st.st_ino}"
+        if st.st_size > input_files.MAX_DIGEST_BYTES:
+            return f"too-large:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+        h = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 20):
+            h.update(chunk)
+        return h.hexdigest()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Desired:
+    """A loaded, resolved and compiled desired state, ready to apply."""
+
+    loaded: loader.LoadedState
+    policy: Policy
+    commands: list[dict]
+    summary: dict
+    rule_index: dict
+    sha256: str  # of the compiled commands
+    files: dict[str, str]  # file -> sha256 at load time
+    payload: bytes | None = None  # the batch as handed to libnftables (sha256 is its digest)
+
+
+def payload_and_digest(commands: list[dict]) -> tuple[bytes, str]:
+    """Serialize the batch once: the bytes libnftables gets, and their sha256 (the
+    ``ruleset_sha256`` that tells an unchanged ruleset apart)."""
+    payload = batch_payload(commands)
+    return payload, hashlib.sha256(payload).hexdigest()
+
+
+class _Phases:
+    """Milliseconds per reconcile phase, for the ``reconcile.timing`` debug event."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.ms[phase] = round(self.ms.get(phase, 0.0) + (now - self._t) * 1000, 1)
+        self._t = now
+
+
+class FatalError(OperationFailed):
+    """The daemon cannot work at all (e.g. no permission to program nftables)."""
+
+
+def _lacks_permission(error: BaseException) -> bool:
+    text = f"{error} {getattr(error, 'error', '')}"
+    return isinstance(error, PermissionError) or "Operation not permitted" in text
+
+
+class Reconciler:
+    """See the module docstring. All public methods are safe to call from any thread."""
+
+    def __init__(self, config: "str | os.PathLike | list[str | os.PathLike]", backend: Backend,
+                 store: StatusStore, *, load_options: dict[str, Any] | None = None,
+                 mode: str = "classify", debounce: float = DEFAULT_DEBOUNCE,
+                 resync: float = DEFAULT_RESYNC, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time, compile_fn: CompileFn = compile_host,
+                 flusher: Flusher | None = None, notifier: Notifier | None = None, log: Any = None):
+        # Several input files are merged (nsg_agent.desired.loader.load); the first names the config in
+        # logs and status. load_options: strict, nsg, parameters, limits (see loader.load).
+        self.inputs = [Path(c) for c in (config if isinstance(config, (list, tuple)) else [config])]
+        self.config = self.inputs[0]
+        self.load_options = dict(load_options or {})
+        self.backend = backend
+        self.store = store
+        self.mode = mode
+        self.debounce = debounce
+        self.resync_interval = resync
+        self.clock = clock
+        self.wall = wall
+        self.compile_fn = compile_fn
+        self.flusher = flusher
+        self.notifier = notifier or Notifier({})
+        self.log = log or get_logger(netns=store.netns or "host")
+        self._lock = threading.RLock()
+        self.last_good: Desired | None = None
+        self.kernel_fingerprint: str | None = None  # listing digest of our commit (None: not taken yet)
+        self.kernel_generation: int | None = None  # nft ruleset generation after our commit
+        self.full_check_every = 10  # resyncs; list the table at least this often
+        # The listing fingerprint costs a full table listing (0.3-1 s at scale). With
+        # defer_fingerprint the apply records only the nft generation and the listing is
+        # taken later, off the edit path (background thread / the next resync).
+        self.defer_fingerprint = False
+        # One-shot `nsg-agent apply` asks the kernel for a dry-run check before the replace:
+        # a refused batch is then reported before anything is attempted. The daemon skips it
+        # (the replace is one transaction either way, and the check costs ~0.45 s at scale).
+        self.check_first = False
+        # An edit is applied as a delta (only the sets and chains that differ, one
+        # transaction) when the kernel provably still holds the last commit; else, and for
+        # drift repair, the whole table is replaced.
+        self.incremental = True
+        self.gc_due_at: float | None = None  # clock() when the deferred full collection may run
+        self.applied_clock: float | None = None  # clock() of the last commit
+        self._baseline: threading.Thread | None = None
+        self._phases = _Phases()
+        self._resyncs = 0
+        self.ready = False
+        self.dirty_reasons: list[str] = []
+        self.dirty_at: float | None = None  # when the pending reconcile may run
+        self.retry_at: float | None = None
+        self.failures = 0
+        self.next_resync = self.clock() + resync
+        self.seen_files: dict[str, str | None] = {}  # last attempt: file -> sha256
+        self.status = Status(netns=store.netns, pid=os.getpid())
+        self.applies = 0
+        # The record read at start had an apply's intent without its outcome (a kill between
+        # the two): until one apply has gone through, nothing is taken as already enforced.
+        self.unverified = False
+        self._warned_insecure: set[str] = set()
+        # run --confirm-edits SECONDS: an applied edit is rolled back to the state before it
+        # unless `nsg-agent confirm` takes the pending record in time (nsg_agent.daemon.confirm).
+        self.confirm_edits: float | None = None
+        self.pending_edit: dict[str, Any] | None = None  # deadline (clock), previous, sha256
+        self.rejected: str | None = None  # sha256 of a file content rolled back: not re-applied
+        # The lock-out check before an edit: management sessions (established TCP to port 22
+        # in conntrack) that the current policy allows and the edit would deny. host_reader()
+        # -> (ifname -> addresses, conntrack entries); None (no netlink, e.g. FakeBackend):
+        # the check is skipped.
+        self.lockout_check = True
+        self.host_reader: Callable[[], tuple[dict, list]] | None = None
+
+    def restore(self, previous: Status) -> None:
+        """Start from the record a previous process left: its commit, and whether an apply it
+        began was recorded as finished (see nsg_agent.daemon.status: intent before, outcome after)."""
+        self.status.commit = previous.commit
+        pending = previous.pending
+        if pending is None:
+            return
+        c = previous.commit
+        if c is not None and c.ruleset_sha256 == pending.get("ruleset_sha256") \
+                and c.applied_at >= pending.get("started_at", 0):
+            self.store.clear_intent()  # the outcome was written, only the cleanup was missed
+            return
+        self.unverified = True
+        self.status.pending = pending
+        self.log.warning("status.unverified", pending=pending,
+                         commit=c.ruleset_sha256 if c else None,
+                         action="the next reconcile applies the file in full")
+
+    # events ----------------------------------------------------------------------------------
+    def mark_dirty(self, reason: str, *, immediate: bool = False, complete: bool = False) -> None:
+        """Ask for a full reconcile after the debounce delay (a burst collapses into one).
+        ``complete``: the event says a file is whole (renamed into place, closed after
+        writing), so only the short COMPLETE_SETTLE is waited, whatever was pending."""
+        with self._lock:
+            now = self.clock()
+            self.dirty_reasons.append(reason)
+            if immediate:
+                self.dirty_at = now
+            elif complete:
+                due = now + min(self.debounce, COMPLETE_SETTLE)
+                self.dirty_at = due if self.dirty_at is None else min(self.dirty_at, due)
+            else:
+                # Each partial-write event pushes the deadline out: a burst yields one run.
+                due = now + self.debounce
+                self.dirty_at = due if self.dirty_at is None else max(self.dirty_at, due)
+
+    def watched_files(self) -> set[Path]:
+        files = {p.absolute() for p in self.inputs}
+        files |= {Path(p).absolute() for p in self.load_options.get("parameters", ())}
+        if self.last_good is not None:
+            files |= {Path(f).absolute() for f in self.last_good.files}
+        return files
+
+    def next_deadline(self) -> float:
+        with self._lock:
+            times = [self.next_resync]
+            if self.dirty_at is not None:
+                times.append(self.dirty_at)
+            if self.retry_at is not None:
+                times.append(self.retry_at)
+            return min(times)
+
+    def tick(self) -> None:
+        """Do whatever is due at ``clock()``: a debounced reconcile, a retry, a resync."""
+        with self._lock:
+            now = self.clock()
+            if self.dirty_at is not None and now >= self.dirty_at:
+                reasons, self.dirty_reasons, self.dirty_at = self.dirty_reasons, [], None
+                self.reconcile(",".join(dict.fromkeys(reasons)) or "dirty")
+            elif self.retry_at is not None and now >= self.retry_at:
+                self.retry_at = None
+                self.reconcile("retry")
+            if self.pending_edit is not None:
+                self._check_pending_edit(now)
+            if now >= self.next_resync:
+                self.next_resync = now + self.resync_interval
+                self.resync()
+            if self.gc_due_at is not None and now >= self.gc_due_at and self.dirty_at is None:
+                self.idle_collect()
+
+    def idle_collect(self) -> None:
+        """The full garbage collection deferred by reconcile(), when nothing is pending."""
+        self.gc_due_at = None
+        if not gc.isenabled():  # someone else manages the collector
+            return
+        t0 = time.perf_counter()
+        gc.unfreeze()
+        gc.collect()
+        self.log.debug("reconcile.gc", ms=round((time.perf_counter() - t0) * 1000, 1))
+
+    # the work ------------------------------------------------------------------------------
+    def load(self) -> Desired:
+        phases = self._phases
+        loaded = loader.load(self.inputs, **self.load_options)
+        phases.mark("load")
+        policy = semantics.resolve(loaded.state, loaded.tags)
+        phases.mark("resolve")
+        rs = self.compile_fn(policy, host_interfaces(policy), self.mode)
+        phases.mark("compile")
+        files = {str(Path(p).absolute()): (file_digest(Path(p)) or "") for p in loaded.files}
+        files[str(loaded.path.absolute())] = loaded.sha256
+        # Serialized later, and only when needed: before a full replace, or after a delta
+        # is in force (so the JSON of the whole table is off the edit's critical path).
+        return Desired(loaded, policy, list(rs.commands), dict(rs.summary),
+                       rule_index_json(rs.rule_index), "", files)
+
+    def reconcile(self, reason: str) -> bool:
+        """One full load + resolve + compile + apply. True when the kernel now enforces the
+        file; False when the file is bad or the apply failed (the last good state stays).
+
+        The cyclic garbage collector is paused from load to replace: with the last good
+        policy and batch alive, its passes cost about 40% of load + compile. Afterwards the
+        live state is frozen (see below) and one full collection runs once the daemon has
+        been idle for IDLE_GC_DELAY seconds (``idle_collect``)."""
+        with self._lock:
+            if not gc.isenabled():  # someone else manages the collector: leave it alone
+                return self._reconcile(reason, _Phases())
+            gc.disable()
+            phases = _Phases()
+            try:
+                return self._reconcile(reason, phases)
+            finally:
+                # What is alive now is the enforced state: long-lived. Freezing it (O(1)) keeps
+                # the collector from scanning it: a pass over a maximum-size state takes
+                # ~300 ms, which held up the next edit. The few cycles left over are
+                # collected once the daemon has been idle for IDLE_GC_DELAY (idle_collect).
+                gc.enable()
+                gc.freeze()
+                self.gc_due_at = self.clock() + IDLE_GC_DELAY
+
+    def _reconcile(self, reason: str, phases: _Phases) -> bool:
+        with self._lock:
+            self.log.info("reconcile.start", reason=reason)
+            self.seen_files = {str(p): file_digest(p) for p in self.watched_files()}
+            self._phases = phases  # load() marks its steps here (subclasses' load() may not)
+            if any(input_files.open_for_writing(p) for p in self.inputs):
+                return self._unsettled("open for writing")
+            before = [input_files.identity(p) for p in self.inputs]
+            try:
+                desired = self.load()
+            except LoadError as e:
+                problems = [p.as_dict() for p in e.problems]
+                self.log.error("config.invalid", file=str(self.config), problems=problems,
+                               enforcing=self.last_good.loaded.sha256 if self.last_good else None)
+                self._record_error("config", str(e), problems)
+                self.notifier.status(f"config invalid ({len(problems)} problems); "
+                                     + ("enforcing the last good state" if self.last_good else "nothing enforced"))
+                return False
+            except Exception as e:  # noqa: BLE001 - compile/resolve bugs must not kill the daemon
+                self.log.exception("compile.failed", file=str(self.config), error=str(e))
+                self._record_error("compile", f"{type(e).__name__}: {e}")
+                return False
+            if [input_files.identity(p) for p in self.inputs] != before:
+                return self._unsettled("changed while it was read")
+            self._warn_insecure(desired)
+            refusal = self._incomplete(desired)
+            if refusal is not None:
+                self.log.error("config.incomplete", file=str(self.config), problem=refusal,
+                               enforcing=self.last_good.loaded.sha256 if self.last_good else None)
+                self._record_error("incomplete", refusal)
+                self.notifier.status("config refused (incomplete); "
+                                     + ("enforcing the last good state" if self.last_good else "nothing enforced"))
+                return False
+            if self.rejected is not None and desired.loaded.sha256 == self.rejected:
+                self.log.warning("config.rejected", file=str(self.config), sha256=self.rejected,
+                                 why="rolled back (not confirmed in time): edit the file again to apply it")
+                return False
+            lockout = self._lockout(desired)
+            if lockout is not None:
+                self.log.error("config.lockout", file=str(self.config), problem=lockout,
+                               enforcing=self.last_good.loaded.sha256 if self.last_good else None)
+                self._record_error("lockout", lockout)
+                self.notifier.status("config refused (it would lock out a management session)")
+                return False
+            self.seen_files = dict(desired.files)
+            if desired.loaded.state.enforce == "none":
+                return self._enforce_none(desired, reason)
+            diff = None
+            base = self._delta_base()
+            if base is not None:  # the kernel holds the last good table: what differs?
+                diff = delta(base.commands, desired.commands)
+                phases.mark("diff")
+                if diff == [] and base.payload is not None:  # the very same table
+                    desired.payload, desired.sha256 = base.payload, base.sha256
+            if desired.payload is None and not diff:  # needed now: unchanged check, replace
+                phases.mark("load")
+                self._serialize(desired)
+                phases.mark("serialize")
+            committed = self.status.commit
+            if committed is not None and desired.payload is not None and desired.sha256 == committed.ruleset_sha256:
+                generation = self._generation()
+                phases.mark("unchanged_check")
+                if self._kernel_holds(committed, generation):
+                    # The kernel already holds exactly this ruleset (an edit that changes
+                    # nothing, a link event, or a restart of the daemon): keep it, and its
+                    # counters. At a start this is adoption: nothing is written to the kernel.
+                    adopted = self.last_good is None and self.applies == 0
+                    self.last_good = desired
+                    self.kernel_fingerprint = committed.kernel_fingerprint
+                    self.kernel_generation = generation
+                    if self.applied_clock is None:
+                        self.applied_clock = self.clock()
+                    self.status.last_error = None
+                    self._write_commit(desired, applied_at=None, how="adopted" if adopted else committed.how)
+                    phases.mark("status")
+                    self.log.info("config.adopted" if adopted else "config.unchanged", reason=reason,
+                                  file=str(self.config), sha256=desired.loaded.sha256,
+                                  ruleset_sha256=desired.sha256)
+                    self._announce(desired)
+                    self._log_timing(reason, "adopted" if adopted else "unchanged", phases)
+                    return True
+            return self._apply(desired, reason, phases, diff=diff)
+
+    def _lockout(self, desired: Desired) -> str | None:
+        """Why applying ``desired`` would cut a live management session, or None."""
+        if not self.lockout_check or self.host_reader is None:
+            return None
+        from nsg_agent.daemon import coverage
+
+        try:
+            links, entries = self.host_reader()
+        except Exception as e:  # noqa: BLE001 - a failed look must not block the firewall
+            self.log.warning("coverage.unchecked", error=str(e))
+            return None
+        local = {a for addrs in links.values() for a in addrs}
+        old = self.last_good.policy if self.last_good is not None else None
+        cov = coverage.check(desired.policy, host_interfaces(desired.policy), links,
+                             coverage.conntrack_sessions(entries, local), old,
+                             host_interfaces(old) if old is not None else None)
+        for f in cov.findings:
+            if f.kind != "lockout":
+                self.log.warning("coverage.warning", kind=f.kind, nic=f.nic, interface=f.interface,
+                                 message=f.message)
+        if cov.lockouts:
+            return "; ".join(f.message for f in cov.lockouts) + " (run with --force to apply anyway)"
+        return None
+
+    def _arm_confirm(self, desired: Desired, previous: Desired) -> None:
+        """After an applied edit with --confirm-edits: the pending record that 'nsg-agent
+        confirm' takes (nsg_agent.daemon.confirm); the daemon rolls back itself at the deadline."""
+        from nsg_agent.daemon import confirm
+
+        seconds = float(self.confirm_edits or 0)
+        self.pending_edit = {"deadline": self.clock() + seconds, "previous": previous,
+                             "sha256": desired.loaded.sha256}
+        confirm.write_pending(self.store, {
+            "deadline": self.wall() + seconds, "seconds": seconds, "daemon_pid": os.getpid(),
+            "applied_sha256": desired.loaded.sha256, "previous_sha256": previous.loaded.sha256})
+        self.log.info("confirm.pending", sha256=desired.loaded.sha256, seconds=seconds)
+
+    def _check_pending_edit(self, now: float) -> None:
+        from nsg_agent.daemon import confirm
+
+        pending = self.pending_edit
+        assert pending is not None
+        if confirm.pending(self.store) is None:  # 'nsg-agent confirm' took it
+            self.pending_edit = None
+            self.log.info("confirm.confirmed", sha256=pending["sha256"])
+            return
+        if now < pending["deadline"] or not confirm.take_for_rollback(self.store):
+            return
+        self.pending_edit = None
+        previous: Desired = pending["previous"]
+        self.rejected = pending["sha256"]
+        self.log.warning("confirm.rolling_back", sha256=pending["sha256"], to=previous.loaded.sha256)
+        if self._apply(previous, "rollback"):
+            self.log.info("config.rolled_back", sha256=pending["sha256"], enforcing=previous.loaded.sha256)
+            self._record_error("rolled-back", f"edit {pending['sha256'][:12]} not confirmed within "
+                                              f"{self.confirm_edits:g} s: rolled back to {previous.loaded.sha256[:12]}")
+
+    def _unsettled(self, why: str) -> bool:
+        """The file is not final yet (an in-place write in progress): keep the last good
+        state and look again shortly."""
+        self.log.warning("config.unsettled", file=str(self.config), why=why, retry_in=UNSETTLED_RETRY)
+        due = self.clock() + UNSETTLED_RETRY
+        self.dirty_reasons.append("unsettled")
+        self.dirty_at = due if self.dirty_at is None else min(self.dirty_at, due)
+        return False
+
+    def _incomplete(self, desired: Desired) -> str | None:
+        """Why ``desired`` must not replace what is enforced, or None. A file that describes
+        nothing (empty, ``null``, whitespace) or none of this host's NICs, where the last good
+        state (or the recorded commit) enforced some, is far more likely a truncated write
+        than an intent: removing enforcement takes ``nsg-agent remove`` or ``enforce: none``."""
+        state = desired.loaded.state
+        if state.enforce == "none":
+            return None
+        if not (state.networkInterfaces or state.networkSecurityGroups or state.virtualNetworks):
+            return ("the file describes nothing (empty, null or only whitespace): not enforced; "
+                    "to stop enforcing use 'nsg-agent remove' or 'enforce: none'")
+        had = (host_interfaces(self.last_good.policy) if self.last_good is not None
+               else (self.status.commit.summary.get("nics") if self.status.commit is not None else None))
+        if had and not host_interfaces(desired.policy):
+            return (f"the file puts none of this host's NICs under enforcement where the enforced "
+                    f"state has {len(had)} ({', '.join(sorted(had))}): not enforced; to stop "
+                    f"enforcing use 'nsg-agent remove' or 'enforce: none'")
+        return None
+
+    def _enforce_none(self, desired: Desired, reason: str) -> bool:
+        """``enforce: none``: remove the table and forget the commit."""
+        try:
+            existed = self.backend.delete_table()
+        except Exception as e:  # noqa: BLE001 - like a failed apply: keep running, retry
+            self.log.error("apply.failed", reason=reason, error=str(e))
+            self._record_error("apply", str(e))
+            self.retry_at = self.clock() + max(self.debounce, 0.5)
+            return False
+        self.last_good = None
+        self.kernel_fingerprint = self.kernel_generation = None
+        self.unverified = False
+        self.status.commit = None
+        self.status.last_error = None
+        self._write_status()
+        self.log.info("config.enforce_none", file=str(self.config), sha256=desired.loaded.sha256,
+                      table_existed=existed)
+        text = f"enforcing nothing ({desired.loaded.path.name} says enforce: none)"
+        if not self.ready:
+            self.ready = True
+            self.notifier.ready(text)
+        else:
+            self.notifier.status(text)
+        return True
+
+    def _warn_insecure(self, desired: Desired) -> None:
+        """Files that someone other than root could write decide what the firewall admits:
+        said once per file and directory (``config.insecure``)."""
+        for problem in input_files.insecure([Path(f) for f in desired.files]):
+            if problem["path"] not in self._warned_insecure:
+                self._warned_insecure.add(problem["path"])
+                self.log.warning("config.insecure", **problem)
+
+    @staticmethod
+    def _serialize(desired: Desired) -> None:
+        """The batch as libnftables gets it, and its digest (what tells rulesets apart)."""
+        desired.payload, desired.sha256 = payload_and_digest(desired.commands)
+
+    def _kernel_holds(self, committed: Commit, generation: int | None) -> bool:
+        """Does the kernel still hold ``committed`` untouched? No transaction since the commit
+        (same generation) proves it without a listing; otherwise the table's stamp must be
+        the commit's digest and the fingerprint (down to set elements) the one taken after
+        the commit. Never while the record is unverified (a kill between intent and outcome)."""
+        if self.unverified:
+            return False
+        if generation is not None and committed.kernel_generation is not None:
+            if generation == committed.kernel_generation:
+                return True
+        if committed.kernel_fingerprint is None:
+            return False
+        read_stamp = getattr(self.backend, "stamp", None)
+        if read_stamp is not None and read_stamp() != committed.ruleset_sha256:
+            return False
+        return self._kernel_fingerprint() == committed.kernel_fingerprint
+
+    def _log_timing(self, reason: str, outcome: str, phases: _Phases) -> None:
+        self.log.debug("reconcile.timing", reason=reason, outcome=outcome,
+                       total_ms=round(sum(phases.ms.values()), 1), **{f"{k}_ms": v for k, v in phases.ms.items()})
+
+    def resync(self) -> None:
+        """Repair drift: re-apply the last good ruleset if the kernel table is missing or
+        differs from what was committed; notice file changes the watcher missed."""
+        with self._lock:
+            current = {str(p): file_digest(p) for p in self.watched_files()}
+            changed = sorted(k for k in current if current[k] != self.seen_files.get(k))
+            if changed and self.dirty_at is None:
+                self.log.info("config.changed", files=changed, via="resync")
+                self.mark_dirty("resync:file-changed", immediate=True)
+            if self.last_good is None or self.retry_at is not None:
+                return
+            self._resyncs += 1
+            try:
+                generation = self._generation()
+                untouched = generation is not None and generation == self.kernel_generation
+                if untouched and self.kernel_fingerprint is None:
+                    # Nothing committed since our apply: the table is ours, list it now for
+                    # the baseline (once the table has been stable for a resync interval, so
+                    # a run of edits does not pay for listings in between).
+                    if self.applied_clock is None or self.clock() - self.applied_clock >= self.resync_interval:
+                        self._record_baseline(generation)
+                    return
+                if untouched and self._resyncs % self.full_check_every:
+                    return  # no transaction at all since our commit: nothing can differ
+                found = self._kernel_fingerprint() if self.kernel_fingerprint is not None else None
+            except Exception as e:  # noqa: BLE001
+                self.log.error("resync.failed", error=str(e))
+                return
+            if self.kernel_fingerprint is not None and found == self.kernel_fingerprint:
+                self.kernel_generation = generation  # someone else's table changed, not ours
+                return
+            if self.kernel_fingerprint is None:
+                # Another transaction landed before the baseline listing was taken: whether
+                # it touched our table cannot be told, so re-apply (cheap, and certain).
+                table = "unverified"
+            else:
+                table = "missing" if found is None else "changed"
+            self.log.warning("drift.detected", table=table, expected=self.kernel_fingerprint, found=found)
+            if self._apply(self.last_good, "drift"):
+                self.log.info("drift.repaired", ruleset_sha256=self.last_good.sha256)
+
+    def remove(self) -> bool:
+        with self._lock:
+            removed = self.backend.delete_table()
+            self.kernel_fingerprint = None
+            self.log.info("table.removed", existed=removed)
+            return removed
+
+    # helpers ---------------------------------------------------------------------------------
+    def _kernel_fingerprint(self) -> str | None:
+        return self.backend.fingerprint()
+
+    def _generation(self) -> int | None:
+        read = getattr(self.backend, "generation", None)
+        return read() if read is not None else None
+
+    def _delta_base(self) -> Desired | None:
+        """The last good state when the kernel provably still holds it (no nftables
+        transaction in the namespace since our commit): an edit can then go as a delta."""
+        if not self.incremental or self.last_good is None or self.kernel_generation is None:
+            return None
+        commit = self.status.commit
+        if commit is None or commit.ruleset_sha256 != self.last_good.sha256:
+            return None
+        return self.last_good if self._generation() == self.kernel_generation else None
+
+    def _apply(self, desired: Desired, reason: str, phases: _Phases | None = None,
+               diff: list[dict] | None = None) -> bool:
+        """Make the kernel enforce ``desired``: ``diff`` (nsg_agent.compiler.delta against the
+        table the kernel holds) as one transaction when there is one, else the whole table
+        replaced in one transaction."""
+        phases = phases or _Phases()
+        if desired.payload is None:  # the digest goes into the intent and the table's stamp
+            self._serialize(desired)
+            phases.mark("serialize")
+        self._write_intent(desired)
+        phases.mark("intent")
+        try:
+            # One transaction: libnftables refuses the batch as a whole (nothing applied) if
+            # any command fails; only then does the backend bisect to the failing command.
+            how, delta_size = "replace", None
+            if diff:
+                try:
+                    self.backend.transact(diff + stamp_commands(desired.sha256, refresh=True))
+                    how, delta_size = "delta", len(diff)
+                except NftError as e:  # nothing of it applied: replace the table instead
+                    self.log.warning("apply.delta_refused", reason=reason, error=str(e),
+                                     commands=len(diff))
+            if how == "replace":
+                if self.check_first:
+                    self.backend.check(desired.commands)
+                    phases.mark("check")
+                self.backend.replace(desired.commands + stamp_commands(desired.sha256))
+            phases.mark("transact" if how == "delta" else "replace")
+            # Known window: another process committing between our replace and this read
+            # would be taken as part of our commit (microseconds; documented).
+            generation = self._generation()
+            fingerprint = None
+            if generation is None or not self.defer_fingerprint:
+                fingerprint = self._kernel_fingerprint()
+            phases.mark("generation" if fingerprint is None else "fingerprint")
+        except Exception as e:  # noqa: BLE001 - NftError, NetnsError, ...: keep running, retry
+            self.failures += 1
+            delay = min(MAX_BACKOFF, max(self.debounce, 0.5) * (2 ** (self.failures - 1)),
+                        max(self.resync_interval, 0.5))
+            self.retry_at = self.clock() + delay
+            detail = e.as_dict() if isinstance(e, NftError) else {"message": f"{type(e).__name__}: {e}"}
+            self.log.error("apply.failed", reason=reason, error=str(e), retry_in=round(delay, 3),
+                           failures=self.failures, enforcing=self.last_good.sha256 if self.last_good else None)
+            if isinstance(e, NftError) and e.applied_nothing and not self.unverified:
+                self._clear_intent()  # refused as a whole: the kernel holds what it held
+            self._record_error("apply", str(e), [detail])
+            if self.last_good is None and _lacks_permission(e):
+                # Retrying cannot help, and under systemd READY would never come: fail fast
+                # so the unit shows the reason instead of a watchdog restart loop.
+                self.log.error("agent.fatal", error=str(e),
+                               hint="nftables needs CAP_NET_ADMIN in the target namespace")
+                raise FatalError(f"cannot program nftables: {e} (CAP_NET_ADMIN missing?)") from e
+            return False
+        self.failures = 0
+        self.retry_at = None
+        self.kernel_fingerprint = fingerprint
+        self.kernel_generation = generation
+        self.applied_clock = self.clock()
+        previous, self.last_good = self.last_good, desired
+        self.applies += 1
+        self.status.last_error = None
+        s = desired.summary
+        self.log.info("config.applied", reason=reason, how=how, delta_commands=delta_size,
+                      file=str(desired.loaded.path),
+                      sha256=desired.loaded.sha256, ruleset_sha256=desired.sha256,
+                      chains=s.get("chains"), rules=s.get("rules"), sets=s.get("sets"),
+                      set_elements=s.get("set_elements"), modes=s.get("modes_used"))
+        self.unverified = False
+        self.status.pending = None
+        self._write_commit(desired, applied_at=self.wall(), how=how)
+        if (self.confirm_edits and previous is not None and reason not in ("drift", "rollback")
+                and previous.sha256 != desired.sha256):
+            self._arm_confirm(desired, previous)
+        self._clear_intent()
+        phases.mark("status")
+        self._announce(desired)
+        self._flush(desired)
+        phases.mark("flush")
+        self._log_timing(reason, "applied", phases)
+        return True
+
+    def _write_intent(self, desired: Desired) -> None:
+        """Before the transaction: what is about to be applied (a small file of its own, so
+        the large status file is written once per apply)."""
+        intent = {"ruleset_sha256": desired.sha256, "sha256": desired.loaded.sha256,
+                  "source": str(desired.loaded.path.absolute()), "started_at": self.wall()}
+        try:
+            self.store.write_intent(intent)
+        except OSError as e:
+            self.log.error("status.write_failed", path=str(self.store.intent_path), error=str(e))
+
+    def _clear_intent(self) -> None:
+        try:
+            self.store.clear_intent()
+        except OSError as e:
+            self.log.error("status.write_failed", path=str(self.store.intent_path), error=str(e))
+
+    # the listing baseline -------------------------------------------------------------------
+    def start_baseline(self) -> threading.Thread | None:
+        """Take the listing fingerprint of the current commit in a background thread (the
+        backend lists on its own thread and netlink socket, so it never delays a replace).
+        Returns the thread, or None when nothing is to be taken."""
+        with self._lock:
+            if (self.kernel_fingerprint is not None or self.kernel_generation is None
+                    or (self._baseline is not None and self._baseline.is_alive())):
+                return None
+            generation = self.kernel_generation
+            t = threading.Thread(target=self._baseline_main, args=(generation,), daemon=True,
+                                 name="nsg-baseline")
+            self._baseline = t
+        t.start()
+        return t
+
+    def _baseline_main(self, generation: int) -> None:
+        try:
+            self._record_baseline(generation, locked=False)
+        except Exception as e:  # noqa: BLE001 - the resync takes it later
+            self.log.debug("fingerprint.deferred", error=f"{type(e).__name__}: {e}")
+
+    def _record_baseline(self, generation: int, *, locked: bool = True) -> bool:
+        """List our table while no transaction has happened since our commit (checked before
+        and after the listing) and remember its fingerprint. ``locked=False``: the listing
+        runs without holding the reconciler's lock (the background thread)."""
+        t0 = time.perf_counter()
+        if self._generation() != generation:
+            return False
+        fingerprint = self._kernel_fingerprint()
+        if self._generation() != generation or fingerprint is None:
+            return False  # something committed meanwhile: that listing proves nothing
+        with self._lock:
+            if self.kernel_generation != generation or self.kernel_fingerprint is not None:
+                return False
+            self.kernel_fingerprint = fingerprint
+            if self.status.commit is not None and self.status.commit.kernel_generation == generation:
+                self.status.commit.kernel_fingerprint = fingerprint
+                self._write_status()
+            self.log.debug("fingerprint.recorded", fingerprint=fingerprint[:16],
+                           ms=round((time.perf_counter() - t0) * 1000, 1), background=not locked)
+            return True
+
+    def _announce(self, desired: Desired) -> None:
+        s = desired.summary
+        text = (f"enforcing {desired.loaded.path.name} sha256={desired.loaded.sha256[:12]} "
+                f"rules={s.get('rules')} elements={s.get('set_elements')}")
+        if not self.ready:
+            self.ready = True
+            self.notifier.ready(text)
+            self.log.info("agent.ready")
+        else:
+            self.notifier.status(text)
+
+    def _flush(self, desired: Desired) -> None:
+        if self.flusher is None or not any(n.flush_connection for n in desired.policy.nics.values()):
+            return
+        try:
+            cuts = self.flusher(desired.policy)
+        except Exception as e:  # noqa: BLE001
+            self.log.error("conntrack.flush_failed", error=str(e))
+            return
+        self.log.info("conntrack.flushed", count=len(cuts),
+                      flows=[c.as_log() if hasattr(c, "as_log") else str(c) for c in cuts[:50]])
+
+    def _write_commit(self, desired: Desired, applied_at: float | None, how: str = "replace") -> None:
+        rules = rule_digests(desired.policy, host_interfaces(desired.policy))
+        sets = set_sizes(desired.commands)
+        prev = self.status.commit
+        self.status.commit = Commit(
+            source=str(desired.loaded.path.absolute()), sha256=desired.loaded.sha256, files=desired.files,
+            applied_at=applied_at if applied_at is not None else (prev.applied_at if prev else self.wall()),
+            mode=self.mode, ruleset_sha256=desired.sha256, summary=desired.summary,
+            rule_index=desired.rule_index, rules=rules, sets=sets,
+            kernel_fingerprint=self.kernel_fingerprint, kernel_generation=self.kernel_generation, how=how)
+        self._write_status()
+        if applied_at is not None or not self.store.applied_path.exists():
+            # a new commit (or none remembered yet): what it enforces, for plan's rule diffs
+            try:
+                self.store.write_applied(desired.loaded.state)
+            except OSError as e:
+                self.log.error("status.write_failed", path=str(self.store.applied_path), error=str(e))
+
+    def _record_error(self, kind: str, message: str, problems: list | None = None) -> None:
+        self.status.last_error = {"time": self.wall(), "kind": kind, "message": message,
+                                  "problems": problems or []}
+        self._write_status()
+
+    def _write_status(self) -> None:
+        try:
+            self.store.write(self.status)
+        except OSError as e:
+            self.log.error("status.write_failed", path=str(self.store.path), error=str(e))
+
+
+# --- the I/O shell ----------------------------------------------------------------------------
+
+_WATCH_EVENTS = {"created", "modified", "moved", "deleted", "closed"}  # not opened/closed_no_write
+BASELINE_DELAY = 1.0  # seconds of quiet after an apply before the listing baseline is taken
+
+
+class _FileEvents:
+    """watchdog handler: marks the reconciler dirty when a watched file is touched."""
+
+    def __init__(self, daemon: "Daemon"):
+        self.daemon = daemon
+
+    def dispatch(self, event: Any) -> None:
+        if event.event_type not in _WATCH_EVENTS or event.is_directory:
+            return
+        try:
+            watched = self.daemon.reconciler.watched_files()
+            dest = getattr(event, "dest_path", None)
+            if dest and Path(os.fsdecode(dest)).absolute() in watched:
+                # Renamed into place: the editor's last step, the file is whole.
+                self.daemon.on_file_event(event.event_type, os.fsdecode(dest), complete=True)
+                return
+            src = getattr(event, "src_path", None)
+            if src and Path(os.fsdecode(src)).absolute() in watched:
+                self.daemon.on_file_event(event.event_type, os.fsdecode(src),
+                                          complete=event.event_type == "closed")
+                return
+        except Exception as e:  # noqa: BLE001 - never kill the observer thread; resync still runs
+            self.daemon.log.error("watch.failed", error=f"{type(e).__name__}: {e}")
+
+
+class Daemon:
+    """Runs a Reconciler until SIGTERM/SIGINT. See the module docstring."""
+
+    def __init__(self, reconciler: Reconciler, *, netns: str | None = None,
+                 notifier: Notifier | None = None, remove_on_exit: bool = False,
+                 watch_links: bool = True, watch_files: bool = True, log: Any = None):
+        self.reconciler = reconciler
+        # The daemon takes the listing fingerprint off the edit path (see step()).
+        reconciler.defer_fingerprint = True
+        self.netns = netns
+        self.notifier = notifier or reconciler.notifier
+        self.remove_on_exit = remove_on_exit
+        self.watch_links = watch_links
+        self.watch_files = watch_files
+        self.log = log or reconciler.log
+        self._wake = threading.Event()
+        self._owner_pid = os.getpid()
+        self._stop = False
+        self._observer = None
+        self._watches: dict[str, Any] = {}
+        self._links = None
+        self.next_watchdog: float | None = None
+
+    # callbacks (any thread) ------------------------------------------------------------------
+    def on_file_event(self, kind: str, path: str, complete: bool = False) -> None:
+        """``complete``: renamed into place or closed after writing (no debounce needed)."""
+        self.log.info("config.changed", change=kind, path=path)
+        self.reconciler.mark_dirty(f"file:{Path(path).name}", complete=complete)
+        self._wake.set()
+
+    def on_link(self, event: str, ifname: str) -> None:
+        self.log.info(f"link.{event}", interface=ifname, netns=self.netns or "host")
+        self.reconciler.mark_dirty(f"link:{event}:{ifname}")
+        self._wake.set()
+
+    def on_link_error(self, error: BaseException) -> None:
+        self.log.error("link.monitor_failed", error=str(error))
+
+    def _in_forked_child(self, signum: int) -> bool:
+        """pyroute2 forks short-lived helpers (e.g. to open a socket in a namespace) and ends
+        them with SIGTERM. A fork inherits these handlers; if it ran them it would ignore the
+        signal and its parent would wait for it forever. A child takes the default action."""
+        if os.getpid() == self._owner_pid:
+            return False
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return True
+
+    def handle_sighup(self, signum: int = signal.SIGHUP, frame: Any = None) -> None:
+        if self._in_forked_child(signum):
+            return
+        self.log.info("signal.reload", signal="SIGHUP")
+        self.reconciler.mark_dirty("sighup", immediate=True)
+        self._wake.set()
+
+    def handle_stop(self, signum: int = signal.SIGTERM, frame: Any = None) -> None:
+        if self._in_forked_child(signum):
+            return
+        self.log.info("signal.stop", signal=signal.Signals(signum).name)
+        self._stop = True
+        self._wake.set()
+
+    # lifecycle -------------------------------------------------------------------------------
+    def _update_watches(self) -> None:
+        if self._observer is None:
+            return
+        dirs = {str(p.parent) for p in self.reconciler.watched_files()}
+        for d in set(self._watches) - dirs:
+            self._observer.unschedule(self._watches.pop(d))
+        for d in sorted(dirs - set(self._watches)):
+            if os.path.isdir(d):
+                self._watches[d] = self._observer.schedule(_FileEvents(self), d, recursive=False)
+                self.log.debug("watch.added", directory=d)
+
+    def start(self) -> None:
+        self.log.info("agent.starting", config=str(self.reconciler.config), netns=self.netns or "host",
+                      mode=self.reconciler.mode, resync=self.reconciler.resync_interval, pid=os.getpid())
+        if self.watch_files:
+            from watchdog.observers import Observer
+
+            self._observer = Observer()
+            self._update_watches()
+            self._observer.start()
+        if self.watch_links:
+            from nsg_agent.host.links import LinkMonitor
+
+            self._links = LinkMonitor(self.netns, self.on_link, self.on_link_error).start()
+        if self.notifier.watchdog_interval:
+            self.next_watchdog = self.reconciler.clock()
+        self.reconciler.mark_dirty("startup", immediate=True)
+
+    def step(self, max_wait: float = 1.0) -> None:
+        """Wait until something is due (or an event arrives), then do it."""
+        now = self.reconciler.clock()
+        deadline = self.reconciler.next_deadline()
+        if self.next_watchdog is not None:
+            deadline = min(deadline, self.next_watchdog)
+        timeout = max(0.0, min(deadline - now, max_wait))
+        if timeout > 0:
+            self._wake.wait(timeout)
+        self._wake.clear()
+        if self._stop:
+            return
+        self.reconciler.tick()
+        self._update_watches()
+        now = self.reconciler.clock()
+        self._maybe_baseline(now)
+        if self.next_watchdog is not None and now >= self.next_watchdog:
+            self.notifier.watchdog()
+            self.next_watchdog = now + (self.notifier.watchdog_interval or 1.0)
+
+    def _maybe_baseline(self, now: float) -> None:
+        """Once the table has been quiet for BASELINE_DELAY after an apply, take its listing
+        fingerprint in the background (needed to tell our table from others' when the nft
+        generation moves)."""
+        rec = self.reconciler
+        if (rec.defer_fingerprint and rec.kernel_fingerprint is None and rec.applied_clock is not None
+                and rec.kernel_generation is not None and rec.dirty_at is None
+                and rec.retry_at is None and now - rec.applied_clock >= BASELINE_DELAY):
+            rec.start_baseline()
+
+    def stop(self) -> None:
+        self.notifier.stopping()
+        if self._links is not None:
+            self._links.stop()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(5)
+        if self.remove_on_exit:
+            try:
+                self.reconciler.remove()
+            except Exception as e:  # noqa: BLE001
+                self.log.error("table.remove_failed", error=str(e))
+        else:
+            self.log.info("table.kept", reason="rules stay in force after exit (use --remove-on-exit to remove)")
+        self.log.info("agent.stopped")
+
+    def run(self) -> int:
+        previous = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+        signal.signal(signal.SIGHUP, self.handle_sighup)
+        signal.signal(signal.SIGTERM, self.handle_stop)
+        signal.signal(signal.SIGINT, self.handle_stop)
+        try:
+            self.start()
+            while not self._stop:
+                # Short waits keep signal handling prompt (handlers run between bytecodes).
+                self.step(max_wait=0.2)
+        finally:
+            self.stop()
+            for s, h in previous.items():
+                signal.signal(s, h)
+        return 0
