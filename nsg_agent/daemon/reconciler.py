@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from nsg_agent.compiler.delta import delta
-from nsg_agent.daemon import files as input_files
 from nsg_agent.daemon.status import Commit, Status, StatusStore, rule_digests, set_sizes
 from nsg_agent.desired import loader
 from nsg_agent.errors import LoadError, OperationFailed
@@ -38,6 +37,7 @@ from nsg_agent.kernel.backend import Backend, NftError, batch_payload, stamp_com
 from nsg_agent.logging import get_logger
 from nsg_agent.semantics import resolver as semantics
 from nsg_agent.semantics.policy import Policy
+from nsg_agent.sources import files as input_files
 
 DEFAULT_DEBOUNCE = 0.15
 DEFAULT_RESYNC = 5.0
