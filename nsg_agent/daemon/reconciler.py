@@ -18,6 +18,7 @@ Event names are stable and documented in docs/daemon.md.
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
 import os
@@ -34,7 +35,8 @@ from nsg_agent.daemon.targets import CompileFn, HostTarget, Target, compile_host
 from nsg_agent.desired import loader
 from nsg_agent.errors import LoadError, OperationFailed
 from nsg_agent.host.notify import Notifier
-from nsg_agent.kernel.backend import Backend, NftError, batch_payload, stamp_commands
+from nsg_agent.kernel.backend import Backend, batch_payload, stamp_commands
+from nsg_agent.kernel.errors import NftError, PermissionDenied
 from nsg_agent.logging import get_logger
 from nsg_agent.semantics import resolver as semantics
 from nsg_agent.semantics.policy import Policy
@@ -110,8 +112,8 @@ class FatalError(OperationFailed):
 
 
 def _lacks_permission(error: BaseException) -> bool:
-    text = f"{error} {getattr(error, 'error', '')}"
-    return isinstance(error, PermissionError) or "Operation not permitted" in text
+    return isinstance(error, (PermissionError, PermissionDenied)) or \
+        getattr(error, "errno", None) in (errno.EPERM, errno.EACCES)
 
 
 class Reconciler:

@@ -70,7 +70,7 @@ class LabTarget:
 
 
 def _inode(name: str) -> int | None:
-    from nsg_agent.lab.nsexec import netns_inode
+    from nsg_agent.host.netns import netns_inode
 
     return netns_inode(name)
 
