@@ -172,7 +172,7 @@ class _Builder:
         # which spells out every prefix, is built only to name a new level.
         # Names come from the NSG and direction, not from the resolved content, so that an
         # edit of the content (an ASG member, a tag prefix) keeps every name and can be
-        # applied as a delta (nsg_agent/compiler/delta.py). A second resolution of the same NSG
+        # applied as a delta (nsg_agent/kernel/delta.py). A second resolution of the same NSG
         # and direction (VirtualNetwork or ASGs of another VNet) is variant v2, v3, ... in
         # the order NICs are compiled (sorted by name).
         key = (direction.value, platform, lv.nsg, lv.rules)
