@@ -101,14 +101,14 @@ class Ruleset:
             return
         (kind, body), = obj.items()
         if kind == "table":
-            key = (body["family"], body["name"])
+            table = (body["family"], body["name"])
             if verb in ("delete", "destroy", "flush"):
                 for store in (self.chains, self.sets):
-                    for k in [k for k in store if k[:2] == key]:
+                    for k in [k for k in store if k[:2] == table]:
                         if verb == "flush" and store is self.chains:
-                            store[k].rules.clear()
+                            self.chains[k].rules.clear()
                         elif verb == "flush":
-                            store[k].elements.clear()
+                            self.sets[k].elements.clear()
                         else:
                             del store[k]
             return
