@@ -344,8 +344,8 @@ class _Builder:
                 """The verdict for ``child`` reached after dimension ``d``: the next node's
                 chain (nodes that decide nothing skipped), else the class or rule chain."""
                 d += 1
-                while (child, d) in in_tree and skip[(child, d)] is not None:
-                    child, d = skip[(child, d)], d + 1
+                while (child, d) in in_tree and (passed := skip[(child, d)]) is not None:
+                    child, d = passed, d + 1
                 if (child, d) in node_chains:
                     return E.verdict("goto", node_chains[(child, d)])
                 return goto(child)
@@ -364,10 +364,10 @@ class _Builder:
                     key = _key_expr(family, (dim,), fields)
                     elements = [[_key_value(family, (dim,), ((lo, hi),)), step(child, d)]
                                 for lo, hi, child in dec.nodes[node][1] if child != bg]
-                    body = []
+                    body: list = []  # rules here; (rules, element count) pairs for the class chains below
                     if elements:
                         if len(elements) > INLINE_MAX:
-                            map_name = f"{lv.name}_{family}" if level_root else chain + "m"
+                            map_name = f"{lv.name}_{family}" if chain is None else chain + "m"  # None: level root
                             self.maps.append(E.map_obj(TABLE_NAME, map_name, _key_type(family, (dim,)), elements))
                             body.append([E.vmap(key, "@" + map_name)])
                         else:
@@ -382,6 +382,7 @@ class _Builder:
                     if level_root:
                         stage1_rules.extend(body)
                     else:
+                        assert chain is not None  # not the level root: a node chain's name
                         node_bodies.append((chain, body))
             key2 = _key_expr(family, dims2, fields)
             set_names = {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Collection, Iterable, Iterator
 
 from nsg_agent.kernel.errors import NftError, nft_error
 
@@ -236,7 +236,7 @@ class NftRuleset:
         self.next_handle += 1
         return self.next_handle
 
-    def _new(self, obj: dict, keep: Iterable[str] | None = None, drop: Iterable[str] = ()) -> dict:
+    def _new(self, obj: dict, keep: Collection[str] | None = None, drop: Collection[str] = ()) -> dict:
         """The object as the model stores it: a copy with a handle, or (shared) the very object."""
         if self.share and keep is None and not drop:
             return obj
@@ -278,7 +278,7 @@ class NftRuleset:
                 raise nft_error("unmodelled", error=f"Error: the model does not know {verb} table")
             return
         table = self._table_of(obj)
-        name = obj.get("name")
+        name: str = obj.get("name", "")
         if kind == "chain":
             if verb in ("add", "create"):
                 if name in table.chains:
@@ -326,7 +326,7 @@ class NftRuleset:
                 st.elem = st.elem + list(obj.get("elem", []))
                 return
         elif kind == "rule":
-            chain = table.chains.get(obj.get("chain"))
+            chain = table.chains.get(obj.get("chain", ""))
             if chain is None:
                 raise nft_error("no such chain", error="Error: Could not process rule: No such file or directory")
             if verb in ("add", "insert"):
