@@ -28,7 +28,7 @@ from typing import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from host_helpers import NSG_AGENT, HostPair, poll, run
+from host_helpers import NSG_AGENT, HostPair, echo, poll, run
 from nsg_agent.compiler import flowmark
 from nsg_agent.flowlogs import reader
 from nsg_agent.flowlogs.format import parse_tuple
@@ -178,11 +178,19 @@ def test_host_mode_flow_tuples_states_counts_and_rules(fl_pair, echo_server, pro
     assert outbound and outbound > 0
     denied_out = tcp_exchange(srv, SRV, CLI_NET, 9001)  # UserRule_deny-9001
     assert denied_out < 0
+    # a long-lived connection: continuing tuples (C) every interval (1 s here) with the counts
+    # since the previous tuple, then E with the rest
+    long = cli.open_tcp(CLI_NET, SRV, 8080)
+    long_port = long.getsockname()[1]
+    for _ in range(3):
+        assert echo(long)
+        time.sleep(1.3)
+    long.close()
 
     def settled():
         ts = tuples(logs)
         ends = [t for t in ts if t.state == "E"]
-        return ts if len(ends) >= 4 and len([t for t in ts if t.state == "D"]) >= 3 else None
+        return ts if len(ends) >= 5 and len([t for t in ts if t.state == "D"]) >= 3 else None
     assert poll(lambda: settled() is not None, timeout=30) is not None, \
         f"tuples so far: {tuples(logs)}\n{agent.log_path.read_text()[-3000:]}"
     time.sleep(1.5)  # the last ends
@@ -216,6 +224,14 @@ def test_host_mode_flow_tuples_states_counts_and_rules(fl_pair, echo_server, pro
         assert d and {t.state for t in d} == {"D"}, (src, dport, d)
         assert {rule_of(t) for t in d} == {rule}
         assert all((t.packets_s2d, t.bytes_s2d, t.packets_d2s, t.bytes_d2s) == (0, 0, 0, 0) for t in d)
+
+    kept = flow(ts, CLI_NET, long_port, SRV, 8080, 6, "I")
+    states = [t.state for t in kept]
+    assert states[0] == "B" and states[-1] == "E" and states.count("C") >= 2, states
+    assert all(t.packets_s2d + t.packets_d2s > 0 for t in kept if t.state == "C")
+    # 3 x 4 bytes each way, in packets that each carry 40+ bytes of headers
+    assert 8 <= sum(t.packets_s2d for t in kept) <= 16 and 6 <= sum(t.packets_d2s for t in kept) <= 16
+    assert sum(t.bytes_s2d for t in kept) >= 12 + 40 * 8
 
     udp = flow(ts, CLI_NET, None, SRV, 5353, 17, "I")
     assert [t.state for t in udp][0] == "B" and udp[-1].state == "E", udp
@@ -303,6 +319,8 @@ def test_denied_flood_is_rate_limited_and_bounded_on_disk(fl_pair, prober, agent
                 for e in item["rule"]["expr"] if "counter" in e and isinstance(e["counter"], dict)
                 and item["rule"].get("comment") == "srv-nsg: DefaultRule_DenyAllInBound")
     assert drops >= 2900, drops
+    print(f"flood: {drops} packets dropped in {seconds:.2f} s, {int(logged)} logged (limit {limit:.0f}), "
+          f"{int(written)} written, {int(dropped_disk)} refused by the {bound}-byte bound, max size {max(sizes)}")
 
 
 # --- the lab ---------------------------------------------------------------------------------

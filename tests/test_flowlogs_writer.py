@@ -127,3 +127,29 @@ def test_flows_command_prints_a_table_and_json(tmp_path, capsys):
     assert len(rows) == 1 and rows[0]["nsg"] == "web-nsg" and rows[0]["state"] == "D"
     assert main(["flows", "--dir", str(tmp_path), "--since", "2025-12-01T10:30:00Z", "--json"]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_follow_reads_only_what_was_appended(tmp_path):
+    from nsg_agent.flowlogs import reader
+
+    clock = Clock(H10 + 10)
+    w = Writer(tmp_path, Identity("h"), clock=clock)
+    w.submit(ev(clock.t, sport=1))
+    w.flush()
+    path = log_files(tmp_path)[0]
+    first, offset = reader.read_from(path, 0)
+    assert [t.sport for t in first] == [1]
+    assert reader.read_from(path, offset) == ([], offset)  # nothing new
+    w.submit(ev(clock.t, sport=2))
+    w.submit(ev(clock.t, sport=3))
+    w.flush()
+    more, offset2 = reader.read_from(path, offset)
+    assert sorted(t.sport for t in more) == [2, 3] and offset2 > offset
+    # a record cut in the middle of its write is not read until it is complete
+    data = path.read_bytes()
+    partial = tmp_path / "partial.json"
+    partial.write_bytes(data[: offset2 - 40])
+    cut, cut_offset = reader.read_from(partial, offset)
+    assert cut == [] and cut_offset == offset
+    got = list(reader.follow(tmp_path, poll=0.01, stop_after=0.05))
+    assert sorted(t.sport for t in got) == [1, 2, 3]

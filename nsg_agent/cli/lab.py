@@ -410,8 +410,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             collector = flows.start(args, directory, naming.fabric_netns(lab),
                                     flows.lab_context(lab, StatusStore(netns=naming.fabric_netns(lab))),
                                     log=structlog.get_logger("nsg_agent.flowlogs"))
-        except OSError as e:
-            raise _failed(f"flow logs in {directory}: {e}") from None
+        except OSError as e:  # on by default: without NFLOG or ctnetlink the lab still runs
+            structlog.get_logger("nsg_agent.flowlogs").warning("flowlog.unavailable", directory=directory,
+                                                               error=str(e))
+            collector = None
     try:
         return daemon.run()
     finally:

@@ -57,19 +57,42 @@ def read(directory: str | Path, flt: Filter = Filter()) -> list[Tuple]:
     return sorted(out, key=lambda t: (t.time_ms, t.nic, t.direction))
 
 
+def read_from(path: Path, offset: int) -> tuple[list[Tuple], int]:
+    """The tuples of the records appended since ``offset`` and the new offset. The writer puts
+    each record on a line of its own (``{"records":[`` / record / ``,record`` ... / ``]}``) and
+    only ever rewrites the final ``]}``, so everything up to the last newline is final."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return [], offset
+    parts = data.split(b"\n")
+    out: list[Tuple] = []
+    for line in parts[:-1]:
+        line = line.lstrip(b",")
+        if line.startswith(b'{"time"'):
+            try:
+                out += tuples_of({"records": [json.loads(line)]})
+            except ValueError:
+                pass
+    return out, offset + len(data) - len(parts[-1])
+
+
 def follow(directory: str | Path, flt: Filter = Filter(), poll: float = 1.0,
            stop_after: float | None = None) -> Iterator[Tuple]:
-    """Tuples as they are written (after the existing ones)."""
-    seen: dict[Path, int] = {}
+    """Tuples as they are written, from the start of the files present (each file is read
+    incrementally: only what was appended since the last look)."""
+    offsets: dict[Path, int] = {}
     started = time.monotonic()
     while True:
         batch = []
-        for path in log_files(Path(directory)):
-            tuples = read_file(path)
-            start = seen.get(path, 0)
-            if len(tuples) > start:
-                batch += tuples[start:]
-                seen[path] = len(tuples)
+        files = log_files(Path(directory))
+        for path in files:
+            tuples, offsets[path] = read_from(path, offsets.get(path, 0))
+            batch += tuples
+        for gone in set(offsets) - set(files):  # removed by the disk bound
+            del offsets[gone]
         for t in sorted(batch, key=lambda t: t.time_ms):
             if flt.keep(t):
                 yield t
