@@ -148,3 +148,18 @@ def test_context_from_summary_and_interfaces():
     assert ctx.by_address["10.88.1.9"].name == "srv" and ctx.by_ifindex[7].name == "srv"
     assert ctx.nics["srv"].mac == "020000000007" and ctx.nics["web1"].mac == "020000000001"
     assert ctx.by_comment["web-nsg: UserRule_dns"] == ("web-nsg", "UserRule_dns")
+
+
+def test_the_cli_rereads_the_status_file_only_when_it_changed(tmp_path):
+    from nsg_agent.cli.flows import _CommitCache
+    from nsg_agent.daemon.status import Commit, Status, StatusStore
+
+    store = StatusStore(tmp_path, "ns1")
+    store.ensure_dir()
+    commit = Commit("f", "s", {}, 1.0, "classify", "r", {"nics": {}}, dict(INDEX), {}, {})
+    store.write(Status(netns="ns1", commit=commit))
+    cache = _CommitCache(store)
+    first = cache.get()
+    assert first.rule_index == INDEX and cache.get() is first  # unchanged: not parsed again
+    store.write(Status(netns="ns1", commit=Commit("f", "s2", {}, 2.0, "classify", "r", {"nics": {}}, {}, {}, {})))
+    assert cache.get().sha256 == "s2"

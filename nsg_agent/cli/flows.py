@@ -96,19 +96,45 @@ def stop(collector: Any) -> None:
         collector.writer.close()
 
 
+class _CommitCache:
+    """The status store's commit, re-read only when the file changed (a rename per write):
+    the collector asks every two seconds, and a maximum-size rule index is megabytes."""
+
+    def __init__(self, store: Any):
+        self.store = store
+        self.key: Any = None
+        self.commit: Any = None
+
+    def get(self) -> Any:
+        try:
+            st = self.store.path.stat()
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = None
+        if key is None or key != self.key:
+            self.commit = getattr(self.store.read(), "commit", None)
+            self.key = key
+        return self.commit
+
+
 def host_context(store: Any, runner_netns: str | None) -> Callable[[], Any]:
     """The context of host mode: the status store's commit plus the NICs' interfaces."""
     from nsg_agent.flowlogs.context import context_from, read_interfaces
     from nsg_agent.host.netns import NetnsRunner
 
     runner = NetnsRunner(runner_netns, thread_name="flowlog-links")
+    commits = _CommitCache(store)
+    last: dict[str, Any] = {}
 
     def read() -> Any:
-        status = store.read()
-        commit = getattr(status, "commit", None)
+        commit = commits.get()
         if commit is None:
             return None
-        return context_from(commit.rule_index, commit.summary, runner.call(read_interfaces, timeout=10.0))
+        links = runner.call(read_interfaces, timeout=10.0)
+        key = (id(commit), repr(sorted(links.items())))
+        if last.get("key") != key:
+            last["key"], last["ctx"] = key, context_from(commit.rule_index, commit.summary, links)
+        return last["ctx"]
     return read
 
 
@@ -118,6 +144,8 @@ def lab_context(lab: str, store: Any) -> Callable[[], Any]:
     from nsg_agent.lab import build
 
     macs: dict[tuple[str, str], str] = {}
+    commits = _CommitCache(store)
+    last: dict[str, Any] = {}
 
     def mac_of(netns: str) -> str:
         import subprocess
@@ -130,8 +158,7 @@ def lab_context(lab: str, store: Any) -> Callable[[], Any]:
             return ""
 
     def read() -> Any:
-        status = store.read()
-        commit = getattr(status, "commit", None)
+        commit = commits.get()
         if commit is None:
             return None
         plan = build.previous_plan(lab)
@@ -141,7 +168,10 @@ def lab_context(lab: str, store: Any) -> Callable[[], Any]:
             if key not in macs or not macs[key]:
                 macs[key] = mac_of(nic.netns)
             found[nic.name] = macs[key]
-        return context_from(commit.rule_index, commit.summary, macs=found)
+        key = (id(commit), repr(sorted(found.items())))
+        if last.get("key") != key:
+            last["key"], last["ctx"] = key, context_from(commit.rule_index, commit.summary, macs=found)
+        return last["ctx"]
     return read
 
 
