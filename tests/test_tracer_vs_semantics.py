@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from compiler_helpers import JUNK_PORTS, expected_fabric, host_packet, host_placement, policy_from_dict
-from nsg_agent.compiler import FabricPlacement, compile_ruleset
+from nsg_agent.compiler import FabricPlacement, compile_ruleset, flowmark
+from nsg_agent.compiler.render import rule_comment
 from nsg_agent.desired.vocabulary import Direction
 from nsg_agent.kernel.tracer import Packet, Ruleset, trace
 from nsg_agent.semantics.policy import Flow
@@ -224,9 +225,35 @@ def test_host_placement_tracer_equals_semantics(data):
         tr = Ruleset(rs.commands)
         for nic_name, flow, junk in flows:
             nic = policy.nics[nic_name]
-            expected = evaluate(nic, flow).allowed
+            verdict = evaluate(nic, flow)
+            expected = verdict.allowed
             got = trace(tr, host_packet(nic, placement.interfaces[nic_name], flow, junk))
             assert got.accepted == expected, (mode, nic_name, flow, got)
+            check_flow_log_attribution(rs, verdict, flow.direction.value, got)
+
+
+def check_flow_log_attribution(rs, verdict, direction: str, got) -> None:
+    """Flow logs name the rule the semantics say decided: a denied packet met exactly one
+    log statement, naming the deciding rule; an allowed one carries the id of the last
+    allowing rule of its direction in the ct mark (or of the platform exemption)."""
+    d = verdict.deciding
+    if not verdict.allowed:
+        assert len(got.logs) == 1, got
+        parsed = flowmark.parse_prefix(got.logs[0])
+        assert parsed is not None and parsed[0] == direction, got.logs
+        if d is not None and d.rule is not None:
+            assert parsed[1] == rule_comment(d.rule), (parsed, d)
+        else:
+            assert parsed[1].endswith("NoRuleMatched"), parsed
+        return
+    assert got.logs == [], got
+    if d is None or d.rule is None or d.rule.log_name == "PlatformRule_AllowNeighborDiscovery":
+        return  # no rule, or neighbour discovery (not tracked by conntrack: nothing to mark)
+    ids = flowmark.ids_to_rules(rs.rule_index)
+    slot = flowmark.decode_mark(got.ct_mark).get(direction)
+    assert slot is not None, (got, d)
+    named = ids[(direction, slot)]
+    assert named in ((d.nsg or "", d.rule.log_name), ("", "PlatformRule_PlatformExemption")), (named, d)
 
 
 @SETTINGS

@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Any
 
+from nsg_agent.cli import flows
 from nsg_agent.cli.inputs import add_files, add_input_options, files_label, load_options
 from nsg_agent.daemon.operations import build_plan, collect_status, read_record, review_change, when
 from nsg_agent.daemon.status import (
@@ -130,6 +131,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="serve Prometheus metrics on HOST:PORT (HOST defaults to 127.0.0.1); see docs/metrics.md")
     p.add_argument("--metrics-textfile", metavar="PATH", default=None,
                    help="write the metrics to PATH after each reconcile (node_exporter's textfile collector)")
+    flows.add_run_options(p)
     add_input_options(p)
     _common(p)
     p.set_defaults(func=cmd_run)
@@ -468,7 +470,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=args.lab, name=args.lab_name, mode=args.mode, debounce=args.debounce,
             resync=args.resync, log_level=args.log_level, down_on_exit=args.remove_on_exit,
             **{k: getattr(args, k) for k in ("strict", "nsg", "parameters", "max_file_size")},
-            log_format=args.log_format))
+            log_format=args.log_format,
+            **{k: getattr(args, k) for k in ("flow_logs", "flow_logs_max_size", "flow_logs_interval",
+                                             "flow_logs_flush")},
+            no_flow_logs=False))
     store = StatusStore(args.state_dir, args.netns)
     try:
         store.lock()  # one daemon per namespace, held until the process exits
@@ -490,6 +495,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             backend.close()
             raise _failed(f"--metrics {args.metrics}: cannot listen: {e}") from None
+    collector = None
+    if args.flow_logs:
+        import structlog
+
+        try:
+            collector = flows.start(args, args.flow_logs, args.netns,
+                                    flows.host_context(StatusStore(args.state_dir, args.netns), args.netns),
+                                    metrics, structlog.get_logger("nsg_agent.flowlogs"))
+        except OSError as e:
+            backend.close()
+            raise _failed(f"--flow-logs {args.flow_logs}: {e}") from None
     try:
         rec = _reconciler(args.config, args, backend, notifier=notifier,
                           debounce=args.debounce, resync=args.resync)
@@ -510,4 +526,5 @@ def cmd_run(args: argparse.Namespace) -> int:
         except FatalError as e:
             raise _failed(str(e)) from None
     finally:
+        flows.stop(collector)
         backend.close()
