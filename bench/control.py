@@ -54,6 +54,18 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+def _daemon_memo() -> tuple[Any, Any]:
+    """What the daemon keeps from one reload to the next (its source's load memo and its
+    pipeline memo): the bench's reloads carry the same, as the daemon's do."""
+    from nsg_agent.daemon.pipeline import Memo
+    from nsg_agent.desired.memo import LoadMemo
+
+    return LoadMemo(), Memo()
+
+
+DAEMON_MEMO = _daemon_memo()
+
+
 def pipeline(path: Path, mode: str, interfaces: dict[str, str], backend: Any, t: Timings,
              previous: list[dict] | None = None) -> Any:
     """load -> resolve -> compile -> serialize -> replace, each step timed into ``t``; the
@@ -70,11 +82,12 @@ def pipeline(path: Path, mode: str, interfaces: dict[str, str], backend: Any, t:
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        loaded, s = _timed(lambda: loader.load(path))
+        loaded, s = _timed(lambda: loader.load(path, memo=DAEMON_MEMO[0]))
         t.add("load", s)
-        policy, s = _timed(lambda: semantics.resolve(loaded.state, loaded.tags))
+        policy, s = _timed(lambda: semantics.resolve(loaded.state, loaded.tags, memo=DAEMON_MEMO[1].terms))
         t.add("resolve", s)
-        rs, s = _timed(lambda: compile_ruleset(policy, HostPlacement(interfaces=interfaces), mode=mode))
+        rs, s = _timed(lambda: compile_ruleset(policy, HostPlacement(interfaces=interfaces), mode=mode,
+                                               elements=DAEMON_MEMO[1].elements))
         t.add("compile", s)
         if backend is not None and previous is None:
             commands = list(rs.commands)

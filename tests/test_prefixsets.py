@@ -172,17 +172,24 @@ def _source(loaded, rule):
 
 
 def test_service_tag_file_edits_are_seen_through_the_cache(tmp_path):
-    """Reloading after a tag file edit uses the new prefixes; an unchanged file gives the same tags."""
+    """Reloading with the owner's memo after a tag file edit uses the new prefixes; an unchanged
+    file gives the same tags (not parsed again); without a memo nothing is remembered."""
+    from nsg_agent.desired.memo import LoadMemo
+
     tags = tmp_path / "tags.json"
     tags.write_text(json.dumps(_tag_doc(["198.51.100.0/24"])))
     state = tmp_path / "state.json"
     state.write_text(json.dumps(_state("tags.json")))
-    first = loader.load(state)
+    memo = LoadMemo()
+    first = loader.load(state, memo=memo)
     assert _source(first, "tag").prefixes == (NET("198.51.100.0/24"),)
-    again = loader.load(state)
+    again = loader.load(state, memo=memo)
     assert again.tags.get("bench.eastus") is first.tags.get("bench.eastus")  # not parsed again
+    fresh = loader.load(state)  # no memo: no hidden state shared with the loads above
+    assert fresh.tags.get("bench.eastus") is not first.tags.get("bench.eastus")
+    assert fresh.tags.get("bench.eastus") == first.tags.get("bench.eastus")
     tags.write_text(json.dumps(_tag_doc(["198.51.100.0/24", "2001:db8:ffff::/48"])))
-    edited = loader.load(state)
+    edited = loader.load(state, memo=memo)
     assert _source(edited, "tag").prefixes == (NET("198.51.100.0/24"), NET("2001:db8:ffff::/48"))
     assert edited.tags.get("other").prefix_set == first.tags.get("other").prefix_set
 

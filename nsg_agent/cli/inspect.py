@@ -182,10 +182,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _load_policy(args: argparse.Namespace, nic_name: str) -> tuple[LoadedState, NicPolicy] | int:
     from nsg_agent.cli.inputs import load_inputs
-    from nsg_agent.semantics.resolver import find_nic, resolve
+    from nsg_agent.daemon import pipeline
+    from nsg_agent.semantics.resolver import find_nic
 
     loaded = load_inputs(args)  # LoadError -> exit 2 in nsg_agent.cli
-    policy = resolve(loaded.state, loaded.tags)
+    policy = pipeline.build(loaded).policy
     try:
         return loaded, find_nic(policy, nic_name)
     except KeyError as e:
@@ -500,7 +501,7 @@ def verdict_json(loaded: LoadedState, nic: NicPolicy, flow: Flow, verdict: Verdi
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from nsg_agent.semantics.resolver import evaluate, resolve
+    from nsg_agent.semantics.resolver import evaluate
 
     try:
         flow = parse_flow(args)
@@ -518,8 +519,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     verdict = evaluate(nic, flow)
     if getattr(args, "kernel", False):
         from nsg_agent.cli import kernelcheck
+        from nsg_agent.daemon import pipeline
 
-        policy = resolve(loaded.state, loaded.tags)
+        policy = pipeline.build(loaded).policy
         if args.json:
             return kernelcheck.run(args, loaded, policy, nic, flow, verdict, verdict_json(loaded, nic, flow, verdict))
         _print_verify_text(loaded, nic, flow, verdict)

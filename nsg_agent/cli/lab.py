@@ -351,8 +351,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    from nsg_agent.daemon import pipeline
     from nsg_agent.lab import probe
-    from nsg_agent.semantics.resolver import resolve
 
     _need_root()
     lab = _lab_name(args, args.file[0] if args.file else None)
@@ -362,7 +362,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         raise _failed(f"lab {lab}: no file recorded; give FILE")
     loaded = load_inputs(args, file)
     file = files_label(file)
-    policy = resolve(loaded.state, loaded.tags)
+    policy = pipeline.build(loaded).policy
     ports = None
     if args.ports:
         try:

@@ -141,8 +141,9 @@ class _Level:
 
 
 class _Builder:
-    def __init__(self, policy: Policy, mode: str, max_elements: int):
+    def __init__(self, policy: Policy, mode: str, max_elements: int, element_cache: "ElementCache"):
         self.policy = policy
+        self.element_cache = element_cache
         self.mode = mode
         self.max_elements = max_elements
         self.chains: list[dict] = []  # chain objects, in order
@@ -407,7 +408,7 @@ class _Builder:
             for r, ivs in sorted(fp.shared.items()):
                 set_names[r] = f"{lv.name}_s{r}_{family}"
                 self.maps.append(E.set_obj(TABLE_NAME, set_names[r], _key_type(family, dims2),
-                                           _SET_ELEMENTS.get(family, ivs)))
+                                           self.element_cache.get(family, ivs)))
                 self.elements += len(ivs)
 
             def to(tok: tuple) -> dict:
@@ -570,8 +571,9 @@ def _walk_tree(dec: Decomposer, root: int, start: int, k: int, limit: int) -> tu
     return tree, classes, elements
 
 
-class _ElementCache:
-    """The element lists of shared remote-address sets, kept from one compile to the next.
+class ElementCache:
+    """The element lists of shared remote-address sets, kept from one compile to the next
+    (its owner, the daemon's pipeline, passes it to each compile; a fresh one otherwise).
 
     Turning intervals into libnftables values is a third of compiling the benchmark
     maximum (174k values), and an edit leaves nearly every set as it was: the daemon's next
@@ -597,7 +599,6 @@ class _ElementCache:
         return found
 
 
-_SET_ELEMENTS = _ElementCache()
 
 
 # A rule whose remote term has at least this many intervals and that is a candidate in more
@@ -829,7 +830,8 @@ def _find_nic(policy: Policy, name: str) -> NicPolicy:
 
 
 def compile_ruleset(policy: Policy, placement: HostPlacement | FabricPlacement, *,
-                    mode: str = "classify", max_level_elements: int = MAX_LEVEL_ELEMENTS) -> Ruleset:
+                    mode: str = "classify", max_level_elements: int = MAX_LEVEL_ELEMENTS,
+                    elements: ElementCache | None = None) -> Ruleset:
     """Compile ``policy`` for ``placement`` into commands replacing table inet nsg_agent.
 
     ``mode`` "classify": per level a two-stage class lookup (verdict maps); a level whose
@@ -838,8 +840,9 @@ def compile_ruleset(policy: Policy, placement: HostPlacement | FabricPlacement, 
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
-    _SET_ELEMENTS.next_compile()
-    b = _Builder(policy, mode, max_level_elements)
+    elements = elements if elements is not None else ElementCache()
+    elements.next_compile()
+    b = _Builder(policy, mode, max_level_elements, elements)
     table = E.table_obj(TABLE_NAME)
     nic_summary: dict[str, dict] = {}
 

@@ -6,6 +6,7 @@ status report. The CLI only parses arguments and prints what these return."""
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from typing import Any
 
 from nsg_agent.daemon.status import Plan, Status, StatusFileError, StatusStore, make_plan, rule_digests, set_sizes
@@ -30,14 +31,14 @@ def build_plan(file: Any, mode: str, store: StatusStore, backend: Any | None,
                load_options: dict | None = None) -> tuple[Plan, dict]:
     """Compile ``file`` (one path or several) and diff it against the remembered commit and
     the kernel."""
-    from nsg_agent.daemon.targets import compile_host, host_interfaces
+    from nsg_agent.daemon import pipeline
+    from nsg_agent.daemon.targets import HostTarget, host_interfaces
     from nsg_agent.desired import loader
-    from nsg_agent.semantics import resolver as semantics
 
-    loaded = loader.load(file, **(load_options or {}))
-    policy = semantics.resolve(loaded.state, loaded.tags)
+    built = pipeline.build(loader.load(file, **(load_options or {})), HostTarget(), mode)
+    policy, rs = built.policy, built.ruleset
+    assert rs is not None
     interfaces = host_interfaces(policy)
-    rs = compile_host(policy, interfaces, mode)
     rules, sets = rule_digests(policy, interfaces), set_sizes(rs.commands)
     status, problem = read_record(store)
     commit = status.commit
@@ -76,16 +77,16 @@ def review_change(file: Any, store: StatusStore, backend: Any | None, load_optio
     desired state, shadowed rules, revoked live connections and the coverage check (the
     last two need the kernel: root). The current policy is the last commit's desired state
     resolved with today's service-tag files."""
-    from nsg_agent.daemon import coverage, review
+    from nsg_agent.daemon import coverage, pipeline, review
     from nsg_agent.daemon.targets import host_interfaces
     from nsg_agent.desired import loader
     from nsg_agent.host import conntrack
-    from nsg_agent.semantics import resolver as semantics
 
     loaded = loader.load(file, **(load_options or {}))
-    new = semantics.resolve(loaded.state, loaded.tags)
+    new = pipeline.build(loaded).policy
     old_state = store.read_applied() if read_record(store)[0].commit is not None else None
-    old = semantics.resolve(old_state, loaded.tags) if old_state is not None else None
+    # the last commit's desired state, with today's service-tag files
+    old = pipeline.build(replace(loaded, state=old_state)).policy if old_state is not None else None
     rev = review.Review(review.rule_changes(old_state, loaded.state), review.shadowed_rules(new))
     cov = None
     if backend is not None and hasattr(backend, "runner"):

@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, Callable
 
+from nsg_agent.daemon import pipeline
 from nsg_agent.daemon.outcome import Observer, Outcome
 from nsg_agent.daemon.status import Commit, Status, StatusStore, rule_digests, set_sizes
 from nsg_agent.daemon.targets import CompileFn, HostTarget, Target, compile_host, host_interfaces
@@ -38,7 +39,6 @@ from nsg_agent.kernel.backend import Backend, batch_payload, stamp_commands
 from nsg_agent.kernel.delta import delta
 from nsg_agent.kernel.errors import NftError, PermissionDenied
 from nsg_agent.logging import get_logger
-from nsg_agent.semantics import resolver as semantics
 from nsg_agent.semantics.policy import Policy
 from nsg_agent.sources.base import DesiredSource, Snapshot, SourceUnavailable, Unsettled
 from nsg_agent.sources.files import FileSource
@@ -144,6 +144,8 @@ class Reconciler:
         self.wall = wall
         self.target: Target = target or HostTarget(compile_fn)
         self.observers: list[Observer] = list(observers or [])
+        # what the last build remembers for the next (resolve terms, compiled element lists)
+        self.memo = pipeline.Memo()
         self.flusher = flusher
         self.notifier = notifier or Notifier({})
         self._lock = threading.RLock()
@@ -299,13 +301,12 @@ class Reconciler:
         loaded = snapshot.loaded
         phases.mark("load")
         self.target.prepare(loaded, self)
-        policy = semantics.resolve(loaded.state, loaded.tags)
-        phases.mark("resolve")
-        rs = self.target.compile(policy, self.mode)
-        phases.mark("compile")
+        built = pipeline.build(loaded, self.target, self.mode, memo=self.memo, phases=phases)
+        rs = built.ruleset
+        assert rs is not None  # built with a target
         # Serialized later, and only when needed: before a full replace, or after a delta
         # is in force (so the JSON of the whole table is off the edit's critical path).
-        return Desired(loaded, policy, list(rs.commands), dict(rs.summary),
+        return Desired(loaded, built.policy, list(rs.commands), dict(rs.summary),
                        rule_index_json(rs.rule_index), "", dict(snapshot.inputs), snapshot=snapshot)
 
     def reconcile(self, reason: str) -> Outcome:

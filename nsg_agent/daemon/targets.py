@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from nsg_agent.semantics.policy import Policy
 
 if TYPE_CHECKING:
+    from nsg_agent.compiler.render import ElementCache
     from nsg_agent.daemon.reconciler import Desired, Reconciler
     from nsg_agent.desired.loader import LoadedState
 
@@ -28,11 +29,12 @@ class CompiledRuleset(Protocol):
 CompileFn = Callable[[Policy, dict[str, str], str], CompiledRuleset]
 
 
-def compile_host(policy: Policy, interfaces: dict[str, str], mode: str) -> CompiledRuleset:
+def compile_host(policy: Policy, interfaces: dict[str, str], mode: str,
+                 elements: "ElementCache | None" = None) -> CompiledRuleset:
     """The real compiler in host placement (imported lazily: the daemon's tests use fakes)."""
     from nsg_agent.compiler import HostPlacement, compile_ruleset
 
-    return compile_ruleset(policy, HostPlacement(interfaces=interfaces), mode=mode)
+    return compile_ruleset(policy, HostPlacement(interfaces=interfaces), mode=mode, elements=elements)
 
 
 def host_interfaces(policy: Policy) -> dict[str, str]:
@@ -45,7 +47,8 @@ class Target(Protocol):
         """Before resolve and compile, with a valid desired state (may raise: the apply fails)."""
         ...
 
-    def compile(self, policy: Policy, mode: str) -> CompiledRuleset:
+    def compile(self, policy: Policy, mode: str, elements: "ElementCache | None" = None) -> CompiledRuleset:
+        """``elements``: the element lists the previous compile made (the pipeline's memo)."""
         ...
 
     def applied(self, desired: "Desired") -> None:
@@ -62,7 +65,9 @@ class HostTarget:
     def prepare(self, loaded: Any, reconciler: Any) -> None:
         return None
 
-    def compile(self, policy: Policy, mode: str) -> CompiledRuleset:
+    def compile(self, policy: Policy, mode: str, elements: "ElementCache | None" = None) -> CompiledRuleset:
+        if self.compile_fn is compile_host:  # the real compiler takes the memo's element lists
+            return compile_host(policy, host_interfaces(policy), mode, elements)
         return self.compile_fn(policy, host_interfaces(policy), mode)
 
     def applied(self, desired: Any) -> None:

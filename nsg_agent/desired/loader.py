@@ -15,8 +15,10 @@ from typing import Any, Callable, Sequence
 import yaml
 from pydantic import ValidationError
 
+from nsg_agent.desired import memo as load_memo
 from nsg_agent.desired import reading
 from nsg_agent.desired.importers import RULES_ONLY
+from nsg_agent.desired.memo import LoadMemo
 from nsg_agent.desired.model import DesiredState, flatten_properties
 from nsg_agent.desired.reading import DEFAULT_LIMITS, Limits
 from nsg_agent.desired.servicetags import ServiceTagIndex, parse_service_tag_file, parse_service_tags
@@ -197,22 +199,28 @@ Paths = "str | Path | Sequence[str | Path]"
 
 
 def load(paths: str | Path | Sequence[str | Path], *, strict: bool = False, nsg: str | None = None,
-         parameters: Sequence[str | Path] = (), limits: Limits = DEFAULT_LIMITS) -> LoadedState:
+         parameters: Sequence[str | Path] = (), limits: Limits = DEFAULT_LIMITS,
+         memo: LoadMemo | None = None) -> LoadedState:
     """Load and validate one or several desired-state files or Azure exports (see
     nsg_agent.desired.importers), merged into one desired state. ``strict``: warnings are errors.
-    ``nsg``: the NSG of a bare rule list; ``parameters``: ARM parameters files."""
-    reader = _Reader(limits, nsg, parameters)
-    for p in [paths] if isinstance(paths, (str, Path)) else list(paths):
-        reader.add_path(Path(p))
-    return reader.finish(strict)
+    ``nsg``: the NSG of a bare rule list; ``parameters``: ARM parameters files. ``memo``: what
+    an earlier load of the same owner remembered (nsg_agent.desired.memo); the result is the
+    same without it."""
+    with load_memo.using(memo):
+        reader = _Reader(limits, nsg, parameters)
+        for p in [paths] if isinstance(paths, (str, Path)) else list(paths):
+            reader.add_path(Path(p))
+        return reader.finish(strict)
 
 
 def load_bytes(raw: bytes, path: Path, *, strict: bool = False, nsg: str | None = None,
-               parameters: Sequence[str | Path] = (), limits: Limits = DEFAULT_LIMITS) -> LoadedState:
+               parameters: Sequence[str | Path] = (), limits: Limits = DEFAULT_LIMITS,
+               memo: LoadMemo | None = None) -> LoadedState:
     """``load`` of content already read (files it references are read from disk)."""
-    reader = _Reader(limits, nsg, parameters)
-    reader.add_bytes(raw, Path(path))
-    return reader.finish(strict)
+    with load_memo.using(memo):
+        reader = _Reader(limits, nsg, parameters)
+        reader.add_bytes(raw, Path(path))
+        return reader.finish(strict)
 
 
 COLLECTIONS = ("virtualNetworks", "networkInterfaces", "applicationSecurityGroups",

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from nsg_agent.desired import memo as load_memo
 from nsg_agent.desired.vocabulary import Access, Direction, Protocol
 from nsg_agent.netaddr import _fast_cidr
 
@@ -171,11 +172,11 @@ def prefix_cidr(text: str) -> tuple[int, int, int]:
     return net.version, int(net.network_address), net.prefixlen
 
 
-# Prefix lists already found valid, every item a plain prefix (see _fast_cidr), by
-# _list_key. Such items hold no newline, so their join has exactly len - 1 newlines; another
-# list of the same length joining to the same text has the very same items. Reloading a file
-# with thousands of unchanged prefixes then checks each list with one hash.
-_VALID_PREFIX_LISTS: dict[tuple[int, bytes], None] = {}
+# Prefix lists already found valid, every item a plain prefix (see _fast_cidr), are kept in
+# the active load memo (nsg_agent.desired.memo) by _list_key. Such items hold no newline, so
+# their join has exactly len - 1 newlines; another list of the same length joining to the
+# same text has the very same items. Reloading a file with thousands of unchanged prefixes
+# then checks each list with one hash.
 
 
 def _list_key(items: list[str]) -> tuple[int, bytes]:
@@ -328,7 +329,8 @@ class SecurityRule(_Base):
     @classmethod
     def _prefix_list(cls, v: list[str]) -> list[str]:
         key = _list_key(v)
-        if key in _VALID_PREFIX_LISTS:
+        memo = load_memo.current()
+        if key in memo.prefix_lists:
             return v  # the same list was valid in an earlier load
         plain = True
         for item in v:
@@ -345,9 +347,7 @@ class SecurityRule(_Base):
                 )
             parse_prefix(item)
         if plain:
-            _VALID_PREFIX_LISTS[key] = None
-            while len(_VALID_PREFIX_LISTS) > 8192:
-                del _VALID_PREFIX_LISTS[next(iter(_VALID_PREFIX_LISTS))]
+            memo.remember_prefix_list(key)
         return v
 
     @field_validator("sourceAddressPrefix", "destinationAddressPrefix", mode="after")

@@ -13,10 +13,9 @@ unchanged file is not parsed again when the desired state is reloaded.
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from nsg_agent.desired import memo as load_memo
 from nsg_agent.netaddr import EMPTY_PREFIXES, IPNetwork, PrefixSet, parse_cidr
 
 
@@ -125,35 +124,23 @@ class ValueMemo:
 
 # --- parsed files, by content ------------------------------------------------------------
 
-_CACHE_SIZE = 4  # a few files (or versions of one) stay parsed
-_cache: "OrderedDict[tuple[str, str], tuple[ServiceTagIndex, tuple[tuple[str, str], ...]]]" = OrderedDict()
-_cache_lock = threading.Lock()
-_memos: dict[str, ValueMemo] = {}  # source -> the tags' prefix lists of its last parse
-
 
 def parse_service_tag_file(raw: bytes, source: str, decode) -> tuple[ServiceTagIndex, list[tuple[str, str]]]:
-    """``parse_service_tags(decode(raw), source)``, remembered by (source, sha256 of raw).
+    """``parse_service_tags(decode(raw), source)``, remembered in the active load memo
+    (nsg_agent.desired.memo) by (source, sha256 of raw).
 
     ``decode`` turns the bytes into the document (JSON or YAML) and may raise; errors are not
     remembered. The result is immutable, so handing the same one out again is safe. A
     changed file is parsed again, but only the tags whose prefix lists changed."""
+    memo = load_memo.current()
     key = (source, hashlib.sha256(raw).hexdigest())
-    with _cache_lock:
-        hit = _cache.get(key)
-        if hit is not None:
-            _cache.move_to_end(key)
-    if hit is None:
+    hit = memo.tag_files.get(key)
+    if hit is not None:
+        memo.tag_files.move_to_end(key)
+    else:
         doc = decode(raw)
-        with _cache_lock:
-            previous = _memos.get(source)
-        memo = ValueMemo(previous)
-        index, problems = parse_service_tags(doc, source, memo)
+        values = ValueMemo(memo.tag_values.get(source))
+        index, problems = parse_service_tags(doc, source, values)
         hit = (index, tuple(problems))
-        with _cache_lock:
-            _memos[source] = memo
-            while len(_memos) > _CACHE_SIZE:
-                del _memos[next(iter(_memos))]
-            _cache[key] = hit
-            while len(_cache) > _CACHE_SIZE:
-                _cache.popitem(last=False)
+        memo.remember_tag_file(key, hit, values)
     return hit[0], list(hit[1])

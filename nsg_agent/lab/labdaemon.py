@@ -25,10 +25,10 @@ from nsg_agent.lab import naming
 from nsg_agent.lab.reconcile import reconcile_topology, record_rules_raw
 
 
-def fabric_compile(policy: Any, interfaces: dict[str, str], mode: str) -> Any:
+def fabric_compile(policy: Any, interfaces: dict[str, str], mode: str, elements: Any = None) -> Any:
     from nsg_agent.compiler import FabricPlacement, compile_ruleset
 
-    return compile_ruleset(policy, FabricPlacement(), mode=mode)
+    return compile_ruleset(policy, FabricPlacement(), mode=mode, elements=elements)
 
 
 class LabTarget:
@@ -62,8 +62,8 @@ class LabTarget:
             reconciler.use_backend(self.backend)
             reconciler.log.warning("lab.fabric_rebuilt", lab=self.lab, fabric=self.fabric)
 
-    def compile(self, policy: Any, mode: str) -> Any:
-        return fabric_compile(policy, {}, mode)
+    def compile(self, policy: Any, mode: str, elements: Any = None) -> Any:
+        return fabric_compile(policy, {}, mode, elements)
 
     def applied(self, desired: Desired) -> None:
         record_rules_raw(self.lab, desired.loaded.sha256, self.mode, desired.summary, self.state_dir)

@@ -98,7 +98,6 @@ class TermMemo:
         self.terms = terms if terms is not None else {}
 
 
-_last_terms = TermMemo()  # swapped whole at the end of each resolve()
 
 # Azure's default rule names as its API spells them; any spelling is accepted on input.
 DEFAULT_RULE_NAMES = {name.lower(): name for name, *_ in DEFAULT_RULES}
@@ -321,14 +320,15 @@ def _platform_tag_rule(rule: ResolvedRule) -> bool:
     return rule.destination.label in PLATFORM_TAGS
 
 
-def resolve(state: DesiredState, tags: ServiceTagIndex | None = None) -> Policy:
+def resolve(state: DesiredState, tags: ServiceTagIndex | None = None, *, memo: TermMemo | None = None) -> Policy:
     """The whole desired state as a Policy: one NicPolicy per NIC.
 
-    Pure: the result depends only on the arguments. Literal prefix lists unchanged since the
-    previous call are not parsed again (see TermMemo); a Level or a term shared by many
-    NICs (same NSG, same VNet) is one object."""
-    global _last_terms
-    r = Resolver(state, tags, _last_terms)
+    Pure: the result depends only on ``state`` and ``tags``. ``memo``: the terms its owner's
+    previous resolve used (the daemon keeps one across reloads, nsg_agent.daemon.pipeline);
+    literal prefix lists unchanged since then are not parsed again, and afterwards the memo
+    holds exactly this resolve's terms. A Level or a term shared by many NICs (same NSG,
+    same VNet) is one object."""
+    r = Resolver(state, tags, memo)
     nics: dict[str, NicPolicy] = {}
     smtp_blocked = state.platform.outboundSmtp == "blocked"
     levels: dict[tuple, Level | None] = {}
@@ -372,7 +372,8 @@ def resolve(state: DesiredState, tags: ServiceTagIndex | None = None) -> Policy:
                             if state.platform.platformDrops else ()),
             neighbor_discovery=True,
         )
-    _last_terms = r.memo
+    if memo is not None:
+        memo.terms = r.memo.terms
     return Policy(nics=nics)
 
 

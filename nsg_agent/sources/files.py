@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nsg_agent.desired import loader
+from nsg_agent.desired.memo import LoadMemo
 from nsg_agent.sources.base import Mark, Snapshot, Stop, Unsettled
 
 MAX_DIGEST_BYTES = 256 << 20  # a watched file larger than this is told apart by its identity
@@ -136,6 +137,7 @@ class FileSource:
         self._observer: Any = None
         self._watches: dict[str, Any] = {}
         self._mark: Mark | None = None
+        self.memo = LoadMemo()  # what this source's last load remembers for the next
 
     def watched_files(self) -> set[Path]:
         files = {p.absolute() for p in self.inputs}
@@ -148,7 +150,7 @@ class FileSource:
         if any(open_for_writing(p) for p in self.inputs):
             raise Unsettled("open for writing")
         before = [identity(p) for p in self.inputs]
-        loaded = loader.load(self.inputs, **self.load_options)  # LoadError: invalid, last good stays
+        loaded = loader.load(self.inputs, **self.load_options, memo=self.memo)  # LoadError: last good stays
         if [identity(p) for p in self.inputs] != before:
             raise Unsettled("changed while it was read")
         inputs = {str(Path(p).absolute()): (file_digest(Path(p)) or "") for p in loaded.files}
