@@ -560,7 +560,7 @@ class TestSettle:
     def test_complete_file_skips_the_debounce(self, env, pending):
         """A file renamed into place is reconciled after the short settle, even if a partial
         write event had pushed the debounce deadline out."""
-        from nsg_agent.daemon.reconciler import COMPLETE_SETTLE
+        from nsg_agent.daemon.scheduler import COMPLETE_SETTLE
 
         env.rec.reconcile("startup")
         write(env.config, policy_text(extra_rule=DENY_SSH))

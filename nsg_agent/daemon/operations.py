@@ -54,22 +54,13 @@ def build_plan(file: Any, mode: str, store: StatusStore, backend: Any | None,
 
 
 def kernel_matches(backend: Any, status: Status, fingerprint: str | None) -> bool:
-    """Does the kernel still hold the record's commit? Never while the record is unverified
-    (an apply's intent without its outcome). No nft transaction since the commit (same
-    generation) proves it; otherwise the table's stamp must be the commit's digest and the
-    fingerprint (down to set elements) the one taken after the commit. (The daemon records
-    the generation at once and takes the fingerprint shortly after the apply.)"""
-    commit = status.commit
-    if commit is None or fingerprint is None or status.unverified:
+    """Does the kernel still hold the record's commit (nsg_agent.daemon.kernel_view)? Never
+    while the record is unverified, nor when the table is absent (``fingerprint`` None)."""
+    from nsg_agent.daemon import kernel_view
+
+    if fingerprint is None:
         return False
-    generation = getattr(commit, "kernel_generation", None)
-    read = getattr(backend, "generation", None)
-    if generation is not None and read is not None and read() == generation:
-        return True
-    stamp = getattr(backend, "stamp", None)
-    if stamp is not None and stamp() != commit.ruleset_sha256:
-        return False
-    return commit.kernel_fingerprint is not None and fingerprint == commit.kernel_fingerprint
+    return kernel_view.holds(backend, status.commit, unverified=status.unverified, fingerprint=fingerprint)
 
 
 def review_change(file: Any, store: StatusStore, backend: Any | None, load_options: dict | None = None):

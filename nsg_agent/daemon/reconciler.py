@@ -28,8 +28,9 @@ import time
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, Callable
 
-from nsg_agent.daemon import pipeline
+from nsg_agent.daemon import kernel_view, pipeline
 from nsg_agent.daemon.outcome import Observer, Outcome
+from nsg_agent.daemon.scheduler import Scheduler
 from nsg_agent.daemon.status import Commit, Status, StatusStore, rule_digests, set_sizes
 from nsg_agent.daemon.targets import CompileFn, HostTarget, Target, compile_host, host_interfaces
 from nsg_agent.desired import loader
@@ -45,11 +46,7 @@ from nsg_agent.sources.files import FileSource
 
 DEFAULT_DEBOUNCE = 0.15
 DEFAULT_RESYNC = 5.0
-MAX_BACKOFF = 30.0
 IDLE_GC_DELAY = 5.0  # seconds without a reconcile before the deferred full garbage collection
-# A file renamed into place or closed after writing is complete: reconcile after this short
-# settle time (enough to coalesce several files renamed together) instead of the debounce.
-COMPLETE_SETTLE = 0.02
 # A file some process still holds open for writing, or that changed while it was read, is
 # not final: look again after this long (the last good state stays meanwhile).
 UNSETTLED_RETRY = 0.25
@@ -165,19 +162,14 @@ class Reconciler:
         # transaction) when the kernel provably still holds the last commit; else, and for
         # drift repair, the whole table is replaced.
         self.incremental = True
-        self.gc_due_at: float | None = None  # clock() when the deferred full collection may run
         self.applied_clock: float | None = None  # clock() of the last commit
         self._baseline: threading.Thread | None = None
         self._phases = _Phases()
         self._started = time.perf_counter()  # of the reconcile in progress (Outcome.duration)
         self._resyncs = 0
         self.ready = False
-        self.dirty_reasons: list[str] = []
-        self.dirty_at: float | None = None  # when the pending reconcile may run
-        self.retry_at: float | None = None
-        self.failures = 0
-        self.source_failures = 0  # reads in a row that found the source unreachable
-        self.next_resync = self.clock() + resync
+        # when to work: dirty reasons, debounce, retries with backoff, resync, deferred gc
+        self.schedule = Scheduler(debounce=debounce, resync_interval=resync, now=self.clock())
         self.status = Status(netns=store.netns, pid=os.getpid())
         self.applies = 0
         # The record read at start had an apply's intent without its outcome (a kill between
@@ -220,17 +212,40 @@ class Reconciler:
         ``complete``: the event says a file is whole (renamed into place, closed after
         writing), so only the short COMPLETE_SETTLE is waited, whatever was pending."""
         with self._lock:
-            now = self.clock()
-            self.dirty_reasons.append(reason)
-            if immediate:
-                self.dirty_at = now
-            elif complete:
-                due = now + min(self.debounce, COMPLETE_SETTLE)
-                self.dirty_at = due if self.dirty_at is None else min(self.dirty_at, due)
-            else:
-                # Each partial-write event pushes the deadline out: a burst yields one run.
-                due = now + self.debounce
-                self.dirty_at = due if self.dirty_at is None else max(self.dirty_at, due)
+            self.schedule.mark(reason, self.clock(), immediate=immediate, complete=complete)
+
+    # the schedule's state, read (and set by tests) through the reconciler
+    @property
+    def dirty_at(self) -> float | None:
+        return self.schedule.dirty_at
+
+    @dirty_at.setter
+    def dirty_at(self, value: float | None) -> None:
+        self.schedule.dirty_at = value
+
+    @property
+    def dirty_reasons(self) -> list[str]:
+        return self.schedule.reasons
+
+    @dirty_reasons.setter
+    def dirty_reasons(self, value: list[str]) -> None:
+        self.schedule.reasons = value
+
+    @property
+    def retry_at(self) -> float | None:
+        return self.schedule.retry_at
+
+    @property
+    def failures(self) -> int:
+        return self.schedule.failures.get("apply", 0)
+
+    @property
+    def source_failures(self) -> int:
+        return self.schedule.failures.get("source", 0)
+
+    @property
+    def gc_due_at(self) -> float | None:
+        return self.schedule.gc_due_at
 
     @property
     def compile_fn(self) -> CompileFn | None:
@@ -258,34 +273,25 @@ class Reconciler:
 
     def next_deadline(self) -> float:
         with self._lock:
-            times = [self.next_resync]
-            if self.dirty_at is not None:
-                times.append(self.dirty_at)
-            if self.retry_at is not None:
-                times.append(self.retry_at)
-            return min(times)
+            return self.schedule.next_deadline()
 
     def tick(self) -> None:
         """Do whatever is due at ``clock()``: a debounced reconcile, a retry, a resync."""
         with self._lock:
             now = self.clock()
-            if self.dirty_at is not None and now >= self.dirty_at:
-                reasons, self.dirty_reasons, self.dirty_at = self.dirty_reasons, [], None
-                self.reconcile(",".join(dict.fromkeys(reasons)) or "dirty")
-            elif self.retry_at is not None and now >= self.retry_at:
-                self.retry_at = None
-                self.reconcile("retry")
+            reason = self.schedule.take_reconcile(now)
+            if reason is not None:
+                self.reconcile(reason)
             if self.pending_edit is not None:
                 self._check_pending_edit(now)
-            if now >= self.next_resync:
-                self.next_resync = now + self.resync_interval
+            if self.schedule.take_resync(now):
                 self.resync()
-            if self.gc_due_at is not None and now >= self.gc_due_at and self.dirty_at is None:
+            if self.schedule.take_gc(now):
                 self.idle_collect()
 
     def idle_collect(self) -> None:
         """The full garbage collection deferred by reconcile(), when nothing is pending."""
-        self.gc_due_at = None
+        self.schedule.gc_due_at = None
         if not gc.isenabled():  # someone else manages the collector
             return
         t0 = time.perf_counter()
@@ -332,7 +338,7 @@ class Reconciler:
                 # collected once the daemon has been idle for IDLE_GC_DELAY (idle_collect).
                 gc.enable()
                 gc.freeze()
-                self.gc_due_at = self.clock() + IDLE_GC_DELAY
+                self.schedule.collect_after(self.clock(), IDLE_GC_DELAY)
 
     def _outcome(self, kind: str, reason: str, desired: Desired | None = None, **kw: Any) -> Outcome:
         snap = desired.snapshot if desired is not None else None
@@ -374,7 +380,7 @@ class Reconciler:
                 self.log.exception("compile.failed", file=self.origin, error=str(e))
                 self._record_error("compile", f"{type(e).__name__}: {e}")
                 return self._outcome("invalid", reason, error=f"{type(e).__name__}: {e}")
-            self.source_failures = 0
+            self.schedule.succeeded("source")
             self._warn_insecure(desired)
             refusal = self._incomplete(desired)
             if refusal is not None:
@@ -493,17 +499,13 @@ class Reconciler:
         """The source is not final yet (an in-place write in progress): keep the last good
         state and look again shortly."""
         self.log.warning("config.unsettled", file=self.origin, why=why, retry_in=UNSETTLED_RETRY)
-        due = self.clock() + UNSETTLED_RETRY
-        self.dirty_reasons.append("unsettled")
-        self.dirty_at = due if self.dirty_at is None else min(self.dirty_at, due)
+        self.schedule.again_after("unsettled", self.clock(), UNSETTLED_RETRY)
         return self._outcome("unsettled", reason, error=why)
 
     def _unavailable(self, error: SourceUnavailable, reason: str) -> Outcome:
         """The source cannot be reached: the kernel keeps what it enforces (nothing is
         written), and the read is retried with backoff."""
-        self.source_failures += 1
-        delay = min(MAX_BACKOFF, max(self.debounce, 0.5) * (2 ** (self.source_failures - 1)))
-        self.retry_at = self.clock() + delay
+        delay = self.schedule.failed("source", self.clock())
         self.log.error("source.unavailable", origin=self.origin, error=str(error), retry_in=round(delay, 3),
                        failures=self.source_failures,
                        enforcing=self.last_good.loaded.sha256 if self.last_good else None)
@@ -538,7 +540,7 @@ class Reconciler:
         except Exception as e:  # noqa: BLE001 - like a failed apply: keep running, retry
             self.log.error("apply.failed", reason=reason, error=str(e))
             self._record_error("apply", str(e))
-            self.retry_at = self.clock() + max(self.debounce, 0.5)
+            self.schedule.retry_after(self.clock(), max(self.debounce, 0.5))
             return self._outcome("failed", reason, desired, error=str(e))
         self.last_good = None
         self.kernel_fingerprint = self.kernel_generation = None
@@ -570,21 +572,9 @@ class Reconciler:
         desired.payload, desired.sha256 = payload_and_digest(desired.commands)
 
     def _kernel_holds(self, committed: Commit, generation: int | None) -> bool:
-        """Does the kernel still hold ``committed`` untouched? No transaction since the commit
-        (same generation) proves it without a listing; otherwise the table's stamp must be
-        the commit's digest and the fingerprint (down to set elements) the one taken after
-        the commit. Never while the record is unverified (a kill between intent and outcome)."""
-        if self.unverified:
-            return False
-        if generation is not None and committed.kernel_generation is not None:
-            if generation == committed.kernel_generation:
-                return True
-        if committed.kernel_fingerprint is None:
-            return False
-        read_stamp = getattr(self.backend, "stamp", None)
-        if read_stamp is not None and read_stamp() != committed.ruleset_sha256:
-            return False
-        return self._kernel_fingerprint() == committed.kernel_fingerprint
+        """Does the kernel still hold ``committed`` untouched? (nsg_agent.daemon.kernel_view)"""
+        return kernel_view.holds(self.backend, committed, unverified=self.unverified,
+                                 generation=generation, fingerprint=self._kernel_fingerprint)
 
     def _log_timing(self, reason: str, outcome: str, phases: _Phases) -> None:
         self.log.debug("reconcile.timing", reason=reason, outcome=outcome,
@@ -696,10 +686,7 @@ class Reconciler:
                 fingerprint = self._kernel_fingerprint()
             phases.mark("generation" if fingerprint is None else "fingerprint")
         except Exception as e:  # noqa: BLE001 - NftError, NetnsError, ...: keep running, retry
-            self.failures += 1
-            delay = min(MAX_BACKOFF, max(self.debounce, 0.5) * (2 ** (self.failures - 1)),
-                        max(self.resync_interval, 0.5))
-            self.retry_at = self.clock() + delay
+            delay = self.schedule.failed("apply", self.clock(), cap=max(self.resync_interval, 0.5))
             detail = e.as_dict() if isinstance(e, NftError) else {"message": f"{type(e).__name__}: {e}"}
             self.log.error("apply.failed", reason=reason, error=str(e), retry_in=round(delay, 3),
                            failures=self.failures, enforcing=self.last_good.sha256 if self.last_good else None)
@@ -713,8 +700,7 @@ class Reconciler:
                                hint="nftables needs CAP_NET_ADMIN in the target namespace")
                 raise FatalError(f"cannot program nftables: {e} (CAP_NET_ADMIN missing?)") from e
             return self._outcome("failed", reason, desired, error=str(e), problems=(detail,))
-        self.failures = 0
-        self.retry_at = None
+        self.schedule.succeeded("apply")
         self.kernel_fingerprint = fingerprint
         self.kernel_generation = generation
         self.applied_clock = self.clock()
