@@ -40,7 +40,7 @@ def main(argv: list[str]) -> int:
 
         tracemalloc.start(1)
     from nsg_agent.compiler import HostPlacement, compile_ruleset
-    from nsg_agent.daemon.reconciler import host_interfaces
+    from nsg_agent.daemon.targets import host_interfaces
     from nsg_agent.desired import loader
     from nsg_agent.kernel.backend import NftBackend, batch_payload
     from nsg_agent.semantics import resolver as semantics

@@ -22,7 +22,8 @@ import pytest
 
 from host_helpers import stop_process
 from nsg_agent.desired import loader
-from nsg_agent.lab import build, naming, nsexec, probe
+from nsg_agent.host import netns as host_netns
+from nsg_agent.lab import build, naming, probe
 from nsg_agent.lab.reconcile import reconcile_lab
 from nsg_agent.lab.topology import LabPlan
 from nsg_agent.semantics import resolver as semantics
@@ -90,7 +91,7 @@ class Lab:
 
     def inodes(self) -> dict[str, int | None]:
         """Namespace identity: the inode of each of the lab's namespaces."""
-        return {ns: nsexec.netns_inode(ns) for ns in self.plan.namespaces()}
+        return {ns: host_netns.netns_inode(ns) for ns in self.plan.namespaces()}
 
 
 def write_atomically(path: Path, text: str) -> None:

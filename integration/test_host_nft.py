@@ -9,7 +9,8 @@ import pytest
 
 from host_helpers import run
 from nsg_agent.host.netns import NetnsError, NetnsRunner, current_inode
-from nsg_agent.kernel.backend import TABLE_NAME, NftBackend, NftError
+from nsg_agent.kernel.backend import TABLE_NAME, NftBackend
+from nsg_agent.kernel.errors import NftError
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root_nft_guard")]
 

@@ -12,7 +12,7 @@ import pytest
 
 from lab_fixtures import EXAMPLES, REPO, Lab, root_lab_links
 from nsg_agent.cli.main import main
-from nsg_agent.lab import nsexec
+from nsg_agent.host import netns as host_netns
 
 pytestmark = [pytest.mark.root]
 
@@ -135,7 +135,7 @@ def test_antispoofing(scenario):
     try:
         def reaches(source: str) -> bool:
             """Does a SYN from ``source`` get an answer (a reset: nothing listens there)?"""
-            with nsexec.socket_in(a.netns) as s:
+            with host_netns.socket_in(a.netns) as s:
                 s.settimeout(0.5)
                 s.bind((source, 0))
                 try:

@@ -13,7 +13,8 @@ import pytest
 
 from lab_fixtures import REPO, Lab, leftovers, poll, root_lab_links, write_atomically
 from nsg_agent.cli.main import main
-from nsg_agent.lab import build, naming, nsexec
+from nsg_agent.host import netns as host_netns
+from nsg_agent.lab import build, naming
 
 pytestmark = [pytest.mark.root]
 
@@ -99,9 +100,9 @@ def test_lab_run_follows_edits_of_the_file(make_lab, lab_daemon):
     write_atomically(lab.file, moved)
     d.wait_applied(4)
     plan = lab.plan
-    assert plan.nic("web3") is not None and nsexec.netns_inode(plan.nic("web3").netns)
+    assert plan.nic("web3") is not None and host_netns.netns_inode(plan.nic("web3").netns)
     web2_ns = plan.nic("web2").netns
-    assert nsexec.netns_inode(web2_ns) == before[web2_ns]
+    assert host_netns.netns_inode(web2_ns) == before[web2_ns]
     assert _eth0_addresses(web2_ns) == ["10.43.2.5"]
     report = lab.probe(ports=[80, 8080])
     assert [r.as_dict() for r in report.mismatches] == []
@@ -112,7 +113,7 @@ def test_lab_run_follows_edits_of_the_file(make_lab, lab_daemon):
     good = live(web2_asgs="[Web]", port=8080, web2="{subnet: v/s2, ipAddresses: [10.43.2.5]}")
     write_atomically(lab.file, good)
     d.wait_applied(5)
-    assert nsexec.netns_inode(web3_ns) is None, d.log()[-4000:]
+    assert host_netns.netns_inode(web3_ns) is None, d.log()[-4000:]
     assert lab.plan.nic("web3") is None
 
     # a bad edit: logged, nothing touched, the last good state stays enforced
@@ -145,10 +146,10 @@ def test_lab_down_removes_everything(make_lab, capsys):
     a second down is a no-op."""
     lab = make_lab("down", live())
     names = lab.plan.namespaces()
-    assert all(nsexec.netns_inode(n) for n in names)
+    assert all(host_netns.netns_inode(n) for n in names)
     assert main(["lab", "down", "--name", lab.name]) == 0
     assert leftovers(lab.name) == []
-    assert all(nsexec.netns_inode(n) is None for n in names)
+    assert all(host_netns.netns_inode(n) is None for n in names)
     assert root_lab_links() == []
     assert main(["lab", "down", "--name", lab.name]) == 0
     assert "removed 0 namespaces" in capsys.readouterr().out
@@ -164,7 +165,7 @@ def test_lab_down_after_a_crash_without_state_file(make_lab):
     assert build.previous_plan(lab.name) is None
     assert sorted(build.destroy(lab.name)) == sorted(expected)
     assert leftovers(lab.name) == []
-    assert all(nsexec.netns_inode(n) for n in other.plan.namespaces())
+    assert all(host_netns.netns_inode(n) for n in other.plan.namespaces())
 
 
 def test_lab_up_after_a_crash_mid_build_starts_clean(make_lab):
@@ -173,7 +174,7 @@ def test_lab_up_after_a_crash_mid_build_starts_clean(make_lab):
     subprocess.run(["ip", "netns", "add", naming.fabric_netns(lab.name)], check=True)
     subprocess.run(["ip", "netns", "add", naming.nic_netns(lab.name, 7)], check=True)
     lab.up()
-    assert nsexec.netns_inode(naming.nic_netns(lab.name, 7)) is None
+    assert host_netns.netns_inode(naming.nic_netns(lab.name, 7)) is None
     assert sorted(build.lab_namespaces(lab.name)) == sorted(lab.plan.namespaces())
     assert lab.probe(ports=[80]).mismatches == []
 
@@ -202,7 +203,7 @@ def test_fixture_tears_the_lab_down_when_a_test_fails(tmp_path):
     assert "boom: the test fails with the lab up" in proc.stdout, proc.stdout + proc.stderr
     assert proc.returncode == 1
     # the inner run had its own pid, so its lab name is unknown here: look for any it*fail lab
-    inner = [n for n in nsexec.list_netns() if n.startswith("nsgl-it") and "fail-" in n]
+    inner = [n for n in host_netns.list_netns() if n.startswith("nsgl-it") and "fail-" in n]
     assert inner == []
 
 

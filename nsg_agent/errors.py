@@ -12,6 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The exit codes of every command, in one place (README "Exit codes").
+EXIT_OK = 0
+EXIT_DENY = 1  # verify: the flow is denied; lab probe: a probe disagreed with the semantics
+EXIT_MISMATCH = EXIT_DENY
+EXIT_INVALID = 2  # the input or the arguments are wrong (plan --detailed-exitcode: changes pending)
+EXIT_FAILED = 3  # the kernel refused, a namespace is missing, no permission, a bug
+EXIT_KERNEL_MISMATCH = 4  # verify --kernel: the live ruleset decides otherwise than the model
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -34,18 +42,22 @@ class Problem:
 class NsgAgentError(Exception):
     """An error a command reports to its user with one line and an exit code."""
 
-    exit_code = 3
+    exit_code = EXIT_FAILED
     kind = "failed"
 
 
 class InvalidInput(NsgAgentError):
-    exit_code = 2
+    exit_code = EXIT_INVALID
     kind = "invalid"
 
 
 class OperationFailed(NsgAgentError):
-    exit_code = 3
+    exit_code = EXIT_FAILED
     kind = "failed"
+
+
+class CommandFailed(OperationFailed):
+    """A command could not do its job for a reason outside the input file."""
 
 
 class LoadError(InvalidInput):

@@ -12,8 +12,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon_helpers import BAD_PRIORITY, DENY_SSH, FakeClock, fake_compile, policy_text, write
-from nsg_agent.daemon.reconciler import Daemon, Reconciler, compile_host
+from nsg_agent.daemon.reconciler import Daemon, Reconciler
 from nsg_agent.daemon.status import StatusStore
+from nsg_agent.daemon.targets import compile_host
 from nsg_agent.host.notify import Notifier
 from nsg_agent.kernel.backend import FakeBackend
 

@@ -16,8 +16,9 @@ from structlog.testing import capture_logs
 from daemon_helpers import DENY_SSH, policy_text, write
 from nsg_agent.cli.enforce import render_plan, render_status
 from nsg_agent.daemon.operations import build_plan, collect_status
-from nsg_agent.daemon.reconciler import Reconciler, compile_host
+from nsg_agent.daemon.reconciler import Reconciler
 from nsg_agent.daemon.status import NamespaceLocked, Status, StatusFileError, StatusStore, UnsafePath
+from nsg_agent.daemon.targets import compile_host
 from nsg_agent.kernel.backend import FakeBackend, stamp_commands
 from test_daemon import env, events  # noqa: F401 - the reconciler fixture
 
@@ -117,18 +118,20 @@ class TestOnlyCompleteFiles:
         """Size/mtime/inode differing before and after the read: not taken as final."""
         assert env.rec.reconcile("startup")
         write(env.config, policy_text(extra_rule=DENY_SSH))
-        load = env.rec.load
+        from nsg_agent.sources import files as file_source
 
-        def load_then_touch():
-            out = load()
+        load = file_source.loader.load
+
+        def load_then_touch(*args, **kwargs):  # the file source's read: the file moves under it
+            out = load(*args, **kwargs)
             os.utime(env.config, ns=(1, 1))
             return out
 
-        monkeypatch.setattr(env.rec, "load", load_then_touch)
+        monkeypatch.setattr(file_source.loader, "load", load_then_touch)
         with capture_logs() as logs:
             assert not env.rec.reconcile("file")
         assert [e["why"] for e in logs if e["event"] == "config.unsettled"] == ["changed while it was read"]
-        monkeypatch.setattr(env.rec, "load", load)
+        monkeypatch.setattr(file_source.loader, "load", load)
         env.clock.advance(1)
         env.rec.tick()
         assert "srv-nsg: UserRule_deny-ssh" in {r["comment"] for r in env.backend.table.rules}

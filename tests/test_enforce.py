@@ -9,8 +9,9 @@ import pytest
 from daemon_helpers import BAD_PRIORITY, DENY_SSH, policy_text, write
 from nsg_agent.cli.enforce import render_plan, render_status
 from nsg_agent.daemon.operations import build_plan, collect_status
-from nsg_agent.daemon.reconciler import Reconciler, compile_host
+from nsg_agent.daemon.reconciler import Reconciler
 from nsg_agent.daemon.status import StatusStore
+from nsg_agent.daemon.targets import compile_host
 from nsg_agent.kernel.backend import FakeBackend
 
 

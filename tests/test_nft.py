@@ -249,3 +249,46 @@ class TestStagedReplace:
         assert_own_table([{"delete": {"table": {"family": "inet", "name": HOLD_TABLE}}}])
         with pytest.raises(NftError):
             assert_own_table([{"delete": {"table": {"family": "inet", "name": HOLD_TABLE + "x"}}}])
+
+
+def test_kernel_errors_are_typed_by_errno_once():
+    """libnftables reports refusals as text; kernel.errors recovers the errno once and callers
+    catch the subclass (no message matching elsewhere)."""
+    import errno
+
+    from nsg_agent.kernel.errors import Busy, Exists, NotFound, PermissionDenied, errno_of, nft_error
+
+    assert errno_of("Error: Could not process rule: No such file or directory") == errno.ENOENT
+    assert errno_of("Error: syntax error, unexpected junk") is None
+    cases = {"Error: No such file or directory": NotFound, "Error: File exists": Exists,
+             "Error: Could not process rule: Device or resource busy": Busy,
+             "Error: Operation not permitted": PermissionDenied, "Error: syntax error": NftError}
+    for text, cls in cases.items():
+        e = nft_error("refused", error=text)
+        assert type(e) is cls and isinstance(e, NftError) and text in str(e)
+    fake = FakeBackend()
+    with pytest.raises(NotFound):
+        fake.transact([{"delete": {"chain": {"family": "inet", "table": "nsg_agent", "name": "nope"}}}])
+
+
+def test_namespace_errors_carry_errno_and_a_plain_message():
+    import errno
+
+    from nsg_agent.host import netns
+
+    with pytest.raises(netns.NetnsError) as err:
+        netns.enter("nsgt-does-not-exist-here")
+    assert err.value.errno == errno.ENOENT and str(err.value).startswith("network namespace 'nsgt-does-not-exist-here'")
+
+
+def test_a_backend_touches_only_the_tables_it_owns():
+    """The lab's fabric backend owns the lab's tables; the agent's owns the agent's."""
+    from nsg_agent.lab.labrules import LAB_TABLES
+
+    lab = [{"add": {"table": {"family": "bridge", "name": "nsg_lab"}}},
+           {"add": {"table": {"family": "inet", "name": "nsg_lab"}}}]
+    assert_own_table(lab, LAB_TABLES)
+    with pytest.raises(NftError, match="owns only bridge nsg_lab, inet nsg_lab"):
+        assert_own_table([{"add": {"table": {"family": "inet", "name": "nsg_agent"}}}], LAB_TABLES)
+    with pytest.raises(NftError, match="owns only inet nsg_agent"):
+        assert_own_table(lab)

@@ -236,7 +236,7 @@ def test_daemon_watches_every_file_involved_and_honours_strict(tmp_path):
     rec = Reconciler(config, backend, StatusStore(tmp_path / "run", "nsgh-t"), clock=FakeClock(),
                      compile_fn=fake_compile, load_options={"parameters": [params]})
     assert rec.reconcile("startup")
-    assert {config.absolute(), nsg_file.absolute(), params.absolute()} <= rec.watched_files()
+    assert {config.absolute(), nsg_file.absolute(), params.absolute()} <= rec.source.watched_files()
     assert any("allow-http" in r["comment"] for r in backend.table.rules)
     nsg = yaml.safe_load(nsg_file.read_text())
     nsg["networkSecurityGroups"][0]["securityRules"][0]["name"] = "allow-web"

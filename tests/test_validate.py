@@ -302,3 +302,16 @@ def test_unchanged_input_is_not_mutated():
     before = copy.deepcopy(doc)
     load_doc(doc)
     assert doc == before
+
+
+def test_non_ascii_digits_are_not_numbers():
+    """'²' passes str.isdigit() but int() refuses it: a key or a priority written with such a
+    digit is a clear problem, never a crash (found by the Azure-export mutation test)."""
+    doc = base_state([rule("a", 100)])
+    doc["networkSecurityGroups"][0]["securityRules"][0]["priority"] = "²"
+    problems = problems_of(doc)
+    assert any("priority" in p.path for p in problems)
+    doc = base_state([rule("a", 100)])
+    doc["networkSecurityGroups"][0]["securityRules"][0]["\u00b2"] = 10 ** 20
+    problems = problems_of(doc)
+    assert problems and all(isinstance(p.path, str) for p in problems)

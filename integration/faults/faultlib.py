@@ -156,8 +156,8 @@ class Compiled:
 
 
 def compiled(path: Path, mode: str = "classify") -> Compiled:
-    from nsg_agent.daemon.reconciler import compile_host, host_interfaces
     from nsg_agent.daemon.status import set_sizes
+    from nsg_agent.daemon.targets import compile_host, host_interfaces
     from nsg_agent.desired import loader
     from nsg_agent.kernel.backend import batch_payload
     from nsg_agent.semantics import resolver as semantics

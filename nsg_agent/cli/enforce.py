@@ -24,9 +24,8 @@ from nsg_agent.daemon.status import (
     StatusFileError,
     StatusStore,
 )
-from nsg_agent.errors import LoadError
+from nsg_agent.errors import EXIT_FAILED, EXIT_OK, CommandFailed, LoadError
 
-EXIT_OK, EXIT_INVALID, EXIT_FAILED = 0, 2, 3
 MODES = ("classify", "simple")
 
 
@@ -148,8 +147,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _failed(message: str) -> Exception:
-    from nsg_agent.cli.main import CommandFailed
-
     return CommandFailed(message)
 
 

@@ -21,7 +21,7 @@ def _size(text: str) -> int:
     t = text.strip().lower().rstrip("b")
     mult = units.get(t[-1:], 1)
     digits = t[:-1] if t[-1:] in units else t
-    if not digits.isdigit() or len(digits) > 12 or int(digits) == 0:
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 12 or int(digits) == 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 64M, 1048576)")
     return int(digits) * mult
 

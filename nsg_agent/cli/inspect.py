@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # The loader, the model (pydantic) and the semantics engine are imported where a command
 # runs, not here: building the parser (and so `--help`) must stay fast.
 
-EXIT_OK, EXIT_DENY, EXIT_INVALID = 0, 1, 2
+from nsg_agent.errors import EXIT_DENY, EXIT_INVALID, EXIT_OK
 
 LEVEL_TITLE = {LevelKind.SUBNET: "subnet NSG", LevelKind.NIC: "NIC NSG"}
 PORT_PROTOCOL_NUMBERS = {6, 17}
@@ -429,7 +429,7 @@ def parse_endpoint(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Add
     except ValueError:
         raise BadArgument(f"{text!r} is not IP or IP:PORT") from None
     if port is not None:
-        if not port.isdigit() or not 0 <= int(port) <= 65535:
+        if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
             raise BadArgument(f"port in {text!r} must be 0-65535")
         return addr, int(port)
     return addr, None

@@ -9,10 +9,8 @@ import os
 from typing import Any
 
 from nsg_agent.desired.vocabulary import Direction
-from nsg_agent.errors import InvalidInput, OperationFailed
+from nsg_agent.errors import EXIT_KERNEL_MISMATCH, InvalidInput, OperationFailed
 from nsg_agent.semantics.policy import Flow, NicPolicy, Verdict
-
-EXIT_KERNEL_MISMATCH = 4
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

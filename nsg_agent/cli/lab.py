@@ -25,21 +25,19 @@ from typing import TYPE_CHECKING, Any
 
 from nsg_agent.cli import lazy
 from nsg_agent.cli.inputs import add_files, add_input_options, files_label, load_inputs, load_options
+from nsg_agent.errors import EXIT_INVALID, EXIT_MISMATCH, EXIT_OK, CommandFailed
 from nsg_agent.lab import naming
 
 build = lazy("nsg_agent.lab.build")  # pyroute2: imported when a lab command runs
-nsexec = lazy("nsg_agent.lab.nsexec")
+host_netns = lazy("nsg_agent.host.netns")
 topology = lazy("nsg_agent.lab.topology")
 
 if TYPE_CHECKING:
     from nsg_agent.lab.topology import LabPlan
 
-EXIT_OK, EXIT_MISMATCH, EXIT_INVALID, EXIT_FAILED = 0, 1, 2, 3
 
 
 def _failed(message: str) -> Exception:
-    from nsg_agent.cli.main import CommandFailed
-
     return CommandFailed(message)
 
 
@@ -64,7 +62,7 @@ def _lab_name(args: argparse.Namespace, file: str | None) -> str:
 
 def _plan_or_fail(lab: str) -> LabPlan:
     plan = build.previous_plan(lab)
-    if plan is None or nsexec.netns_inode(plan.fabric) is None:
+    if plan is None or host_netns.netns_inode(plan.fabric) is None:
         raise _failed(f"lab {lab!r} is not up (start it with 'nsg-agent lab up FILE --name {lab}')")
     return plan
 

@@ -19,19 +19,16 @@ import sys
 import traceback
 
 from nsg_agent import __version__
-from nsg_agent.errors import LoadError, NsgAgentError, OperationFailed
-
-EXIT_OK, EXIT_DENY, EXIT_INVALID, EXIT_FAILED = 0, 1, 2, 3
-EXIT_MISMATCH = EXIT_DENY
+from nsg_agent.errors import (
+    EXIT_FAILED,
+    LoadError,
+    NsgAgentError,
+)
 
 # Modules that contribute sub-commands: each has register(subparsers) and sets
 # ``func(args) -> int`` on its parsers.
 COMMAND_MODULES = ("nsg_agent.cli.inspect", "nsg_agent.cli.enforce", "nsg_agent.cli.fleet", "nsg_agent.cli.lab",
                    "nsg_agent.cli.tooling")
-
-
-class CommandFailed(OperationFailed):
-    """A command could not do its job for a reason outside the input file."""
 
 
 NFTABLES_MISSING = ("the libnftables Python binding ('import nftables') is not installed: "

@@ -30,7 +30,7 @@ def build_plan(file: Any, mode: str, store: StatusStore, backend: Any | None,
                load_options: dict | None = None) -> tuple[Plan, dict]:
     """Compile ``file`` (one path or several) and diff it against the remembered commit and
     the kernel."""
-    from nsg_agent.daemon.reconciler import compile_host, host_interfaces
+    from nsg_agent.daemon.targets import compile_host, host_interfaces
     from nsg_agent.desired import loader
     from nsg_agent.semantics import resolver as semantics
 
@@ -77,7 +77,7 @@ def review_change(file: Any, store: StatusStore, backend: Any | None, load_optio
     last two need the kernel: root). The current policy is the last commit's desired state
     resolved with today's service-tag files."""
     from nsg_agent.daemon import coverage, review
-    from nsg_agent.daemon.reconciler import host_interfaces
+    from nsg_agent.daemon.targets import host_interfaces
     from nsg_agent.desired import loader
     from nsg_agent.host import conntrack
     from nsg_agent.semantics import resolver as semantics

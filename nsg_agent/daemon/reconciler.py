@@ -18,6 +18,7 @@ Event names are stable and documented in docs/daemon.md.
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
 import os
@@ -25,19 +26,22 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, is_dataclass
-from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from nsg_agent.compiler.delta import delta
+from nsg_agent.daemon.outcome import Observer, Outcome
 from nsg_agent.daemon.status import Commit, Status, StatusStore, rule_digests, set_sizes
+from nsg_agent.daemon.targets import CompileFn, HostTarget, Target, compile_host, host_interfaces
 from nsg_agent.desired import loader
 from nsg_agent.errors import LoadError, OperationFailed
 from nsg_agent.host.notify import Notifier
-from nsg_agent.kernel.backend import Backend, NftError, batch_payload, stamp_commands
+from nsg_agent.kernel.backend import Backend, batch_payload, stamp_commands
+from nsg_agent.kernel.errors import NftError, PermissionDenied
 from nsg_agent.logging import get_logger
 from nsg_agent.semantics import resolver as semantics
 from nsg_agent.semantics.policy import Policy
-from nsg_agent.sources import files as input_files
+from nsg_agent.sources.base import DesiredSource, Snapshot, SourceUnavailable, Unsettled
+from nsg_agent.sources.files import FileSource
 
 DEFAULT_DEBOUNCE = 0.15
 DEFAULT_RESYNC = 5.0
@@ -51,26 +55,7 @@ COMPLETE_SETTLE = 0.02
 UNSETTLED_RETRY = 0.25
 
 
-class CompiledRuleset(Protocol):
-    commands: list[dict]
-    summary: dict
-    rule_index: dict
-
-
-CompileFn = Callable[[Policy, dict[str, str], str], CompiledRuleset]
 Flusher = Callable[[Policy], list]  # returns the cuts made
-
-
-def compile_host(policy: Policy, interfaces: dict[str, str], mode: str) -> CompiledRuleset:
-    """The real compiler in host placement (imported lazily: the daemon's tests use fakes)."""
-    from nsg_agent.compiler import HostPlacement, compile_ruleset
-
-    return compile_ruleset(policy, HostPlacement(interfaces=interfaces), mode=mode)
-
-
-def host_interfaces(policy: Policy) -> dict[str, str]:
-    """NIC name -> Linux interface, for NICs that name one (host mode)."""
-    return {name: nic.interface for name, nic in sorted(policy.nics.items()) if nic.interface}
 
 
 def rule_index_json(index: dict) -> dict[str, Any]:
@@ -87,35 +72,6 @@ def rule_index_json(index: dict) -> dict[str, Any]:
     return out
 
 
-def file_digest(path: Path) -> str | None:
-    """The sha256 of a watched file (None: unreadable). Bounded, because the daemon hashes
-    its files before every reconcile and at every resync, whatever is there: a FIFO is
-    never opened for a blocking read, a device (a symlink to /dev/zero) never read, and a
-    regular file is read in chunks up to input_files.MAX_DIGEST_BYTES (beyond that its
-    identity stands in for its content). Those are told apart by a marker instead of a hash;
-    refusing them is the loader's job."""
-    import stat as _stat
-
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not _stat.S_ISREG(st.st_mode):
-            return f"not-a-regular-file:{st.st_mode:o}:{st.st_dev}:{st.st_ino}"
-        if st.st_size > input_files.MAX_DIGEST_BYTES:
-            return f"too-large:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
-        h = hashlib.sha256()
-        while chunk := os.read(fd, 1 << 20):
-            h.update(chunk)
-        return h.hexdigest()
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class Desired:
     """A loaded, resolved and compiled desired state, ready to apply."""
@@ -126,8 +82,9 @@ class Desired:
     summary: dict
     rule_index: dict
     sha256: str  # of the compiled commands
-    files: dict[str, str]  # file -> sha256 at load time
+    files: dict[str, str]  # input -> sha256 at load time (the snapshot's inputs)
     payload: bytes | None = None  # the batch as handed to libnftables (sha256 is its digest)
+    snapshot: Snapshot | None = None  # what the source handed out
 
 
 def payload_and_digest(commands: list[dict]) -> tuple[bytes, str]:
@@ -155,24 +112,29 @@ class FatalError(OperationFailed):
 
 
 def _lacks_permission(error: BaseException) -> bool:
-    text = f"{error} {getattr(error, 'error', '')}"
-    return isinstance(error, PermissionError) or "Operation not permitted" in text
+    return isinstance(error, (PermissionError, PermissionDenied)) or \
+        getattr(error, "errno", None) in (errno.EPERM, errno.EACCES)
 
 
 class Reconciler:
     """See the module docstring. All public methods are safe to call from any thread."""
 
-    def __init__(self, config: "str | os.PathLike | list[str | os.PathLike]", backend: Backend,
+    def __init__(self, source: "DesiredSource | str | os.PathLike | list[str | os.PathLike]", backend: Backend,
                  store: StatusStore, *, load_options: dict[str, Any] | None = None,
                  mode: str = "classify", debounce: float = DEFAULT_DEBOUNCE,
                  resync: float = DEFAULT_RESYNC, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, compile_fn: CompileFn = compile_host,
+                 target: Target | None = None, observers: "list[Observer] | None" = None,
                  flusher: Flusher | None = None, notifier: Notifier | None = None, log: Any = None):
-        # Several input files are merged (nsg_agent.desired.loader.load); the first names the config in
-        # logs and status. load_options: strict, nsg, parameters, limits (see loader.load).
-        self.inputs = [Path(c) for c in (config if isinstance(config, (list, tuple)) else [config])]
-        self.config = self.inputs[0]
-        self.load_options = dict(load_options or {})
+        """``source``: where the desired state comes from (nsg_agent.sources); a path or a list of
+        paths is a FileSource of those files with ``load_options`` (strict, nsg, parameters,
+        limits: see loader.load). ``target``: where it is enforced (default: this namespace's
+        interfaces, compiled by ``compile_fn``). ``observers``: called with each reconcile's
+        Outcome (and a drift repair's or a rollback's)."""
+        self.log = log or get_logger(netns=store.netns or "host")
+        if isinstance(source, (str, os.PathLike, list, tuple)):
+            source = FileSource(source, load_options=load_options, log=self.log)
+        self.source: DesiredSource = source
         self.backend = backend
         self.store = store
         self.mode = mode
@@ -180,10 +142,10 @@ class Reconciler:
         self.resync_interval = resync
         self.clock = clock
         self.wall = wall
-        self.compile_fn = compile_fn
+        self.target: Target = target or HostTarget(compile_fn)
+        self.observers: list[Observer] = list(observers or [])
         self.flusher = flusher
         self.notifier = notifier or Notifier({})
-        self.log = log or get_logger(netns=store.netns or "host")
         self._lock = threading.RLock()
         self.last_good: Desired | None = None
         self.kernel_fingerprint: str | None = None  # listing digest of our commit (None: not taken yet)
@@ -205,14 +167,15 @@ class Reconciler:
         self.applied_clock: float | None = None  # clock() of the last commit
         self._baseline: threading.Thread | None = None
         self._phases = _Phases()
+        self._started = time.perf_counter()  # of the reconcile in progress (Outcome.duration)
         self._resyncs = 0
         self.ready = False
         self.dirty_reasons: list[str] = []
         self.dirty_at: float | None = None  # when the pending reconcile may run
         self.retry_at: float | None = None
         self.failures = 0
+        self.source_failures = 0  # reads in a row that found the source unreachable
         self.next_resync = self.clock() + resync
-        self.seen_files: dict[str, str | None] = {}  # last attempt: file -> sha256
         self.status = Status(netns=store.netns, pid=os.getpid())
         self.applies = 0
         # The record read at start had an apply's intent without its outcome (a kill between
@@ -267,12 +230,29 @@ class Reconciler:
                 due = now + self.debounce
                 self.dirty_at = due if self.dirty_at is None else max(self.dirty_at, due)
 
-    def watched_files(self) -> set[Path]:
-        files = {p.absolute() for p in self.inputs}
-        files |= {Path(p).absolute() for p in self.load_options.get("parameters", ())}
-        if self.last_good is not None:
-            files |= {Path(f).absolute() for f in self.last_good.files}
-        return files
+    @property
+    def compile_fn(self) -> CompileFn | None:
+        """The host target's compiler (tests swap it for a fake or a faulty one)."""
+        return getattr(self.target, "compile_fn", None)
+
+    @compile_fn.setter
+    def compile_fn(self, fn: CompileFn) -> None:
+        self.target = HostTarget(fn)
+
+    @property
+    def origin(self) -> str:
+        """The source, as logs and the status file name it (the config file, an etcd URL)."""
+        return self.source.origin
+
+    def use_backend(self, backend: Backend) -> None:
+        """A target moved (a lab's fabric rebuilt): enforce through ``backend`` from now on.
+        Nothing is known of what the new namespace holds, so the next apply replaces."""
+        old, self.backend = self.backend, backend
+        self.kernel_fingerprint = None
+        self.kernel_generation = None
+        close = getattr(old, "close", None)
+        if close is not None and old is not backend:
+            close()
 
     def next_deadline(self) -> float:
         with self._lock:
@@ -313,23 +293,25 @@ class Reconciler:
 
     # the work ------------------------------------------------------------------------------
     def load(self) -> Desired:
+        """Read the source, let the target prepare, resolve and compile (no kernel write)."""
         phases = self._phases
-        loaded = loader.load(self.inputs, **self.load_options)
+        snapshot = self.source.read()
+        loaded = snapshot.loaded
         phases.mark("load")
+        self.target.prepare(loaded, self)
         policy = semantics.resolve(loaded.state, loaded.tags)
         phases.mark("resolve")
-        rs = self.compile_fn(policy, host_interfaces(policy), self.mode)
+        rs = self.target.compile(policy, self.mode)
         phases.mark("compile")
-        files = {str(Path(p).absolute()): (file_digest(Path(p)) or "") for p in loaded.files}
-        files[str(loaded.path.absolute())] = loaded.sha256
         # Serialized later, and only when needed: before a full replace, or after a delta
         # is in force (so the JSON of the whole table is off the edit's critical path).
         return Desired(loaded, policy, list(rs.commands), dict(rs.summary),
-                       rule_index_json(rs.rule_index), "", files)
+                       rule_index_json(rs.rule_index), "", dict(snapshot.inputs), snapshot=snapshot)
 
-    def reconcile(self, reason: str) -> bool:
-        """One full load + resolve + compile + apply. True when the kernel now enforces the
-        file; False when the file is bad or the apply failed (the last good state stays).
+    def reconcile(self, reason: str) -> Outcome:
+        """One full load + resolve + compile + apply, and its Outcome (true when the kernel
+        now enforces the source; false when the state is bad or the apply failed: the last
+        good state stays). Every observer gets the outcome.
 
         The cyclic garbage collector is paused from load to replace: with the last good
         policy and batch alive, its passes cost about 40% of load + compile. Afterwards the
@@ -337,11 +319,11 @@ class Reconciler:
         been idle for IDLE_GC_DELAY seconds (``idle_collect``)."""
         with self._lock:
             if not gc.isenabled():  # someone else manages the collector: leave it alone
-                return self._reconcile(reason, _Phases())
+                return self._observe(self._reconcile(reason, _Phases()))
             gc.disable()
             phases = _Phases()
             try:
-                return self._reconcile(reason, phases)
+                return self._observe(self._reconcile(reason, phases))
             finally:
                 # What is alive now is the enforced state: long-lived. Freezing it (O(1)) keeps
                 # the collector from scanning it: a pass over a maximum-size state takes
@@ -351,51 +333,65 @@ class Reconciler:
                 gc.freeze()
                 self.gc_due_at = self.clock() + IDLE_GC_DELAY
 
-    def _reconcile(self, reason: str, phases: _Phases) -> bool:
+    def _outcome(self, kind: str, reason: str, desired: Desired | None = None, **kw: Any) -> Outcome:
+        snap = desired.snapshot if desired is not None else None
+        return Outcome(kind=kind, reason=reason, origin=self.origin, at=self.wall(),
+                       duration=round(time.perf_counter() - self._started, 6),
+                       sha256=desired.loaded.sha256 if desired is not None else None,
+                       ruleset_sha256=(desired.sha256 or None) if desired is not None else None,
+                       revision=snap.revision if snap is not None else None, **kw)
+
+    def _observe(self, outcome: Outcome) -> Outcome:
+        for observer in self.observers:
+            try:
+                observer(outcome)
+            except Exception as e:  # noqa: BLE001 - an observer must never stop enforcement
+                self.log.error("observer.failed", observer=getattr(observer, "__name__", repr(observer)),
+                               error=f"{type(e).__name__}: {e}")
+        return outcome
+
+    def _reconcile(self, reason: str, phases: _Phases) -> Outcome:
         with self._lock:
             self.log.info("reconcile.start", reason=reason)
-            self.seen_files = {str(p): file_digest(p) for p in self.watched_files()}
-            self._phases = phases  # load() marks its steps here (subclasses' load() may not)
-            if any(input_files.open_for_writing(p) for p in self.inputs):
-                return self._unsettled("open for writing")
-            before = [input_files.identity(p) for p in self.inputs]
+            self._started = time.perf_counter()
+            self._phases = phases  # load() marks its steps here
+            enforcing = self.last_good.loaded.sha256 if self.last_good else None
             try:
                 desired = self.load()
+            except Unsettled as e:
+                return self._unsettled(str(e), reason)
+            except SourceUnavailable as e:
+                return self._unavailable(e, reason)
             except LoadError as e:
                 problems = [p.as_dict() for p in e.problems]
-                self.log.error("config.invalid", file=str(self.config), problems=problems,
-                               enforcing=self.last_good.loaded.sha256 if self.last_good else None)
+                self.log.error("config.invalid", file=self.origin, problems=problems, enforcing=enforcing)
                 self._record_error("config", str(e), problems)
                 self.notifier.status(f"config invalid ({len(problems)} problems); "
                                      + ("enforcing the last good state" if self.last_good else "nothing enforced"))
-                return False
+                return self._outcome("invalid", reason, error=str(e), problems=tuple(problems))
             except Exception as e:  # noqa: BLE001 - compile/resolve bugs must not kill the daemon
-                self.log.exception("compile.failed", file=str(self.config), error=str(e))
+                self.log.exception("compile.failed", file=self.origin, error=str(e))
                 self._record_error("compile", f"{type(e).__name__}: {e}")
-                return False
-            if [input_files.identity(p) for p in self.inputs] != before:
-                return self._unsettled("changed while it was read")
+                return self._outcome("invalid", reason, error=f"{type(e).__name__}: {e}")
+            self.source_failures = 0
             self._warn_insecure(desired)
             refusal = self._incomplete(desired)
             if refusal is not None:
-                self.log.error("config.incomplete", file=str(self.config), problem=refusal,
-                               enforcing=self.last_good.loaded.sha256 if self.last_good else None)
+                self.log.error("config.incomplete", file=self.origin, problem=refusal, enforcing=enforcing)
                 self._record_error("incomplete", refusal)
                 self.notifier.status("config refused (incomplete); "
                                      + ("enforcing the last good state" if self.last_good else "nothing enforced"))
-                return False
+                return self._outcome("refused", reason, desired, error=refusal)
             if self.rejected is not None and desired.loaded.sha256 == self.rejected:
-                self.log.warning("config.rejected", file=str(self.config), sha256=self.rejected,
-                                 why="rolled back (not confirmed in time): edit the file again to apply it")
-                return False
+                why = "rolled back (not confirmed in time): edit the file again to apply it"
+                self.log.warning("config.rejected", file=self.origin, sha256=self.rejected, why=why)
+                return self._outcome("refused", reason, desired, error=why)
             lockout = self._lockout(desired)
             if lockout is not None:
-                self.log.error("config.lockout", file=str(self.config), problem=lockout,
-                               enforcing=self.last_good.loaded.sha256 if self.last_good else None)
+                self.log.error("config.lockout", file=self.origin, problem=lockout, enforcing=enforcing)
                 self._record_error("lockout", lockout)
                 self.notifier.status("config refused (it would lock out a management session)")
-                return False
-            self.seen_files = dict(desired.files)
+                return self._outcome("refused", reason, desired, error=lockout)
             if desired.loaded.state.enforce == "none":
                 return self._enforce_none(desired, reason)
             diff = None
@@ -427,11 +423,11 @@ class Reconciler:
                     self._write_commit(desired, applied_at=None, how="adopted" if adopted else committed.how)
                     phases.mark("status")
                     self.log.info("config.adopted" if adopted else "config.unchanged", reason=reason,
-                                  file=str(self.config), sha256=desired.loaded.sha256,
+                                  file=self.origin, sha256=desired.loaded.sha256,
                                   ruleset_sha256=desired.sha256)
                     self._announce(desired)
                     self._log_timing(reason, "adopted" if adopted else "unchanged", phases)
-                    return True
+                    return self._outcome("adopted" if adopted else "unchanged", reason, desired)
             return self._apply(desired, reason, phases, diff=diff)
 
     def _lockout(self, desired: Desired) -> str | None:
@@ -486,19 +482,34 @@ class Reconciler:
         previous: Desired = pending["previous"]
         self.rejected = pending["sha256"]
         self.log.warning("confirm.rolling_back", sha256=pending["sha256"], to=previous.loaded.sha256)
-        if self._apply(previous, "rollback"):
+        self._started = time.perf_counter()
+        if self._observe(self._apply(previous, "rollback")):
             self.log.info("config.rolled_back", sha256=pending["sha256"], enforcing=previous.loaded.sha256)
             self._record_error("rolled-back", f"edit {pending['sha256'][:12]} not confirmed within "
                                               f"{self.confirm_edits:g} s: rolled back to {previous.loaded.sha256[:12]}")
 
-    def _unsettled(self, why: str) -> bool:
-        """The file is not final yet (an in-place write in progress): keep the last good
+    def _unsettled(self, why: str, reason: str) -> Outcome:
+        """The source is not final yet (an in-place write in progress): keep the last good
         state and look again shortly."""
-        self.log.warning("config.unsettled", file=str(self.config), why=why, retry_in=UNSETTLED_RETRY)
+        self.log.warning("config.unsettled", file=self.origin, why=why, retry_in=UNSETTLED_RETRY)
         due = self.clock() + UNSETTLED_RETRY
         self.dirty_reasons.append("unsettled")
         self.dirty_at = due if self.dirty_at is None else min(self.dirty_at, due)
-        return False
+        return self._outcome("unsettled", reason, error=why)
+
+    def _unavailable(self, error: SourceUnavailable, reason: str) -> Outcome:
+        """The source cannot be reached: the kernel keeps what it enforces (nothing is
+        written), and the read is retried with backoff."""
+        self.source_failures += 1
+        delay = min(MAX_BACKOFF, max(self.debounce, 0.5) * (2 ** (self.source_failures - 1)))
+        self.retry_at = self.clock() + delay
+        self.log.error("source.unavailable", origin=self.origin, error=str(error), retry_in=round(delay, 3),
+                       failures=self.source_failures,
+                       enforcing=self.last_good.loaded.sha256 if self.last_good else None)
+        self._record_error("source", str(error))
+        self.notifier.status("desired-state source unavailable; "
+                             + ("enforcing the last good state" if self.last_good else "nothing enforced"))
+        return self._outcome("unavailable", reason, error=str(error))
 
     def _incomplete(self, desired: Desired) -> str | None:
         """Why ``desired`` must not replace what is enforced, or None. A file that describes
@@ -519,7 +530,7 @@ class Reconciler:
                     f"enforcing use 'nsg-agent remove' or 'enforce: none'")
         return None
 
-    def _enforce_none(self, desired: Desired, reason: str) -> bool:
+    def _enforce_none(self, desired: Desired, reason: str) -> Outcome:
         """``enforce: none``: remove the table and forget the commit."""
         try:
             existed = self.backend.delete_table()
@@ -527,14 +538,14 @@ class Reconciler:
             self.log.error("apply.failed", reason=reason, error=str(e))
             self._record_error("apply", str(e))
             self.retry_at = self.clock() + max(self.debounce, 0.5)
-            return False
+            return self._outcome("failed", reason, desired, error=str(e))
         self.last_good = None
         self.kernel_fingerprint = self.kernel_generation = None
         self.unverified = False
         self.status.commit = None
         self.status.last_error = None
         self._write_status()
-        self.log.info("config.enforce_none", file=str(self.config), sha256=desired.loaded.sha256,
+        self.log.info("config.enforce_none", file=self.origin, sha256=desired.loaded.sha256,
                       table_existed=existed)
         text = f"enforcing nothing ({desired.loaded.path.name} says enforce: none)"
         if not self.ready:
@@ -542,12 +553,12 @@ class Reconciler:
             self.notifier.ready(text)
         else:
             self.notifier.status(text)
-        return True
+        return self._outcome("none", reason, desired)
 
     def _warn_insecure(self, desired: Desired) -> None:
         """Files that someone other than root could write decide what the firewall admits:
         said once per file and directory (``config.insecure``)."""
-        for problem in input_files.insecure([Path(f) for f in desired.files]):
+        for problem in desired.snapshot.notices if desired.snapshot is not None else ():
             if problem["path"] not in self._warned_insecure:
                 self._warned_insecure.add(problem["path"])
                 self.log.warning("config.insecure", **problem)
@@ -582,8 +593,11 @@ class Reconciler:
         """Repair drift: re-apply the last good ruleset if the kernel table is missing or
         differs from what was committed; notice file changes the watcher missed."""
         with self._lock:
-            current = {str(p): file_digest(p) for p in self.watched_files()}
-            changed = sorted(k for k in current if current[k] != self.seen_files.get(k))
+            try:
+                changed = self.source.changed()
+            except Exception as e:  # noqa: BLE001 - the next read reports it (source.unavailable)
+                self.log.debug("source.check_failed", error=f"{type(e).__name__}: {e}")
+                changed = []
             if changed and self.dirty_at is None:
                 self.log.info("config.changed", files=changed, via="resync")
                 self.mark_dirty("resync:file-changed", immediate=True)
@@ -616,7 +630,8 @@ class Reconciler:
             else:
                 table = "missing" if found is None else "changed"
             self.log.warning("drift.detected", table=table, expected=self.kernel_fingerprint, found=found)
-            if self._apply(self.last_good, "drift"):
+            self._started = time.perf_counter()
+            if self._observe(self._apply(self.last_good, "drift")):
                 self.log.info("drift.repaired", ruleset_sha256=self.last_good.sha256)
 
     def remove(self) -> bool:
@@ -645,7 +660,7 @@ class Reconciler:
         return self.last_good if self._generation() == self.kernel_generation else None
 
     def _apply(self, desired: Desired, reason: str, phases: _Phases | None = None,
-               diff: list[dict] | None = None) -> bool:
+               diff: list[dict] | None = None) -> Outcome:
         """Make the kernel enforce ``desired``: ``diff`` (nsg_agent.compiler.delta against the
         table the kernel holds) as one transaction when there is one, else the whole table
         replaced in one transaction."""
@@ -696,7 +711,7 @@ class Reconciler:
                 self.log.error("agent.fatal", error=str(e),
                                hint="nftables needs CAP_NET_ADMIN in the target namespace")
                 raise FatalError(f"cannot program nftables: {e} (CAP_NET_ADMIN missing?)") from e
-            return False
+            return self._outcome("failed", reason, desired, error=str(e), problems=(detail,))
         self.failures = 0
         self.retry_at = None
         self.kernel_fingerprint = fingerprint
@@ -719,17 +734,18 @@ class Reconciler:
             self._arm_confirm(desired, previous)
         self._clear_intent()
         phases.mark("status")
+        self.target.applied(desired)
         self._announce(desired)
         self._flush(desired)
         phases.mark("flush")
         self._log_timing(reason, "applied", phases)
-        return True
+        return self._outcome(how, reason, desired, delta_commands=delta_size)
 
     def _write_intent(self, desired: Desired) -> None:
         """Before the transaction: what is about to be applied (a small file of its own, so
         the large status file is written once per apply)."""
         intent = {"ruleset_sha256": desired.sha256, "sha256": desired.loaded.sha256,
-                  "source": str(desired.loaded.path.absolute()), "started_at": self.wall()}
+                  "source": self._source_of(desired), "started_at": self.wall()}
         try:
             self.store.write_intent(intent)
         except OSError as e:
@@ -810,12 +826,15 @@ class Reconciler:
         rules = rule_digests(desired.policy, host_interfaces(desired.policy))
         sets = set_sizes(desired.commands)
         prev = self.status.commit
+        snap = desired.snapshot
         self.status.commit = Commit(
-            source=str(desired.loaded.path.absolute()), sha256=desired.loaded.sha256, files=desired.files,
+            source=self._source_of(desired), sha256=desired.loaded.sha256, files=desired.files,
             applied_at=applied_at if applied_at is not None else (prev.applied_at if prev else self.wall()),
             mode=self.mode, ruleset_sha256=desired.sha256, summary=desired.summary,
             rule_index=desired.rule_index, rules=rules, sets=sets,
-            kernel_fingerprint=self.kernel_fingerprint, kernel_generation=self.kernel_generation, how=how)
+            kernel_fingerprint=self.kernel_fingerprint, kernel_generation=self.kernel_generation, how=how,
+            revision=snap.revision if snap is not None else None,
+            published_at=snap.published_at if snap is not None else None)
         self._write_status()
         if applied_at is not None or not self.store.applied_path.exists():
             # a new commit (or none remembered yet): what it enforces, for plan's rule diffs
@@ -823,6 +842,11 @@ class Reconciler:
                 self.store.write_applied(desired.loaded.state)
             except OSError as e:
                 self.log.error("status.write_failed", path=str(self.store.applied_path), error=str(e))
+
+    @staticmethod
+    def _source_of(desired: Desired) -> str:
+        snap = desired.snapshot
+        return snap.origin if snap is not None else str(desired.loaded.path.absolute())
 
     def _record_error(self, kind: str, message: str, problems: list | None = None) -> None:
         self.status.last_error = {"time": self.wall(), "kind": kind, "message": message,
@@ -838,33 +862,7 @@ class Reconciler:
 
 # --- the I/O shell ----------------------------------------------------------------------------
 
-_WATCH_EVENTS = {"created", "modified", "moved", "deleted", "closed"}  # not opened/closed_no_write
 BASELINE_DELAY = 1.0  # seconds of quiet after an apply before the listing baseline is taken
-
-
-class _FileEvents:
-    """watchdog handler: marks the reconciler dirty when a watched file is touched."""
-
-    def __init__(self, daemon: "Daemon"):
-        self.daemon = daemon
-
-    def dispatch(self, event: Any) -> None:
-        if event.event_type not in _WATCH_EVENTS or event.is_directory:
-            return
-        try:
-            watched = self.daemon.reconciler.watched_files()
-            dest = getattr(event, "dest_path", None)
-            if dest and Path(os.fsdecode(dest)).absolute() in watched:
-                # Renamed into place: the editor's last step, the file is whole.
-                self.daemon.on_file_event(event.event_type, os.fsdecode(dest), complete=True)
-                return
-            src = getattr(event, "src_path", None)
-            if src and Path(os.fsdecode(src)).absolute() in watched:
-                self.daemon.on_file_event(event.event_type, os.fsdecode(src),
-                                          complete=event.event_type == "closed")
-                return
-        except Exception as e:  # noqa: BLE001 - never kill the observer thread; resync still runs
-            self.daemon.log.error("watch.failed", error=f"{type(e).__name__}: {e}")
 
 
 class Daemon:
@@ -885,16 +883,15 @@ class Daemon:
         self._wake = threading.Event()
         self._owner_pid = os.getpid()
         self._stop = False
-        self._observer = None
-        self._watches: dict[str, Any] = {}
+        self._stop_watch: Any = None
         self._links = None
         self.next_watchdog: float | None = None
 
     # callbacks (any thread) ------------------------------------------------------------------
-    def on_file_event(self, kind: str, path: str, complete: bool = False) -> None:
-        """``complete``: renamed into place or closed after writing (no debounce needed)."""
-        self.log.info("config.changed", change=kind, path=path)
-        self.reconciler.mark_dirty(f"file:{Path(path).name}", complete=complete)
+    def on_source_change(self, reason: str, complete: bool = False) -> None:
+        """The source says it may have changed. ``complete``: a whole new version is there
+        (a file renamed into place or closed after writing): no debounce needed."""
+        self.reconciler.mark_dirty(reason, complete=complete)
         self._wake.set()
 
     def on_link(self, event: str, ifname: str) -> None:
@@ -930,26 +927,11 @@ class Daemon:
         self._wake.set()
 
     # lifecycle -------------------------------------------------------------------------------
-    def _update_watches(self) -> None:
-        if self._observer is None:
-            return
-        dirs = {str(p.parent) for p in self.reconciler.watched_files()}
-        for d in set(self._watches) - dirs:
-            self._observer.unschedule(self._watches.pop(d))
-        for d in sorted(dirs - set(self._watches)):
-            if os.path.isdir(d):
-                self._watches[d] = self._observer.schedule(_FileEvents(self), d, recursive=False)
-                self.log.debug("watch.added", directory=d)
-
     def start(self) -> None:
-        self.log.info("agent.starting", config=str(self.reconciler.config), netns=self.netns or "host",
+        self.log.info("agent.starting", config=self.reconciler.origin, netns=self.netns or "host",
                       mode=self.reconciler.mode, resync=self.reconciler.resync_interval, pid=os.getpid())
         if self.watch_files:
-            from watchdog.observers import Observer
-
-            self._observer = Observer()
-            self._update_watches()
-            self._observer.start()
+            self._stop_watch = self.reconciler.source.watch(self.on_source_change)
         if self.watch_links:
             from nsg_agent.host.links import LinkMonitor
 
@@ -971,7 +953,6 @@ class Daemon:
         if self._stop:
             return
         self.reconciler.tick()
-        self._update_watches()
         now = self.reconciler.clock()
         self._maybe_baseline(now)
         if self.next_watchdog is not None and now >= self.next_watchdog:
@@ -992,9 +973,8 @@ class Daemon:
         self.notifier.stopping()
         if self._links is not None:
             self._links.stop()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(5)
+        if self._stop_watch is not None:
+            self._stop_watch()
         if self.remove_on_exit:
             try:
                 self.reconciler.remove()

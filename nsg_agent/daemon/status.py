@@ -60,6 +60,10 @@ class Commit:
     # How the kernel came to hold it: "replace", "delta", or "adopted" (a start found the
     # kernel already holding exactly this ruleset and wrote nothing).
     how: str = "replace"
+    # The source's version of what is enforced (a store's revision; None for files) and when
+    # the source says it was published (wall clock).
+    revision: int | None = None
+    published_at: float | None = None
 
 
 @dataclass

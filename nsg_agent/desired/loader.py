@@ -620,7 +620,7 @@ def _loc_of(path: str) -> Loc:
     out: list = []
     for part in path.replace("]", "").replace("[", ".").split("."):
         if part:
-            out.append(int(part) if part.isdigit() else part)
+            out.append(int(part) if part.isascii() and part.isdigit() else part)
     return tuple(out)
 
 

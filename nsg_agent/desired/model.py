@@ -286,7 +286,7 @@ class SecurityRule(_Base):
         _reject_expression(v)
         if isinstance(v, bool):
             raise ValueError("priority must be an integer")
-        if isinstance(v, str) and v.strip().isdigit():
+        if isinstance(v, str) and v.strip().isascii() and v.strip().isdigit():
             v = int(v)
         if isinstance(v, int) and not PRIORITY_MIN <= v <= PRIORITY_MAX:
             raise ValueError(f"priority {v} is outside {PRIORITY_MIN}..{PRIORITY_MAX}")

@@ -13,16 +13,25 @@ so the behaviour is the same in both cases).
 Named namespaces are the files ``/run/netns/NAME`` made by ``ip netns add``. This module
 never creates one: a missing namespace is an error (pyroute2's own netns helpers create the
 namespace when it is missing, which is not what an agent should do).
+
+For short visits (the lab and its probe open hundreds of sockets in many namespaces without a
+process per probe): :func:`entered` moves the calling thread in and always back, and
+:func:`socket_in` makes a socket that lives in a namespace for its whole life, whichever
+thread uses it later. Everything here is Linux-only and needs CAP_SYS_ADMIN.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import os
 import queue
+import socket
 import threading
 from concurrent.futures import Future
-from typing import Any, Callable, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
 
 from nsg_agent.errors import OperationFailed
 
@@ -32,8 +41,11 @@ CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
 
-class NetnsError(OperationFailed):
-    """The namespace does not exist or cannot be entered."""
+class NetnsError(OperationFailed, OSError):
+    """The namespace does not exist or cannot be entered; ``errno`` says why when known."""
+
+    def __str__(self) -> str:  # the message alone, not "[Errno 2] ..."
+        return self.strerror if self.strerror else super().__str__()
 
 
 def netns_path(name: str) -> str:
@@ -67,13 +79,13 @@ def enter(name: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise NetnsError(f"network namespace {name!r} does not exist ({path})") from None
+        raise NetnsError(errno.ENOENT, f"network namespace {name!r} does not exist ({path})") from None
     except OSError as e:
-        raise NetnsError(f"cannot open network namespace {name!r}: {e.strerror}") from None
+        raise NetnsError(e.errno, f"cannot open network namespace {name!r}: {e.strerror}") from None
     try:
         _setns(fd, CLONE_NEWNET)
     except OSError as e:
-        raise NetnsError(f"cannot enter network namespace {name!r}: {e.strerror}") from None
+        raise NetnsError(e.errno, f"cannot enter network namespace {name!r}: {e.strerror}") from None
     finally:
         os.close(fd)
 
@@ -147,3 +159,128 @@ class NetnsRunner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- short visits ------------------------------------------------------------------------------
+
+
+def _enter_fd(fd: int) -> None:
+    try:
+        _setns(fd, CLONE_NEWNET)
+    except OSError as e:
+        raise NetnsError(e.errno, f"setns: {os.strerror(e.errno or 0)}") from None
+
+
+@contextlib.contextmanager
+def entered(name: str) -> Iterator[None]:
+    """Run the body with the current thread in namespace ``name``; always come back."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            target = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NetnsError(errno.ENOENT, f"network namespace {name!r} does not exist") from None
+        try:
+            _enter_fd(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _enter_fd(own)
+    finally:
+        os.close(own)
+
+
+def run_in(name: str, fn: Callable[[], T]) -> T:
+    """Call ``fn()`` in a short-lived thread that has entered namespace ``name``."""
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            with entered(name):
+                box["result"] = fn()
+        except BaseException as e:  # re-raised in the caller
+            box["error"] = e
+
+    t = threading.Thread(target=target, name=f"netns-{name}")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["result"]  # type: ignore[return-value]
+
+
+def socket_in(name: str, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM,
+              proto: int = 0) -> socket.socket:
+    """A new socket living in namespace ``name`` (the calling thread enters and leaves)."""
+    with entered(name):
+        return socket.socket(family, type, proto)
+
+
+def write_sysctls(name: str, values: dict[str, str]) -> None:
+    """Write ``/proc/sys/<key>`` inside namespace ``name`` (keys like ``net/ipv4/ip_forward``)."""
+
+    def write() -> None:
+        for key, value in values.items():
+            with open(f"/proc/sys/{key}", "w") as f:
+                f.write(value)
+
+    run_in(name, write)
+
+
+def read_sysctl(name: str, key: str) -> str:
+    return run_in(name, lambda: Path(f"/proc/sys/{key}").read_text().strip())
+
+
+def netns_inode(name: str) -> int | None:
+    """The inode of a named namespace (identity across reconciles), None if absent."""
+    try:
+        return os.stat(netns_path(name)).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def list_netns() -> list[str]:
+    try:
+        return sorted(p.name for p in Path(NETNS_RUN_DIR).iterdir())
+    except FileNotFoundError:
+        return []
+
+
+def pids_in(name: str) -> list[int]:
+    """Processes whose network namespace is ``name``."""
+    try:
+        st = os.stat(netns_path(name))
+    except FileNotFoundError:
+        return []
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            s = os.stat(f"/proc/{entry}/ns/net")
+        except OSError:
+            continue
+        if (s.st_ino, s.st_dev) == (st.st_ino, st.st_dev) and not _ours(int(entry)):
+            out.append(int(entry))
+    return out
+
+
+def _ours(pid: int) -> bool:
+    """This process or one of its descendants. pyroute2 opens a socket in a namespace from a
+    short-lived forked child; killing it mid-handshake would hang the caller (and the child
+    would run our inherited SIGTERM handler), so never count those as lab processes."""
+    me = os.getpid()
+    seen = 0
+    while pid > 1 and seen < 64:
+        if pid == me:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # field 4: ppid (comm may hold spaces)
+        seen += 1
+    return False

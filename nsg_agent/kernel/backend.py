@@ -26,6 +26,7 @@ root: it keeps the table as nft would list it, can inject failures and dumps sor
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import json
 import re
@@ -35,8 +36,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
-from nsg_agent.errors import OperationFailed
 from nsg_agent.host.netns import NetnsRunner
+from nsg_agent.kernel.errors import NftError, errno_of, nft_error
 
 TABLE_FAMILY = "inet"
 TABLE_NAME = "nsg_agent"  # the same value as nsg_agent.compiler.TABLE_NAME (checked in tests)
@@ -44,31 +45,12 @@ TABLE_NAME = "nsg_agent"  # the same value as nsg_agent.compiler.TABLE_NAME (che
 # staged_replace): the agent owns it too, and it never outlives the replace.
 HOLD_TABLE = "nsg_agent_hold"
 OWN_TABLES = (TABLE_NAME, HOLD_TABLE)
+# (family, table) pairs a backend may touch: the agent's table and its twin. The lab's backend
+# in the fabric owns the lab's own tables instead (nsg_agent.lab.labrules.LAB_TABLES).
+AGENT_TABLES = ((TABLE_FAMILY, TABLE_NAME), (TABLE_FAMILY, HOLD_TABLE))
 SCHEMA = {"metainfo": {"json_schema_version": 1}}
 _OBJECTS = ("table", "chain", "rule", "set", "map", "element", "counter", "flowtable", "quota",
             "limit", "ct helper", "ct timeout", "ct expectation", "secmark", "synproxy")
-
-
-class NftError(OperationFailed):
-    """libnftables refused a command. ``command`` is the failing command when known."""
-
-    def __init__(self, message: str, *, error: str = "", command: dict | None = None,
-                 index: int | None = None, applied_nothing: bool = True):
-        self.error = error.strip()
-        # False when earlier transactions of a staged replace went through: the kernel no
-        # longer holds exactly what it held before the call.
-        self.applied_nothing = applied_nothing
-        self.command = command
-        self.index = index
-        detail = f": {self.error}" if self.error else ""
-        where = ""
-        if command is not None:
-            where = f" (command #{index}: {json.dumps(command, sort_keys=True)[:300]})"
-        super().__init__(f"{message}{detail}{where}")
-
-    def as_dict(self) -> dict:
-        return {"message": str(self), "error": self.error, "index": self.index,
-                "command": self.command}
 
 
 @dataclass(frozen=True)
@@ -94,9 +76,10 @@ class Backend(Protocol):
 # --- pure helpers shared by the real and the fake backend ---------------------------------
 
 
-def assert_own_table(commands: Iterable[dict]) -> None:
-    """Raise NftError if a command would touch anything but ``inet nsg_agent`` (or its
-    short-lived twin ``inet nsg_agent_hold``, see :func:`staged_replace`)."""
+def assert_own_table(commands: Iterable[dict], owns: tuple[tuple[str, str], ...] = AGENT_TABLES) -> None:
+    """Raise NftError if a command would touch anything but the tables in ``owns`` (default
+    ``inet nsg_agent`` and its short-lived twin ``inet nsg_agent_hold``, see
+    :func:`staged_replace`)."""
     for i, cmd in enumerate(commands):
         if not isinstance(cmd, dict) or len(cmd) != 1:
             raise NftError("refusing a malformed command", command=cmd, index=i)
@@ -112,10 +95,11 @@ def assert_own_table(commands: Iterable[dict]) -> None:
             raise NftError(f"refusing to {verb} {kind!r}: the agent only touches its own table",
                            command=cmd, index=i)
         table = obj.get("name") if kind == "table" else obj.get("table")
-        if obj.get("family") != TABLE_FAMILY or table not in OWN_TABLES:
+        if (obj.get("family"), table) not in owns:
+            mine = ", ".join(f"{f} {t}" for f, t in owns if t != HOLD_TABLE)
             raise NftError(
-                f"refusing to touch {obj.get('family')} {table}: the agent owns only "
-                f"{TABLE_FAMILY} {TABLE_NAME}", command=cmd, index=i)
+                f"refusing to touch {obj.get('family')} {table}: this backend owns only {mine}",
+                command=cmd, index=i)
 
 
 def table_counters(listing: dict | None) -> dict[tuple[str, str], RuleCounter]:
@@ -363,7 +347,11 @@ def _malloc_trim() -> None:
 class NftBackend:
     """libnftables in one network namespace (``netns=None``: the current one)."""
 
-    def __init__(self, netns: str | None = None, runner: NetnsRunner | None = None):
+    def __init__(self, netns: str | None = None, runner: NetnsRunner | None = None, *,
+                 owns: tuple[tuple[str, str], ...] = AGENT_TABLES):
+        """``owns``: the (family, table) pairs every command is checked against before it
+        reaches libnftables (the agent's table; the lab's fabric backend owns the lab's)."""
+        self.owns = owns
         self.runner = runner or NetnsRunner(netns, thread_name=f"nft-{netns or 'host'}")
         self._own_runner = runner is None
         self.runner.call(self._make_ctx)  # fail early (and here) if libnftables is missing
@@ -431,12 +419,12 @@ class NftBackend:
         return runner.call(go)
 
     def check(self, commands: list[dict]) -> None:
-        assert_own_table(commands)
+        assert_own_table(commands, self.owns)
         rc, _, err = self._run(commands, dry_run=True)
         if rc == 0:
             return
         index = self._first_failing(commands)
-        raise NftError("the kernel refused the ruleset (dry run)", error=err,
+        raise nft_error("the kernel refused the ruleset (dry run)", error=err,
                        command=commands[index] if index is not None else None, index=index)
 
     def _first_failing(self, commands: list[dict]) -> int | None:
@@ -486,7 +474,7 @@ class NftBackend:
                 if i == 1:
                     self._run([_delete_hold()])
                 self._refused(commands, err)
-            raise NftError(f"the kernel refused step {i + 1} of the replace; the table and "
+            raise nft_error(f"the kernel refused step {i + 1} of the replace; the table and "
                            f"{TABLE_FAMILY} {HOLD_TABLE} stay as they are (each holding the old "
                            "or the new ruleset) until the next replace", error=err, applied_nothing=False)
 
@@ -495,8 +483,8 @@ class NftBackend:
             index = self._first_failing(commands)
         except Exception:  # noqa: BLE001 - the diagnosis is best effort; the refusal stands
             index = None
-        raise NftError("the kernel refused the ruleset; the previous table stays in force",
-                       error=err, command=commands[index] if index is not None else None,
+        raise nft_error("the kernel refused the ruleset; the previous table stays in force",
+                        error=err, command=commands[index] if index is not None else None,
                        index=index)
 
     def _tables(self) -> set[str]:
@@ -512,18 +500,19 @@ class NftBackend:
         """The base chains of ``inet nsg_agent`` as the kernel holds them."""
         rc, out, err = self._run([{"list": {"chains": {"family": TABLE_FAMILY}}}])
         if rc != 0:
-            raise NftError("cannot list the chains", error=err)
+            raise nft_error("cannot list the chains", error=err)
         return [i["chain"] for i in (out or {}).get("nftables", [])
                 if "chain" in i and i["chain"].get("table") == TABLE_NAME and "hook" in i["chain"]]
 
     def transact(self, commands: list[dict]) -> None:
-        """Run ``commands`` (a delta of the agent's own table, nsg_agent.compiler.delta) as ONE
-        transaction: all or nothing. A refusal is not diagnosed further: the caller falls
-        back to :meth:`replace`, which names a failing command if there is one."""
-        assert_own_table(commands)
+        """Run ``commands`` (a delta of the agent's own table, nsg_agent.compiler.delta, or any
+        batch on the tables this backend owns) as ONE transaction: all or nothing. A refusal
+        is not diagnosed further: the caller falls back to :meth:`replace`, which names a
+        failing command if there is one."""
+        assert_own_table(commands, self.owns)
         rc, _, err = self._run(commands)
         if rc != 0:
-            raise NftError("the kernel refused the delta; nothing of it was applied", error=err)
+            raise nft_error("the kernel refused the delta; nothing of it was applied", error=err)
 
     def delete_table(self) -> bool:
         if self._hold_present():  # left by a replace killed half-way
@@ -532,18 +521,18 @@ class NftBackend:
         rc, _, err = self._run([cmd])
         if rc == 0:
             return True
-        if "No such file or directory" in err:
+        if errno_of(err) == errno.ENOENT:
             return False
-        raise NftError("cannot delete the table", error=err, command=cmd, index=0)
+        raise nft_error("cannot delete the table", error=err, command=cmd, index=0)
 
     _LIST = {"list": {"table": {"family": TABLE_FAMILY, "name": TABLE_NAME}}}
 
     def _list(self, *, terse: bool, raw: bool) -> Any:
         rc, out, err = self._run([self._LIST], terse=terse, read=True, raw=raw)
         if rc != 0:
-            if "No such file or directory" in err:
+            if errno_of(err) == errno.ENOENT:
                 return None
-            raise NftError("cannot list the table", error=err, command=self._LIST, index=0)
+            raise nft_error("cannot list the table", error=err, command=self._LIST, index=0)
         return out or None
 
     def list_table(self, *, terse: bool = False) -> dict | None:
@@ -567,7 +556,7 @@ class NftBackend:
         cmds = [{"list": {"sets": {"family": TABLE_FAMILY}}}, {"list": {"maps": {"family": TABLE_FAMILY}}}]
         rc, out, err = self._run(cmds, read=True, raw=True)
         if rc != 0:
-            raise NftError("cannot list the sets", error=err)
+            raise nft_error("cannot list the sets", error=err)
         # one JSON document per list command, one per line
         docs = [json.loads(line) for line in (out or b"").splitlines() if line.strip()]
         return set_digests(docs)
@@ -580,9 +569,9 @@ class NftBackend:
         cmd = {"list": {"chain": {"family": TABLE_FAMILY, "table": TABLE_NAME, "name": STAMP_CHAIN}}}
         rc, out, err = self._run([cmd], read=True)
         if rc != 0:
-            if "No such file or directory" in err:
+            if errno_of(err) == errno.ENOENT:
                 return None
-            raise NftError("cannot list the stamp", error=err, command=cmd, index=0)
+            raise nft_error("cannot list the stamp", error=err, command=cmd, index=0)
         return stamp_of(out or None)
 
     def generation(self) -> int | None:
@@ -671,7 +660,7 @@ class FakeBackend:
         self.calls.append(op)
         pending = self._failures.get(op)
         if pending:
-            raise NftError(f"fake {op} failed", error=pending.pop(0))
+            raise nft_error(f"fake {op} failed", error=pending.pop(0))
 
     def hit(self, comment: str, packets: int = 1, nbytes: int = 64) -> None:
         assert self.table is not None
@@ -790,17 +779,17 @@ class FakeBackend:
             try:
                 table = self._apply_one(table, verb, kind, obj)
             except NftError as e:
-                raise NftError("fake: command failed", error=e.error, command=cmd, index=i) from None
+                raise nft_error("fake: command failed", error=e.error, command=cmd, index=i) from None
         return table
 
     def _apply_one(self, table: _FakeTable | None, verb: str, kind: str, obj: dict) -> _FakeTable | None:
-        enoent = NftError("fake", error="Error: No such file or directory")
+        enoent = nft_error("fake", error="Error: No such file or directory")
         if kind == "table":
             if verb in ("add", "create"):
                 if table is None:
                     table = _FakeTable(handle=self._new_handle())
                 elif verb == "create":
-                    raise NftError("fake", error="Error: File exists")
+                    raise nft_error("fake", error="Error: File exists")
                 return table
             if verb == "delete":
                 if table is None:
@@ -837,7 +826,7 @@ class FakeBackend:
             return table
         if kind == "rule" and verb in ("add", "insert"):
             if obj["chain"] not in table.chains:
-                raise NftError("fake", error="Error: Could not process rule: No such file or directory")
+                raise nft_error("fake", error="Error: Could not process rule: No such file or directory")
             r = {k: v for k, v in obj.items() if k != "index"}
             r["handle"] = self._new_handle()
             r["expr"] = [({"counter": {"packets": 0, "bytes": 0}} if "counter" in e else e)
@@ -851,7 +840,7 @@ class FakeBackend:
                 table.rules = [r for r in table.rules if r["chain"] != obj["name"]]
                 return table
             if any(r["chain"] == obj["name"] for r in table.rules) or _fake_referenced(table, obj["name"]):
-                raise NftError("fake", error="Error: Could not process rule: Device or resource busy")
+                raise nft_error("fake", error="Error: Could not process rule: Device or resource busy")
             del table.chains[obj["name"]]
             return table
         if kind in ("set", "map") and verb in ("flush", "delete"):
@@ -861,10 +850,10 @@ class FakeBackend:
                 table.sets[obj["name"]]["elem"] = []
                 return table
             if any(f'"@{obj["name"]}"' in json.dumps(r["expr"]) for r in table.rules):
-                raise NftError("fake", error="Error: Could not process rule: Device or resource busy")
+                raise nft_error("fake", error="Error: Could not process rule: Device or resource busy")
             del table.sets[obj["name"]]
             return table
-        raise NftError("fake", error=f"Error: the fake does not model {verb} {kind}")
+        raise nft_error("fake", error=f"Error: the fake does not model {verb} {kind}")
 
     def _new_handle(self) -> int:
         self._next_handle += 1

@@ -340,6 +340,6 @@ def _scalar(x: Any, like: Any) -> Any:
         return a if a.version == like.version else None
     if isinstance(like, int):
         if isinstance(x, str):
-            return PROTO_NAMES.get(x.lower(), int(x) if x.isdigit() else None)
+            return PROTO_NAMES.get(x.lower(), int(x) if x.isascii() and x.isdigit() else None)
         return x
     return x

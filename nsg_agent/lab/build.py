@@ -24,7 +24,8 @@ from typing import Any
 from pyroute2 import IPRoute, netns
 
 from nsg_agent.errors import OperationFailed
-from nsg_agent.lab import naming, nsexec
+from nsg_agent.host import netns as host_netns
+from nsg_agent.lab import naming
 from nsg_agent.lab.topology import BridgePlan, HostPlan, LabPlan, NicPlan
 
 SCOPE_LINK = 253
@@ -99,12 +100,12 @@ def previous_plan(lab: str, state_dir: Path = naming.STATE_DIR) -> LabPlan | Non
 def lab_namespaces(lab: str) -> list[str]:
     """Every existing namespace whose name belongs to lab ``lab``."""
     pat = naming.lab_netns_pattern(lab)
-    return [n for n in nsexec.list_netns() if pat.match(n)]
+    return [n for n in host_netns.list_netns() if pat.match(n)]
 
 
 def all_labs(state_dir: Path = naming.STATE_DIR) -> list[str]:
     """Labs known by a state file or by a namespace name."""
-    labs = {naming.lab_of_netns(n) for n in nsexec.list_netns()} - {None}
+    labs = {naming.lab_of_netns(n) for n in host_netns.list_netns()} - {None}
     if state_dir.is_dir():
         labs |= {p.stem for p in state_dir.glob("*.json")}
     return sorted(labs)  # type: ignore[arg-type]
@@ -114,10 +115,10 @@ def all_labs(state_dir: Path = naming.STATE_DIR) -> list[str]:
 
 
 def _create_netns(name: str, sysctls: dict[str, str]) -> None:
-    if nsexec.netns_inode(name) is not None:
+    if host_netns.netns_inode(name) is not None:
         raise LabBuildError(f"network namespace {name} already exists (run 'nsg-agent lab down')")
     netns.create(name)
-    nsexec.write_sysctls(name, sysctls)
+    host_netns.write_sysctls(name, sysctls)
     with IPRoute(netns=name) as ipr:
         ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
 
@@ -125,7 +126,7 @@ def _create_netns(name: str, sysctls: dict[str, str]) -> None:
 def remove_netns(name: str) -> bool:
     """Remove a namespace, first ending the processes still running in it (those hold it
     alive, and with it its veths). Returns whether it existed."""
-    pids = nsexec.pids_in(name)
+    pids = host_netns.pids_in(name)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             try:
@@ -139,7 +140,7 @@ def remove_netns(name: str) -> bool:
                 time.sleep(0.02)
         if not pids:
             break
-    if nsexec.netns_inode(name) is None:
+    if host_netns.netns_inode(name) is None:
         return False
     try:
         netns.remove(name)
@@ -225,7 +226,7 @@ def _add_host(fab: IPRoute, lab_fabric: str, h: HostPlan) -> None:
     pidx = _index(fab, h.port)
     fab.link("set", index=pidx, state="up")
     # The host ARPs for every destination on its /32 link; the fabric answers for what it routes.
-    nsexec.write_sysctls(lab_fabric, {f"net/ipv4/conf/{h.port}/proxy_arp": "1"})
+    host_netns.write_sysctls(lab_fabric, {f"net/ipv4/conf/{h.port}/proxy_arp": "1"})
     _address_host(fab, lab_fabric, h, None)
 
 
@@ -240,7 +241,7 @@ def converge(plan: LabPlan, previous: LabPlan | None) -> TopologyChanges:
     leftover namespace of the lab is removed and the lab is built from scratch.
     """
     ch = TopologyChanges(fabric=plan.fabric)
-    if previous is not None and nsexec.netns_inode(previous.fabric) is None:
+    if previous is not None and host_netns.netns_inode(previous.fabric) is None:
         previous = None
     if previous is None:
         for name in lab_namespaces(plan.lab):  # leftovers of a crash: start clean
@@ -252,8 +253,8 @@ def converge(plan: LabPlan, previous: LabPlan | None) -> TopologyChanges:
         prev_h: dict[str, HostPlan] = {}
     else:
         prev_b = {b.key: b for b in previous.bridges}
-        prev_n = {n.name.lower(): n for n in previous.nics if nsexec.netns_inode(n.netns)}
-        prev_h = {h.name.lower(): h for h in previous.hosts if nsexec.netns_inode(h.netns)}
+        prev_n = {n.name.lower(): n for n in previous.nics if host_netns.netns_inode(n.netns)}
+        prev_h = {h.name.lower(): h for h in previous.hosts if host_netns.netns_inode(h.netns)}
 
     with IPRoute(netns=plan.fabric) as fab:
         have_links = {link.get("ifname") for link in fab.get_links()}

@@ -184,12 +184,12 @@ def _send(ns: str, src, dst, protocol: int, sport: int | None, dport: int | None
 
 
 def _send_one(ns: str, src, dst, protocol: int, sport: int | None, dport: int | None) -> None:
-    from nsg_agent.lab import nsexec
+    from nsg_agent.host import netns as host_netns
     from nsg_agent.lab.probe import icmp_checksum
 
     family = socket.AF_INET if src.version == 4 else socket.AF_INET6
     if protocol == 6:
-        s = nsexec.socket_in(ns, family, socket.SOCK_STREAM)
+        s = host_netns.socket_in(ns, family, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((str(src), sport or 0))
         s.setblocking(False)
@@ -201,7 +201,7 @@ def _send_one(ns: str, src, dst, protocol: int, sport: int | None, dport: int | 
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()
     elif protocol == 17:
-        with nsexec.socket_in(ns, family, socket.SOCK_DGRAM) as s:
+        with host_netns.socket_in(ns, family, socket.SOCK_DGRAM) as s:
             s.bind((str(src), sport or 0))
             s.sendto(b"nsg-agent verify --kernel", (str(dst), dport or 0))
     elif protocol in (1, 58):
@@ -211,11 +211,11 @@ def _send_one(ns: str, src, dst, protocol: int, sport: int | None, dport: int | 
         data = struct.pack("!BBHHH", icmp_type, 0, icmp_checksum(hdr + payload) if protocol == 1 else 0,
                            os.getpid() & 0xFFFF, 1) + payload  # ICMPv6: the kernel fills the checksum
         proto = socket.IPPROTO_ICMP if protocol == 1 else socket.IPPROTO_ICMPV6
-        with nsexec.socket_in(ns, family, socket.SOCK_RAW, proto) as s:
+        with host_netns.socket_in(ns, family, socket.SOCK_RAW, proto) as s:
             s.bind((str(src), 0))
             s.sendto(data, (str(dst), 0))
     else:
-        with nsexec.socket_in(ns, family, socket.SOCK_RAW, protocol) as s:
+        with host_netns.socket_in(ns, family, socket.SOCK_RAW, protocol) as s:
             s.bind((str(src), 0))
             s.sendto(b"\x00\x00\x08\x00nsg-agent verify --kernel", (str(dst), 0))
 
@@ -263,8 +263,8 @@ class Tracer:
     lab's fabric does (its maps key on addresses). Addresses are added as flows need them."""
 
     def __init__(self, listing: dict, placement: str, interface: str | None = None):
+        from nsg_agent.host import netns as host_netns
         from nsg_agent.kernel.backend import NftBackend, listing_to_batch
-        from nsg_agent.lab import nsexec
 
         self.placement = placement
         self.sc = Scratch()
@@ -280,7 +280,7 @@ class Tracer:
                 self.d = self.sc.ns("d")
                 self.sc.veth(self.r, "vs", self.s, "vp0")
                 self.sc.veth(self.r, "vd", self.d, "vp0")
-                nsexec.write_sysctls(self.r, {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1",
+                host_netns.write_sysctls(self.r, {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1",
                                               "net/ipv4/conf/vs/proxy_arp": "1", "net/ipv4/conf/vd/proxy_arp": "1"})
             backend = NftBackend(self.r)
             try:

@@ -1,10 +1,10 @@
 """The lab daemon (``nsg-agent lab run FILE``): the agent's own reconciling daemon
 (``nsg_agent.daemon.reconciler``), pointed at a lab.
 
-It reuses ``nsg_agent.daemon.reconciler.Reconciler`` and ``Daemon`` unchanged (watchdog on the file and the
+It runs ``nsg_agent.daemon.reconciler.Reconciler`` and ``Daemon`` unchanged (watchdog on the file and the
 service-tag files with debounce, periodic resync that repairs a deleted or edited table, bad
-input keeps the last good state, retries with backoff, SIGHUP/SIGTERM, status file), and
-changes one step: ``load`` first makes the lab's topology match the file
+input keeps the last good state, retries with backoff, SIGHUP/SIGTERM, status file), given a
+:class:`LabTarget` instead of the host's: before each compile it makes the lab's topology match the file
 (``reconcile_topology``: add, remove or move NICs, readdress, change hosts; incremental, so
 unchanged namespaces keep their identity) and then compiles for the fabric
 (``FabricPlacement``) instead of the host's interfaces. The backend is libnftables in the
@@ -15,16 +15,14 @@ its bridge port with it) trigger a reconcile, which rebuilds what is missing.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable
 
-from nsg_agent.daemon.reconciler import Daemon, Desired, Reconciler, file_digest, rule_index_json
-from nsg_agent.daemon.status import StatusStore, ruleset_sha256
+from nsg_agent.daemon.reconciler import Daemon, Desired, Reconciler
+from nsg_agent.daemon.status import StatusStore
 from nsg_agent.desired import loader
 from nsg_agent.lab import naming
 from nsg_agent.lab.reconcile import reconcile_topology, record_rules_raw
-from nsg_agent.semantics import resolver as semantics
 
 
 def fabric_compile(policy: Any, interfaces: dict[str, str], mode: str) -> Any:
@@ -33,58 +31,46 @@ def fabric_compile(policy: Any, interfaces: dict[str, str], mode: str) -> Any:
     return compile_ruleset(policy, FabricPlacement(), mode=mode)
 
 
-class LabReconciler(Reconciler):
-    """A Reconciler whose every load also reconciles the lab's topology."""
+class LabTarget:
+    """The reconciler's target for a lab: its fabric namespace, in fabric placement. Before each
+    compile the lab's topology is made to match the desired state; after each apply the rules
+    are recorded for ``lab status``."""
 
-    def __init__(self, config: str | os.PathLike, lab: str, *,
-                 backend_factory: Callable[[str], Any] | None = None,
-                 state_dir: Path = naming.STATE_DIR, store: StatusStore | None = None, **kw: Any):
+    def __init__(self, config: Any, lab: str, *, backend_factory: Callable[[str], Any] | None = None,
+                 state_dir: Path = naming.STATE_DIR, load_options: dict | None = None, mode: str = "classify"):
         self.lab = lab
-        self.lab_state_dir = state_dir
+        self.mode = mode
+        self.state_dir = state_dir
         self.fabric = naming.fabric_netns(lab)
-        self._backend_factory = backend_factory or _nft_backend
-        self._fabric_inode: int | None = None
+        self.backend_factory = backend_factory or _nft_backend
+        self.source = str(config[0] if isinstance(config, (list, tuple)) else config)
         # The fabric must exist before a backend can enter it: build the topology now.
         inputs = list(config) if isinstance(config, (list, tuple)) else [config]
-        loaded = loader.load(inputs, **(kw.get("load_options") or {}))
+        loaded = loader.load(inputs, **(load_options or {}))
         reconcile_topology(loaded, lab, source=inputs[0], state_dir=state_dir)
-        self._fabric_inode = _inode(self.fabric)
-        super().__init__(config, self._backend_factory(self.fabric),
-                         store or StatusStore(netns=self.fabric), compile_fn=fabric_compile, **kw)
+        self._fabric_inode: int | None = _inode(self.fabric)
+        self.backend = self.backend_factory(self.fabric)
 
-    def load(self) -> Desired:
-        loaded = loader.load(self.inputs, **self.load_options)  # a bad file raises here: topology untouched
-        changes = reconcile_topology(loaded, self.lab, source=self.config,
-                                     state_dir=self.lab_state_dir)
+    def prepare(self, loaded: Any, reconciler: Any) -> None:
+        changes = reconcile_topology(loaded, self.lab, source=self.source, state_dir=self.state_dir)
         if not changes.empty:
-            self.log.info("lab.topology_changed", lab=self.lab, **changes.as_dict())
+            reconciler.log.info("lab.topology_changed", lab=self.lab, **changes.as_dict())
         inode = _inode(self.fabric)
         if inode != self._fabric_inode:  # the fabric was rebuilt: re-enter the new one
-            old, self.backend = self.backend, self._backend_factory(self.fabric)
             self._fabric_inode = inode
-            self.kernel_fingerprint = None
-            close = getattr(old, "close", None)
-            if close:
-                close()
-            self.log.warning("lab.fabric_rebuilt", lab=self.lab, fabric=self.fabric)
-        policy = semantics.resolve(loaded.state, loaded.tags)
-        rs = self.compile_fn(policy, {}, self.mode)
-        files = {str(Path(p).absolute()): (file_digest(Path(p)) or "") for p in loaded.files}
-        files[str(loaded.path.absolute())] = loaded.sha256
-        return Desired(loaded, policy, list(rs.commands), dict(rs.summary),
-                       rule_index_json(rs.rule_index), ruleset_sha256(rs.commands), files)
+            self.backend = self.backend_factory(self.fabric)
+            reconciler.use_backend(self.backend)
+            reconciler.log.warning("lab.fabric_rebuilt", lab=self.lab, fabric=self.fabric)
 
+    def compile(self, policy: Any, mode: str) -> Any:
+        return fabric_compile(policy, {}, mode)
 
-    def _apply(self, desired: Desired, reason: str, *args: Any, **kwargs: Any) -> bool:
-        ok = super()._apply(desired, reason, *args, **kwargs)
-        if ok:
-            record_rules_raw(self.lab, desired.loaded.sha256, self.mode, desired.summary,
-                             self.lab_state_dir)
-        return ok
+    def applied(self, desired: Desired) -> None:
+        record_rules_raw(self.lab, desired.loaded.sha256, self.mode, desired.summary, self.state_dir)
 
 
 def _inode(name: str) -> int | None:
-    from nsg_agent.lab.nsexec import netns_inode
+    from nsg_agent.host.netns import netns_inode
 
     return netns_inode(name)
 
@@ -103,5 +89,7 @@ def lab_daemon(config: Any, lab: str, *, mode: str = "classify",
         kw["debounce"] = debounce
     if resync is not None:
         kw["resync"] = resync
-    rec = LabReconciler(config, lab, state_dir=state_dir, **kw)
-    return Daemon(rec, netns=rec.fabric)
+    target = LabTarget(config, lab, state_dir=state_dir, load_options=load_options, mode=mode)
+    rec = Reconciler(config, target.backend, StatusStore(netns=target.fabric), target=target,
+                     compile_fn=fabric_compile, **kw)
+    return Daemon(rec, netns=target.fabric)

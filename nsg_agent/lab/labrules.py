@@ -29,6 +29,8 @@ from typing import Any
 from nsg_agent.lab.topology import LabPlan
 
 TABLE = "nsg_lab"
+# What the fabric backend that writes these tables may touch (nsg_agent.kernel.backend owns=).
+LAB_TABLES = (("bridge", TABLE), ("inet", TABLE))
 
 
 def _prefix(p: str) -> Any:

@@ -14,7 +14,7 @@ client used; and, for two NICs in VNets that are not peered, never (Azure has no
 between them).
 
 Observation, in this process (no process per probe): sockets are opened inside the source
-namespace by a thread that enters it (``nsg_agent.lab.nsexec``):
+namespace by a thread that enters it (``nsg_agent.host.netns``):
   - TCP: connect from an ephemeral port; the handshake completing = allowed (the SYN-ACK
     coming back also proves the reply passes with no rule for it); timeout = denied.
   - UDP: a request with a nonce to an echo listener; the echo coming back = allowed.
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from nsg_agent.desired.vocabulary import Direction
-from nsg_agent.lab import nsexec
+from nsg_agent.host import netns as host_netns
 from nsg_agent.lab.topology import LabPlan
 from nsg_agent.semantics.policy import Flow, LevelDecision, Policy, Verdict
 from nsg_agent.semantics.resolver import evaluate, find_nic
@@ -330,13 +330,13 @@ class Listeners:
         self.sel.register(self._wake_r, selectors.EVENT_READ, None)
         try:
             for ns in sorted(set(namespaces)):
-                g = nsexec.socket_in(ns, socket.AF_INET, socket.SOCK_RAW, PROTO_NUMBER["gre"])
+                g = host_netns.socket_in(ns, socket.AF_INET, socket.SOCK_RAW, PROTO_NUMBER["gre"])
                 g.setblocking(False)
                 self.socks.append(g)
                 self.sel.register(g, selectors.EVENT_READ, "gre")
                 for port in sorted(set(ports)):
                     for proto, kind in (("tcp", socket.SOCK_STREAM), ("udp", socket.SOCK_DGRAM)):
-                        s = nsexec.socket_in(ns, socket.AF_INET, kind)
+                        s = host_netns.socket_in(ns, socket.AF_INET, kind)
                         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                         try:
                             s.bind(("0.0.0.0", port))
@@ -413,7 +413,7 @@ def _probe_icmp(src: Endpoint, dst: Endpoint, timeout: float) -> tuple[str, int 
     payload = b"nsg-lab-probe" + os.urandom(8)
     hdr = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
     pkt = struct.pack("!BBHHH", 8, 0, icmp_checksum(hdr + payload), ident, 1) + payload
-    with nsexec.socket_in(src.netns, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
+    with host_netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
         s.bind((src.address, 0))
         s.sendto(pkt, (dst.address, 0))
         deadline = time.monotonic() + timeout
@@ -435,7 +435,7 @@ def _probe_icmp(src: Endpoint, dst: Endpoint, timeout: float) -> tuple[str, int 
 
 
 def _probe_tcp(src: Endpoint, dst: Endpoint, port: int, timeout: float) -> tuple[str, int | None, str]:
-    with nsexec.socket_in(src.netns, socket.AF_INET, socket.SOCK_STREAM) as s:
+    with host_netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((src.address, 0))
         sport = s.getsockname()[1]
         s.settimeout(timeout)
@@ -453,7 +453,7 @@ def _probe_tcp(src: Endpoint, dst: Endpoint, port: int, timeout: float) -> tuple
 
 
 def _probe_udp(src: Endpoint, dst: Endpoint, port: int, timeout: float) -> tuple[str, int | None, str]:
-    with nsexec.socket_in(src.netns, socket.AF_INET, socket.SOCK_DGRAM) as s:
+    with host_netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((src.address, 0))
         sport = s.getsockname()[1]
         s.connect((dst.address, port))
@@ -482,7 +482,7 @@ def _probe_gre(src: Endpoint, dst: Endpoint, timeout: float,
     """One GRE packet (IP protocol 47) with a nonce; allowed when the destination's raw GRE
     socket saw it."""
     nonce = b"nsg-lab-probe " + os.urandom(8).hex().encode()
-    with nsexec.socket_in(src.netns, socket.AF_INET, socket.SOCK_RAW, PROTO_NUMBER["gre"]) as s:
+    with host_netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_RAW, PROTO_NUMBER["gre"]) as s:
         s.bind((src.address, 0))
         s.sendto(GRE_HEADER + nonce, (dst.address, 0))
     deadline = time.monotonic() + timeout

@@ -6,16 +6,16 @@ records the plan in the state file. ``apply_rules`` compiles the policy with the
 compiler in fabric placement and replaces ``inet nsg_agent`` in the fabric namespace with
 the project's backend (``nsg_agent.kernel.backend``), in one transaction. ``reconcile_lab`` does both.
 
-The lab's own tables are not the agent's table, and ``nsg_agent.kernel.backend`` refuses to touch anything
-else by design, so they are loaded with the ``nft`` command (``nft -j -f -``) run inside the
-fabric namespace: one transaction for both lab tables.
+The lab's own tables are not the agent's table: they go through the same kernel entry point
+(``nsg_agent.kernel.backend.NftBackend``) opened with ``owns=labrules.LAB_TABLES``, so that backend
+refuses the agent's table as the agent's backend refuses the lab's: one transaction for both
+lab tables.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +36,19 @@ def _desired(state: Any) -> DesiredState:
     return state.state if hasattr(state, "state") else state
 
 
-def nft_in_netns(netns: str, commands: list[dict]) -> None:
-    """Run a libnftables JSON batch with the nft command inside ``netns`` (one transaction)."""
-    doc = json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]})
-    proc = subprocess.run(["ip", "netns", "exec", netns, "nft", "-j", "-f", "-"], input=doc,
-                          capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise LabApplyError(f"nft in {netns} refused the lab tables: {proc.stderr.strip()}")
+def write_lab_tables(netns: str, commands: list[dict]) -> None:
+    """Replace the lab's own tables in ``netns`` in one transaction, through the agent's one
+    kernel entry point (a backend that owns only those tables)."""
+    from nsg_agent.kernel.backend import NftBackend
+    from nsg_agent.kernel.errors import NftError
+
+    backend = NftBackend(netns, owns=labrules.LAB_TABLES)
+    try:
+        backend.transact(commands)
+    except NftError as e:
+        raise LabApplyError(f"nft in {netns} refused the lab tables: {e}") from None
+    finally:
+        backend.close()
 
 
 def reconcile_topology(state: Any, lab: str, *, source: str | Path | None = None,
@@ -70,7 +76,7 @@ def reconcile_topology(state: Any, lab: str, *, source: str | Path | None = None
     commands = labrules.lab_commands(plan)
     digest = hashlib.sha256(json.dumps(commands, sort_keys=True).encode()).hexdigest()
     if changes.built or record.get("lab_rules_sha256") != digest:
-        nft_in_netns(plan.fabric, commands)
+        write_lab_tables(plan.fabric, commands)
         record["lab_rules_sha256"] = digest
     build.write_state(lab, record, state_dir)
     return changes

@@ -453,7 +453,7 @@ def protocol_number(name: str) -> int:
     """'tcp' / 'TCP' / '6' -> 6."""
     from nsg_agent.desired.vocabulary import PROTOCOL_NUMBERS_BY_NAME
     s = name.strip().lower()
-    if s.isdigit() and 0 <= int(s) <= 255:
+    if s.isascii() and s.isdigit() and 0 <= int(s) <= 255:
         return int(s)
     if s in PROTOCOL_NUMBERS_BY_NAME:
         return PROTOCOL_NUMBERS_BY_NAME[s]

@@ -46,7 +46,9 @@ class Snapshot:
     inputs: dict[str, str] = field(default_factory=dict)
     revision: int | None = None  # the source's version of this state (a store's revision); None for files
     published_at: float | None = None  # wall-clock time the source says this version was written
-    notices: tuple[str, ...] = ()  # problems worth a warning that do not stop the apply
+    # problems worth a warning that do not stop the apply, each {"path", "problem", ...}
+    # (files anyone but root could write); the daemon logs each once (config.insecure)
+    notices: tuple[dict[str, str], ...] = ()
 
 
 class DesiredSource(Protocol):
@@ -56,8 +58,9 @@ class DesiredSource(Protocol):
         """The current desired state, validated; see the module docstring for what it raises."""
         ...
 
-    def changed(self, since: Snapshot | None) -> bool:
-        """Cheap check at each resync: does the source hold something other than ``since``?"""
+    def changed(self) -> list[str]:
+        """Cheap check at each resync: what moved since the last ``read`` (successful or not),
+        named for the log; empty when nothing did. It catches what a watch missed."""
         ...
 
     def watch(self, mark: Mark) -> Stop:
