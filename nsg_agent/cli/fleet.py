@@ -22,11 +22,14 @@ from nsg_agent.cli.inputs import add_files, load_inputs
 EXIT_OK, EXIT_UNHEALTHY, EXIT_INVALID, EXIT_FAILED, EXIT_CONFLICT = 0, 1, 2, 3, 4
 
 
-def add_etcd_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+def add_etcd_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("etcd")
-    g.add_argument("--etcd", metavar="URL[,URL...]", required=required,
-                   default=os.environ.get("NSG_AGENT_ETCD") if not required else None,
+    g.add_argument("--etcd", metavar="URL[,URL...]", required=True,
                    help="etcd client URLs (http:// or https://), tried in turn")
+    add_etcd_connection_options(g)
+
+
+def add_etcd_connection_options(g: Any) -> None:
     g.add_argument("--prefix", default="/nsg-agent/", metavar="P", help="key prefix (default /nsg-agent/)")
     g.add_argument("--etcd-ca", metavar="FILE", help="CA bundle to verify etcd's certificate (https)")
     g.add_argument("--etcd-cert", metavar="FILE", help="client certificate (etcd --client-cert-auth)")

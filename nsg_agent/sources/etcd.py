@@ -487,7 +487,7 @@ class EtcdSource:
         self._lock = threading.RLock()
         self._last: Snapshot | None = None  # the last snapshot handed out
         self._last_full: tuple[str, bytes] | None = None  # (state digest, projected document)
-        self._served_cache = False
+        self.served_cache = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._response = None
@@ -522,7 +522,8 @@ class EtcdSource:
     def _tag_path(self, key: str, role: str, raw: bytes) -> str:
         d = self.cache_dir / "tags"
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        p = d / f"{hashlib.sha256(raw).hexdigest()}.{'txt' if role == 'internet' and not raw.lstrip().startswith((b'[', b'{')) else 'json'}"
+        text = role == "internet" and not raw.lstrip().startswith((b"[", b"{"))
+        p = d / f"{hashlib.sha256(raw).hexdigest()}.{'txt' if text else 'json'}"
         if not p.exists():
             _atomic_write(p, raw)
         return str(p)
@@ -544,8 +545,11 @@ class EtcdSource:
             self._set_conn("unreachable", str(e))
             raise SourceUnavailable(str(e)) from None
         self._set_conn("connected")
+        self.served_cache = False
         with self._lock:
-            if self._next_rev is None or self._next_rev <= header:
+            # The watch resumes from its own last event (a read does not move it): a restart
+            # after an outage replays what it missed, or finds it compacted (then a full read).
+            if self._next_rev is None:
                 self._next_rev = header + 1
         keys = {fs.STATE + k: v for k, (v, _) in kvs.items()}
         marker = kvs.get("published")
@@ -569,7 +573,7 @@ class EtcdSource:
         with self._lock:
             last = self._last
             if (last is not None and self._last_full is not None and self._last_full[0] == digest):
-                snap = Snapshot(last.loaded, last.origin, last.inputs, revision, marker.get("at"), last.notices)
+                snap = Snapshot(last.loaded, last.origin, last.inputs, revision, marker.get("at"))
                 self._last = snap
                 if from_cache is None:
                     self._persist(keys, revision, marker, fetched)
@@ -581,8 +585,7 @@ class EtcdSource:
         projected = self._validate(d, label)
         loaded = self._load(fs.canonical(projected), f"etcd-{self.host}.json")
         inputs = {k: hashlib.sha256(v).hexdigest() for k, v in keys.items()}
-        notices = (from_cache,) if from_cache else ()
-        snap = Snapshot(loaded, self.origin, inputs, revision, marker.get("at"), notices)
+        snap = Snapshot(loaded, self.origin, inputs, revision, marker.get("at"))
         with self._lock:
             self._last, self._last_full = snap, (digest, fs.canonical(projected))
         if from_cache is None:
@@ -635,20 +638,35 @@ class EtcdSource:
         notice = (f"{why}: enforcing the state persisted locally, revision {data.get('revision')} "
                   f"(read from etcd {age:.0f} s ago); retrying")
         self.log.warning("etcd.cached_state", revision=data.get("revision"), fetched_at=data.get("fetched_at"),
-                         path=str(self.cache_path))
-        snap = self._snapshot(keys, int(data.get("revision") or 0), float(data.get("fetched_at") or 0), notice)
-        self._served_cache = True
+                         path=str(self.cache_path), message=notice)
+        try:
+            snap = self._snapshot(keys, int(data.get("revision") or 0), float(data.get("fetched_at") or 0), notice)
+        except LoadError as e:
+            self.log.error("etcd.cache_unusable", path=str(self.cache_path), error=str(e))
+            return None
+        self.served_cache = True
         return snap
 
-    def changed(self, since: Snapshot | None) -> bool:
+    @property
+    def last(self) -> Snapshot | None:
+        return self._last
+
+    def changed(self) -> list[str]:
+        """One key read: has a publish happened since the last snapshot (or is etcd back
+        after the cached state was served)?"""
         try:
             _, val = self.etcd.get(self.etcd.config.prefix + fs.PUBLISHED)
         except (EtcdUnavailable, EtcdRequestFailed) as e:
             self._set_conn("unreachable", str(e))
-            return False  # the watch marks the daemon when etcd is back
+            return []  # the watch marks the daemon when etcd is back
         self._set_conn("connected")
         revision = val[1] if val else 0
-        return since is None or since.revision != revision or self._served_cache
+        last = self._last.revision if self._last is not None else None
+        if self.served_cache:
+            return [f"etcd reachable again (serving the cached revision {last})"]
+        if revision != last:
+            return [f"etcd revision {revision} (enforcing {last})"]
+        return []
 
     def watch(self, mark: Mark) -> Stop:
         self._stop.clear()
