@@ -491,7 +491,12 @@ class EtcdSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._response = None
-        self._next_rev: int | None = None
+        # the key map (relative keys -> values) at revision _keys_rev, kept by the watch
+        self._keys: dict[str, bytes] | None = None
+        self._keys_rev = 0
+        self._marker_rev = 0
+        self._synced = False  # a watch stream is live: the map follows etcd
+        self.full_reads = 0
         self._listeners: list[Callable[[Connection], None]] = []
         self.reads = 0
         self.validations = 0
@@ -528,11 +533,56 @@ class EtcdSource:
             _atomic_write(p, raw)
         return str(p)
 
+    # the key map: list + watch ---------------------------------------------------------------
+    def _full_read(self, *, list_for_watch: bool = False) -> tuple[dict[str, bytes], int]:
+        """One range request over state/ (one etcd revision): (keys, the marker's
+        mod_revision). ``list_for_watch``: the watch thread's list, which (re)starts the key
+        map; a read by the daemon leaves the map alone, so that a watch that lost its stream
+        resumes from the last revision it applied (or finds it compacted and lists again)."""
+        header, kvs = self.etcd.range(self.etcd.config.prefix + fs.STATE)
+        self.full_reads += 1
+        keys = {fs.STATE + k: v for k, (v, _) in kvs.items()}
+        marker = kvs.get("published")
+        marker_rev = marker[1] if marker else 0
+        with self._lock:
+            if list_for_watch or self._keys is None:
+                self._keys, self._keys_rev, self._marker_rev = dict(keys), header, marker_rev
+        self.log.debug("etcd.read", full=True, revision=header, keys=len(keys),
+                       bytes=sum(len(v) for v in keys.values()))
+        return keys, marker_rev
+
+    def _apply_events(self, events: list[tuple[str, str, bytes, int]]) -> bool:
+        """A watch response's events (whole revisions: etcd never splits one) applied to the
+        key map; False when there is no map to apply them to."""
+        with self._lock:
+            if self._keys is None:
+                return False
+            for kind, key, value, rev in events:
+                if rev <= self._keys_rev:
+                    continue  # replayed: the map already has it
+                k = fs.STATE + key
+                if kind == "DELETE":
+                    self._keys.pop(k, None)
+                else:
+                    self._keys[k] = value
+                    if k == fs.PUBLISHED:
+                        self._marker_rev = rev
+            self._keys_rev = max([self._keys_rev] + [e[3] for e in events])
+            return True
+
     # DesiredSource ----------------------------------------------------------------------------
     def read(self) -> Snapshot:
+        """The key map when the watch is live (kept equal to etcd by its events, no request),
+        else one range request."""
         self.reads += 1
+        with self._lock:
+            local = dict(self._keys) if self._synced and self._keys is not None else None
+            marker_rev = self._marker_rev
+        if local is not None:
+            self.served_cache = False
+            return self._snapshot(local, marker_rev, fetched=time.time())
         try:
-            header, kvs = self.etcd.range(self.etcd.config.prefix + fs.STATE)
+            keys, marker_rev = self._full_read()
         except EtcdUnavailable as e:
             self._set_conn("unreachable", str(e))
             with self._lock:
@@ -546,14 +596,7 @@ class EtcdSource:
             raise SourceUnavailable(str(e)) from None
         self._set_conn("connected")
         self.served_cache = False
-        with self._lock:
-            # The watch resumes from its own last event (a read does not move it): a restart
-            # after an outage replays what it missed, or finds it compacted (then a full read).
-            if self._next_rev is None:
-                self._next_rev = header + 1
-        keys = {fs.STATE + k: v for k, (v, _) in kvs.items()}
-        marker = kvs.get("published")
-        return self._snapshot(keys, marker[1] if marker else 0, fetched=time.time())
+        return self._snapshot(keys, marker_rev, fetched=time.time())
 
     def _snapshot(self, keys: dict[str, bytes], revision: int, fetched: float, from_cache: str | None = None
                   ) -> Snapshot:
@@ -652,16 +695,19 @@ class EtcdSource:
         return self._last
 
     def changed(self) -> list[str]:
-        """One key read: has a publish happened since the last snapshot (or is etcd back
-        after the cached state was served)?"""
-        try:
-            _, val = self.etcd.get(self.etcd.config.prefix + fs.PUBLISHED)
-        except (EtcdUnavailable, EtcdRequestFailed) as e:
-            self._set_conn("unreachable", str(e))
-            return []  # the watch marks the daemon when etcd is back
-        self._set_conn("connected")
-        revision = val[1] if val else 0
+        """Has a publish happened since the last snapshot (or is etcd back after the cached
+        state was served)? With a live watch the key map answers; else one key is read."""
         last = self._last.revision if self._last is not None else None
+        with self._lock:
+            revision = self._marker_rev if self._synced and self._keys is not None else None
+        if revision is None:
+            try:
+                _, val = self.etcd.get(self.etcd.config.prefix + fs.PUBLISHED)
+            except (EtcdUnavailable, EtcdRequestFailed) as e:
+                self._set_conn("unreachable", str(e))
+                return []  # the watch marks the daemon when etcd is back
+            self._set_conn("connected")
+            revision = val[1] if val else 0
         if self.served_cache:
             return [f"etcd reachable again (serving the cached revision {last})"]
         if revision != last:
@@ -688,20 +734,19 @@ class EtcdSource:
         self._response = resp
 
     def _watch_main(self, mark: Mark) -> None:
+        """List, then watch from the list's revision + 1; on a lost stream resume from the last
+        revision applied (etcd replays what was missed), on compaction list again."""
         delay = 0.2
         prefix = self.etcd.config.prefix + fs.STATE
         while not self._stop.is_set():
             with self._lock:
-                start = self._next_rev
-            if start is None:
-                # no read yet (etcd was down at start): the revision comes from a read
+                have = self._keys is not None
+                start = self._keys_rev + 1
+            if not have:
                 try:
-                    header, _ = self.etcd.range(self.etcd.config.prefix + fs.PUBLISHED, keys_only=True)
-                    with self._lock:
-                        if self._next_rev is None:
-                            self._next_rev = header + 1
+                    self._full_read(list_for_watch=True)
                     self._set_conn("connected")
-                    mark("etcd:reconnected", True)
+                    mark("etcd:listed", True)
                     delay = 0.2
                     continue
                 except (EtcdUnavailable, EtcdRequestFailed) as e:
@@ -715,27 +760,30 @@ class EtcdSource:
                     if self._stop.is_set():
                         return
                     was = self.conn.state
+                    if resp["created"]:
+                        with self._lock:
+                            self._synced = True
                     self._set_conn("connected")
                     delay = 0.2
                     if resp["created"] and was != "connected":
                         mark("etcd:reconnected", True)
                     if resp["events"]:
                         last = max(e[3] for e in resp["events"])
-                        with self._lock:
-                            self._next_rev = max(self._next_rev or 0, last + 1)
-                            self.conn.watch_revision = self._next_rev
+                        self._apply_events(resp["events"])
+                        self.conn.watch_revision = last + 1
                         touched = sorted({e[1] for e in resp["events"]})
-                        self.log.debug("etcd.event", revision=last, keys=touched[:20], count=len(touched))
+                        self.log.debug("etcd.event", revision=last, keys=touched[:20], count=len(touched),
+                                       bytes=sum(len(e[2]) for e in resp["events"]))
                         mark(f"etcd:{last}", True)
             except Compacted as e:
                 self.log.warning("etcd.watch_compacted", start_revision=start,
                                  compact_revision=e.compact_revision, action="a full read")
                 with self._lock:
-                    self._next_rev = None  # the next read sets it
-                mark("etcd:compacted", True)
-                self._stop.wait(0.05)
+                    self._keys, self._synced = None, False  # listed again above
                 continue
             except (EtcdUnavailable, EtcdRequestFailed) as e:
+                with self._lock:
+                    self._synced = False
                 if self._stop.is_set():
                     return
                 if self.conn.state != "unreachable":
