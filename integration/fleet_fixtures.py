@@ -23,6 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -77,10 +78,10 @@ class EtcdServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), 0.2):
                     pass
-                out = subprocess.run(["curl", "-sf", "-m", "1", "-X", "POST", f"{self.url}/v3/kv/range",
-                                      "-d", '{"key":"AA=="}'], capture_output=True, text=True)
-                if out.returncode == 0:
-                    return
+                req = urllib.request.Request(f"{self.url}/v3/kv/range", data=b'{"key":"AA=="}', method="POST")
+                with urllib.request.urlopen(req, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
             except OSError:
                 pass
             time.sleep(0.05)
@@ -187,6 +188,7 @@ def make_fleet(n_hosts: int, *, tcp_ports: tuple[int, ...] = (8080, 5432), start
     """The namespaces, etcd and servers (agents are started by the caller: ``start_agent``)."""
     tag = secrets.token_hex(2)
     base = Path(tempfile.mkdtemp(prefix="nsgfe-")) if tmp is None else tmp
+    base.mkdir(parents=True, exist_ok=True)
     data = base / "etcd"
     fleet = Fleet(tag, EtcdServer(data, base / "etcd.log"), [f"h{i}" for i in range(1, n_hosts + 1)], base)
     created: list[str] = []
