@@ -153,6 +153,7 @@ def run_fleet(n: int, publishes: int, tmp: Path) -> dict:
             idle1, i1 = etcd_metrics(fleet.etcd.url), time.perf_counter()
             idle_rate = {k: (idle1[k] - idle0[k]) / (i1 - i0) for k in METRICS}
             lat_all, lat_first, txn, missing = [], [], [], 0
+            cpu0 = agent_cpu(fleet)
             m0, p0 = etcd_metrics(fleet.etcd.url), time.perf_counter()
             put_bytes = 0
             for k in range(publishes):
@@ -169,6 +170,8 @@ def run_fleet(n: int, publishes: int, tmp: Path) -> dict:
                     lat_first.append(min(seen.values()))
                 time.sleep(0.3)
             m1, p1 = etcd_metrics(fleet.etcd.url), time.perf_counter()
+            cpu1 = agent_cpu(fleet)
+            cpu = sorted((cpu1[h] - cpu0[h]) / publishes for h in cpu0 if h in cpu1)
             per = {k: ((m1[k] - m0[k]) - idle_rate[k] * (p1 - p0)) / publishes for k in METRICS}
             rss = agent_rss(fleet)
         finally:
@@ -177,7 +180,20 @@ def run_fleet(n: int, publishes: int, tmp: Path) -> dict:
             "missing": missing, "per_publish": per, "put_bytes": put_bytes / publishes,
             "watchers": m1["etcd_debugging_mvcc_watcher_total"], "keys": m1["etcd_debugging_mvcc_keys_total"],
             "state_bytes": sum(len(v) for v in states[0].values()), "state_keys": len(states[0]),
-            "idle_rate": idle_rate, "rss_mib": rss}
+            "idle_rate": idle_rate, "rss_mib": rss, "cpu_s": cpu[len(cpu) // 2] if cpu else 0.0}
+
+
+def agent_cpu(fleet) -> dict[str, float]:
+    """CPU seconds (user + system) each agent process has used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for h, a in fleet.agents.items():
+        try:
+            fields = Path(f"/proc/{a.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[h] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
 
 
 def agent_rss(fleet) -> float:
@@ -241,7 +257,7 @@ def ms(x: float) -> str:
 
 
 def render(results: list[dict], base: dict, rec: dict, started: str, took: float, command: str) -> str:
-    b50 = percentile(base["lat"], 50)
+    b50 = percentile(base["lat"], 0.5)
     lines = [f"Written by the benchmark itself: `{command}` (started {started} UTC, took {took / 60:.1f} min). "
              "Not a test: nothing asserts a timing. Every publish is an ASG membership change that every "
              "host's rules reference (every agent recompiles and applies it), published in-process "
@@ -250,15 +266,16 @@ def render(results: list[dict], base: dict, rec: dict, started: str, took: float
              "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rec.items()]
     lines += ["", "| hosts | publishes | all hosts enforced p50 ms | p99 ms | first host p50 ms | "
-              "etcd txn p50 ms | × a single host reading a file (p50) | agent RSS MiB (median) |",
-              "|---|---|---|---|---|---|---|---|"]
+              "etcd txn p50 ms | × a single host reading a file (p50) | agent CPU ms per publish (median) | "
+              "agent RSS MiB (median) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         a = r["all"]
         missed = f" ({r['missing']} host-publishes missed)" if r["missing"] else ""
         lines.append(f"| {r['hosts']} | {r['publishes']}{missed} | "
-                     f"{ms(percentile(a, 50))} | {ms(percentile(a, 99))} | {ms(percentile(r['first'], 50))} | "
-                     f"{ms(percentile(r['txn'], 50))} | {percentile(a, 50) / b50:.2f}× | {r['rss_mib']:.0f} |")
-    lines.append(f"| file (1 host) | {base['edits']} | {ms(b50)} | {ms(percentile(base['lat'], 99))} | — | — | 1.00× | — |")
+                     f"{ms(percentile(a, 0.5))} | {ms(percentile(a, 0.99))} | {ms(percentile(r['first'], 0.5))} | "
+                     f"{ms(percentile(r['txn'], 0.5))} | {percentile(a, 0.5) / b50:.2f}× | {r['cpu_s'] * 1000:.0f} | {r['rss_mib']:.0f} |")
+    lines.append(f"| file (1 host) | {base['edits']} | {ms(b50)} | {ms(percentile(base['lat'], 0.99))} | — | — | 1.00× | — | — |")
     lines += ["", "etcd's side, per publish (its /metrics; the agents' idle traffic, lease keep-alives and "
               "reports, measured for 3 s before and subtracted):", "",
               "| hosts | state keys / bytes | txn bytes written | watchers | bytes sent by etcd | "
@@ -296,12 +313,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(d)
         log("baseline: one host reading a file")
         base = run_file(args.publishes, tmp)
-        log(f"  p50 {ms(percentile(base['lat'], 50))} ms")
+        log(f"  p50 {ms(percentile(base['lat'], 0.5))} ms")
         for n in [int(x) for x in args.hosts.split(",")]:
             log(f"fleet: {n} hosts")
             r = run_fleet(n, args.publishes, tmp)
             results.append(r)
-            log(f"  all hosts p50 {ms(percentile(r['all'], 50))} ms, p99 {ms(percentile(r['all'], 99))} ms")
+            log(f"  all hosts p50 {ms(percentile(r['all'], 0.5))} ms, p99 {ms(percentile(r['all'], 0.99))} ms")
     rec["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     rec["etcd"] = subprocess.run(["/usr/bin/etcd", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     text = render(results, base, rec, started, time.perf_counter() - t_start,
