@@ -154,6 +154,20 @@ def _ago(t: Any, now: float) -> str:
     return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else f"{s / 3600:.1f}h ago"
 
 
+def _error_line(err: Any, width: int = 110) -> str:
+    if not isinstance(err, dict):
+        return str(err)[:width]
+    problems = [p for p in err.get("problems") or [] if isinstance(p, dict)]
+    if problems:
+        p = problems[0]
+        text = f"{err.get('kind')}: {p.get('file')}: {p.get('path') + ': ' if p.get('path') else ''}{p.get('message')}"
+        more = len(problems) - 1
+        text = text + (f" (+{more} more)" if more else "")
+    else:
+        text = f"{err.get('kind')}: {' '.join(str(err.get('message', '')).split())}"
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def render_fleet(data: dict, now: float | None = None) -> str:
     now = time.time() if now is None else now
     pub = data["published"]
@@ -168,8 +182,7 @@ def render_fleet(data: dict, now: float | None = None) -> str:
         etcd_state = (h.get("etcd") or {}).get("state", "-")
         detail = ", ".join(h.get("nics") or []) or "-"
         if h.get("last_error"):
-            err = h["last_error"]
-            detail = f"{err.get('kind')}: {err.get('message')}"[:100] if isinstance(err, dict) else str(err)[:100]
+            detail = _error_line(h["last_error"])
         rev = h.get("revision") if h.get("revision") is not None else "-"
         behind = f" (-{h['behind']})" if h.get("behind") else ""
         lines.append(f"{h['host']:<16} {h['verdict']:<9} {str(rev) + behind:>8}  {_ago(h.get('applied_at'), now):<10} "

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import getpass
 import hashlib
 import json
@@ -321,7 +322,7 @@ def _requests_errors():
 def _short(e: BaseException | None) -> str:
     if e is None:
         return "no endpoint"
-    text = str(e)
+    text = f"{e} {getattr(e, 'detail_text', '') or ''}".strip() or type(e).__name__
     for marker in ("Connection refused", "timed out", "Name or service not known", "Connection reset"):
         if marker in text:
             return marker.lower()
@@ -381,7 +382,20 @@ def publish(etcd: Etcd, new: dict[str, bytes], *, expect_revision: int | None = 
     if size * 4 // 3 > fs.ETCD_DEFAULT_MAX_REQUEST:
         get_logger().warning("publish.large", bytes=size,
                              hint="etcd refuses requests over --max-request-bytes (1.5 MiB by default)")
-    resp = etcd.txn(compare, ops, [{"request_range": {"key": _b64(prefix + fs.PUBLISHED)}}])
+    try:
+        resp = etcd.txn(compare, ops, [{"request_range": {"key": _b64(prefix + fs.PUBLISHED)}}])
+    except EtcdRequestFailed as e:
+        # A state is never written in parts: the transaction must fit etcd's limits.
+        if "too many operations" in str(e):
+            raise EtcdRequestFailed(
+                f"{e}: this publish writes {len(ops)} keys in one transaction and etcd allows "
+                f"--max-txn-ops (default 128); start etcd with --max-txn-ops {max(len(ops), 1024)} or more "
+                "(docs/fleet.md: a first publish writes every key)") from None
+        if "too large" in str(e):
+            raise EtcdRequestFailed(
+                f"{e}: this publish is {size * 4 // 3 + 200 * len(ops):,} bytes in one transaction and etcd "
+                "accepts --max-request-bytes (default 1.5 MiB); raise it (docs/fleet.md)") from None
+        raise
     revision = int(resp["header"]["revision"])
     if not resp.get("succeeded"):
         won = 0
@@ -625,12 +639,21 @@ class EtcdSource:
             d = fs.document(keys, self._tag_path)
         except fs.StateFormatError as e:
             raise LoadError([Problem(label + e.key, "", e.message)]) from None
-        projected = self._validate(d, label)
-        loaded = self._load(fs.canonical(projected), f"etcd-{self.host}.json")
+        projected, warnings = self._validate(d, label)
+        part = fs.canonical(projected)
         inputs = {k: hashlib.sha256(v).hexdigest() for k, v in keys.items()}
+        with self._lock:
+            same = last is not None and self._last_full is not None and self._last_full[1] == part
+        if same:
+            # this host's part is byte-identical: the very same loaded state (nothing to do)
+            loaded = last.loaded
+        else:
+            # the part of a valid state: loaded without --strict (the cut leaves ASGs without
+            # members here, which the whole state had), with the whole state's warnings
+            loaded = dataclasses.replace(self._load(part, f"etcd-{self.host}.json"), warnings=warnings)
         snap = Snapshot(loaded, self.origin, inputs, revision, marker.get("at"))
         with self._lock:
-            self._last, self._last_full = snap, (digest, fs.canonical(projected))
+            self._last, self._last_full = snap, (digest, part)
         if from_cache is None:
             self._persist(keys, revision, marker, fetched)
         return snap
@@ -638,26 +661,27 @@ class EtcdSource:
     def _load(self, raw: bytes, name: str):
         from nsg_agent.desired import loader
 
-        return loader.load_bytes(raw, self.cache_dir / name, **self.load_options)
+        return loader.load_bytes(raw, self.cache_dir / name, limits=self.load_options.get("limits",
+                                                                                           loader.DEFAULT_LIMITS))
 
-    def _validate(self, d: fs.Document, label: str) -> dict:
-        """The whole state through the loader (exactly like a file), its problems named by
-        key; then this host's part."""
+    def _validate(self, d: fs.Document, label: str) -> tuple[dict, tuple[Problem, ...]]:
+        """The whole state through the loader (exactly like a file; --strict as given), its
+        problems and warnings named by key; then this host's part."""
         from nsg_agent.desired import loader
 
         self.validations += 1
+
+        def by_key(p: Problem) -> Problem:
+            where = fs.problem_key(p.path, d.origin)
+            if where is not None:
+                return Problem(f"{label}{where[0]}", where[1], p.message)
+            return Problem(label if p.file.endswith("etcd-state.json") else p.file, p.path, p.message)
+
         try:
-            loader.load_bytes(fs.canonical(d.doc), self.cache_dir / "etcd-state.json", **self.load_options)
+            full = loader.load_bytes(fs.canonical(d.doc), self.cache_dir / "etcd-state.json", **self.load_options)
         except LoadError as e:
-            problems = []
-            for p in e.problems:
-                where = fs.problem_key(p.path, d.origin)
-                if where is not None:
-                    problems.append(Problem(f"{label}{where[0]}", where[1], p.message))
-                else:
-                    problems.append(Problem(label if p.file.endswith("etcd-state.json") else p.file, p.path, p.message))
-            raise LoadError(problems) from None
-        return fs.project(d.doc, self.host)
+            raise LoadError([by_key(p) for p in e.problems]) from None
+        return fs.project(d.doc, self.host), tuple(by_key(w) for w in full.warnings)
 
     def _persist(self, keys: dict[str, bytes], revision: int, marker: dict, fetched: float) -> None:
         try:
