@@ -269,3 +269,21 @@ def test_a_dead_agent_disappears_from_fleet_status(fleet3):
     assert took is not None, fleet.fleet_status()
     code, _ = fleet.fleet_status()
     assert code == 1
+
+
+def test_etcd_down_at_a_first_start_then_up(fleet3, prober):
+    """A new agent (no persisted state) while etcd is down: nothing to enforce yet, it retries
+    with backoff; etcd back: it lists, watches and enforces the published revision."""
+    fleet = fleet3
+    rev = fleet.fleet_status()[1]["published"]["revision"]
+    fleet.etcd.kill()
+    fresh = fleet.tmp / "run-fresh"
+    agent = fleet.start_agent("h3", "--state-dir", str(fresh))
+    agent.wait_for("source.unavailable", timeout=BOUND)
+    assert not (fresh / fleet.ns["h3"] / "etcd-last-good.json").exists()
+    fleet.etcd.start()
+    agent.wait_for("config.applied", timeout=15)  # no record of its own: the table is replaced
+    status = json.loads((fresh / fleet.ns["h3"] / "status.json").read_text())
+    assert status["commit"]["revision"] == rev
+    assert (fresh / fleet.ns["h3"] / "etcd-last-good.json").exists()
+    assert matrix(fleet, prober) == EXPECTED

@@ -180,3 +180,31 @@ def test_config_parsing():
 
     with pytest.raises(InvalidInput):
         E.EtcdConfig.parse("ftp://x", "/")
+
+
+def test_fleet_status_verdicts(etcd, tmp_path):
+    import time as _time
+
+    E.publish(etcd, _keys(tmp_path, FLEET))
+    published = etcd.kv["/t/state/published"][1]
+    now = _time.time()
+
+    def report(host, **kw):
+        etcd.rev += 1
+        etcd.kv[f"/t/agents/{host}"] = (fs.canonical({"host": host, "state": "ok", "revision": published,
+                                                      "applied_at": now - 5, "updated_at": now, **kw}), etcd.rev)
+
+    report("h1")
+    report("h2", revision=published - 3)
+    data = E.fleet_status(etcd, now=now)
+    v = {h["host"]: (h["verdict"], h["behind"]) for h in data["hosts"]}
+    assert v == {"h1": ("current", 0), "h2": ("stale", 3)}
+    assert data["missing"] == ["h3"] and data["unowned_nics"] == ["extra"]
+    report("h2", last_error={"kind": "invalid", "message": "x", "problems": []}, state="failing")
+    report("h3", state="degraded")
+    v = {h["host"]: h["verdict"] for h in E.fleet_status(etcd, now=now)["hosts"]}
+    assert v == {"h1": "current", "h2": "failing", "h3": "degraded"}
+    from nsg_agent.cli.fleet import render_fleet
+
+    text = render_fleet(E.fleet_status(etcd, now=now), now=now)
+    assert "h2               failing" in text and "1 current, 1 degraded, 1 failing" in text
