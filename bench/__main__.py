@@ -381,7 +381,7 @@ def run_control(lab, rep, cmp_gen, max_gen, tmpdir, cfg, quick) -> None:
     rep.sections.append(steps_table(
         "## Control plane: ASG and service-tag changes\n\nWhat the daemon does for such a change, in one "
         "long-lived process: load (the unchanged service-tag file cached by (path, sha256)), resolve, compile, "
-        "diff against the table the kernel holds (nsg_agent/compiler/delta.py), apply the delta in one transaction, "
+        "diff against the table the kernel holds (nsg_agent/kernel/delta.py), apply the delta in one transaction, "
         "then serialize the whole batch (for the daemon's records and a later full replace); classify mode; "
         "'compile + diff + apply' and 'all steps' are per repetition; each repetition toggles "
         "the change so every apply really changes the table. The comparison rows use the comparison size with "

@@ -59,13 +59,13 @@ def pipeline(path: Path, mode: str, interfaces: dict[str, str], backend: Any, t:
     """load -> resolve -> compile -> serialize -> replace, each step timed into ``t``; the
     garbage collector paused meanwhile and one collection afterwards, as in the daemon.
     With ``previous`` (the commands the kernel holds) it applies like the daemon's edits:
-    diff (nsg_agent.compiler.delta) -> apply (one transaction of the delta; the whole table
+    diff (nsg_agent.kernel.delta) -> apply (one transaction of the delta; the whole table
     when there is no delta), and records in ``t.info["how"]`` which it was."""
     import gc
 
     from nsg_agent.compiler import HostPlacement, compile_ruleset
-    from nsg_agent.compiler.delta import delta
     from nsg_agent.kernel.backend import batch_payload
+    from nsg_agent.kernel.delta import delta
 
     was_enabled = gc.isenabled()
     gc.disable()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging as _stdlib_logging
 import sys
-from typing import IO
+from typing import IO, TextIO
 
 import structlog
 
@@ -27,7 +27,7 @@ def wants_json(fmt: str, stream: IO[str] | None = None) -> bool:
     return fmt == "json"
 
 
-def configure(level: str = "info", stream: IO[str] | None = None, *, json_output: bool = True,
+def configure(level: str = "info", stream: TextIO | None = None, *, json_output: bool = True,
               fmt: str | None = None, observers: tuple = ()) -> None:
     """Route structlog to ``stream`` (stderr by default): JSON lines, or with
     ``fmt="console"`` (or ``"auto"`` on a terminal) structlog's console renderer."""

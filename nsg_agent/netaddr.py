@@ -48,9 +48,10 @@ def _fast_cidr(text: str, strict: bool) -> tuple[int, int, int] | None:
     m = _V6_RE.match(text)
     if m is not None:
         addr, plen_text = m.groups()
-        value = _v6_value(addr)
-        if value is None:
+        parsed = _v6_value(addr)
+        if parsed is None:
             return None
+        value = parsed
         plen = 128 if plen_text is None else int(plen_text)
         if plen > 128:
             return None
@@ -160,6 +161,10 @@ class PrefixSet:
     integer ranges. Equal sets have equal ranges, so equality and hashing are by value."""
 
     __slots__ = ("v4", "v6", "_hash")
+    # The slots' types (bare annotations: no class attribute, so no clash with __slots__).
+    v4: tuple[tuple[int, int], ...]
+    v6: tuple[tuple[int, int], ...]
+    _hash: int | None
 
     def __init__(self, v4: Iterable[tuple[int, int]] = (), v6: Iterable[tuple[int, int]] = ()):
         object.__setattr__(self, "v4", _merge(v4))
@@ -243,7 +248,7 @@ class PrefixSet:
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not PrefixSet:
             return NotImplemented
-        return self is other or (self.v4 == other.v4 and self.v6 == other.v6)  # type: ignore[attr-defined]
+        return self is other or (self.v4 == other.v4 and self.v6 == other.v6)
 
     def __hash__(self) -> int:
         h = self._hash

@@ -7,8 +7,10 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 bash scripts/install.sh test
 export PYTHONDONTWRITEBYTECODE=1
-# Lint first (pyproject's [tool.ruff]): a finding fails the run like a failing test.
+# Lint and type-check first (pyproject's [tool.ruff] and [tool.mypy]: mypy checks the pure
+# packages): a finding fails the run like a failing test.
 .venv/bin/ruff check nsg_agent tests integration bench conftest.py
+.venv/bin/mypy
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider "$@"
 rc=$?

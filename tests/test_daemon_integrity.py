@@ -37,7 +37,7 @@ def real(env):  # noqa: F811
 
 
 def a_map(backend: FakeBackend) -> str:
-    return next(n for n, s in sorted(backend.table.sets.items()) if s["_kind"] == "map")
+    return next(n for n, s in sorted(backend.table.sets.items()) if s.kind == "map")
 
 
 class TestOnlyCompleteFiles:

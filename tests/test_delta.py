@@ -1,4 +1,4 @@
-"""nsg_agent.compiler.delta: the delta batch turns the old table into exactly the new one (no root:
+"""nsg_agent.kernel.delta: the delta batch turns the old table into exactly the new one (no root:
 FakeBackend; the kernel check is tests/test_delta_nft.py)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from compiler_helpers import host_placement, policy_from_dict
 from nsg_agent.compiler import FabricPlacement, HostPlacement, compile_ruleset
-from nsg_agent.compiler.delta import delta
 from nsg_agent.desired import loader
 from nsg_agent.kernel.backend import FakeBackend
+from nsg_agent.kernel.delta import delta
 from nsg_agent.semantics import resolver as semantics
 from test_tracer_vs_semantics import desired_state
 

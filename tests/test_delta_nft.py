@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from compiler_helpers import IS_ROOT, throwaway_netns
-from nsg_agent.compiler.delta import delta
 from nsg_agent.kernel.backend import NftBackend
+from nsg_agent.kernel.delta import delta
 from test_delta import EDITS, EXAMPLES, FILES, compile_doc
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not IS_ROOT, reason="needs root (network namespaces)")]

@@ -97,13 +97,14 @@ class TestFakeBackend:
         assert fake.dump() == before
 
     def test_dump_is_sorted_text(self):
-        """dump() shows sets with element counts and chains with their commented rules."""
+        """dump() is nft text: the table, its chains, sets with their elements, commented rules."""
         fake = FakeBackend()
         fake.replace(BATCH)
-        text = fake.dump()
-        assert text.startswith(f"table inet {TABLE_NAME}\n")
-        assert "set s type ipv4_addr elements=2" in text
-        assert "comment 'nsg: UserRule_a'" in text
+        lines = fake.dump().splitlines()
+        assert lines[0] == f"add table inet {TABLE_NAME}"
+        assert f"add set inet {TABLE_NAME} s {{ type ipv4_addr ; flags interval ; }}" in lines
+        assert any(line.startswith(f"add element inet {TABLE_NAME} s {{ ") for line in lines)
+        assert any(line.endswith('comment "nsg: UserRule_a"') for line in lines)
 
     def test_injected_failures_are_consumed(self):
         """fail_next makes exactly the requested number of calls fail."""

@@ -98,7 +98,7 @@ def table_obj(name: str) -> dict:
 
 def chain_obj(table: str, name: str, hook: str | None = None, prio: int = 0,
               policy: str = "accept") -> dict:
-    chain = {"family": FAMILY, "table": table, "name": name}
+    chain: dict[str, Any] = {"family": FAMILY, "table": table, "name": name}
     if hook is not None:
         chain.update({"type": "filter", "hook": hook, "prio": prio, "policy": policy})
     return {"chain": chain}

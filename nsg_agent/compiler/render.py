@@ -172,7 +172,7 @@ class _Builder:
         # which spells out every prefix, is built only to name a new level.
         # Names come from the NSG and direction, not from the resolved content, so that an
         # edit of the content (an ASG member, a tag prefix) keeps every name and can be
-        # applied as a delta (nsg_agent/compiler/delta.py). A second resolution of the same NSG
+        # applied as a delta (nsg_agent/kernel/delta.py). A second resolution of the same NSG
         # and direction (VirtualNetwork or ASGs of another VNet) is variant v2, v3, ... in
         # the order NICs are compiled (sorted by name).
         key = (direction.value, platform, lv.nsg, lv.rules)
@@ -344,8 +344,8 @@ class _Builder:
                 """The verdict for ``child`` reached after dimension ``d``: the next node's
                 chain (nodes that decide nothing skipped), else the class or rule chain."""
                 d += 1
-                while (child, d) in in_tree and skip[(child, d)] is not None:
-                    child, d = skip[(child, d)], d + 1
+                while (child, d) in in_tree and (passed := skip[(child, d)]) is not None:
+                    child, d = passed, d + 1
                 if (child, d) in node_chains:
                     return E.verdict("goto", node_chains[(child, d)])
                 return goto(child)
@@ -364,10 +364,10 @@ class _Builder:
                     key = _key_expr(family, (dim,), fields)
                     elements = [[_key_value(family, (dim,), ((lo, hi),)), step(child, d)]
                                 for lo, hi, child in dec.nodes[node][1] if child != bg]
-                    body = []
+                    body: list = []  # rules here; (rules, element count) pairs for the class chains below
                     if elements:
                         if len(elements) > INLINE_MAX:
-                            map_name = f"{lv.name}_{family}" if level_root else chain + "m"
+                            map_name = f"{lv.name}_{family}" if chain is None else chain + "m"  # None: level root
                             self.maps.append(E.map_obj(TABLE_NAME, map_name, _key_type(family, (dim,)), elements))
                             body.append([E.vmap(key, "@" + map_name)])
                         else:
@@ -382,6 +382,7 @@ class _Builder:
                     if level_root:
                         stage1_rules.extend(body)
                     else:
+                        assert chain is not None  # not the level root: a node chain's name
                         node_bodies.append((chain, body))
             key2 = _key_expr(family, dims2, fields)
             set_names = {}

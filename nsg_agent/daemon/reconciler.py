@@ -28,7 +28,6 @@ import time
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, Callable
 
-from nsg_agent.compiler.delta import delta
 from nsg_agent.daemon.outcome import Observer, Outcome
 from nsg_agent.daemon.status import Commit, Status, StatusStore, rule_digests, set_sizes
 from nsg_agent.daemon.targets import CompileFn, HostTarget, Target, compile_host, host_interfaces
@@ -36,6 +35,7 @@ from nsg_agent.desired import loader
 from nsg_agent.errors import LoadError, OperationFailed
 from nsg_agent.host.notify import Notifier
 from nsg_agent.kernel.backend import Backend, batch_payload, stamp_commands
+from nsg_agent.kernel.delta import delta
 from nsg_agent.kernel.errors import NftError, PermissionDenied
 from nsg_agent.logging import get_logger
 from nsg_agent.semantics import resolver as semantics
@@ -661,7 +661,7 @@ class Reconciler:
 
     def _apply(self, desired: Desired, reason: str, phases: _Phases | None = None,
                diff: list[dict] | None = None) -> Outcome:
-        """Make the kernel enforce ``desired``: ``diff`` (nsg_agent.compiler.delta against the
+        """Make the kernel enforce ``desired``: ``diff`` (nsg_agent.kernel.delta against the
         table the kernel holds) as one transaction when there is one, else the whole table
         replaced in one transaction."""
         phases = phases or _Phases()

@@ -413,16 +413,12 @@ def _rule_key(rule: "ResolvedRule") -> str:
 
 
 def set_sizes(commands: list[dict]) -> dict[str, int]:
-    """Element count of every named set and map a replace batch creates."""
-    sets: dict[str, int] = {}
-    for cmd in commands:
-        verb, body = next(iter(cmd.items()))
-        if verb not in ("add", "create"):
-            continue
-        kind, obj = next(iter(body.items()))
-        if kind in ("set", "map", "element"):
-            sets[obj["name"]] = sets.get(obj["name"], 0) + len(obj.get("elem") or [])
-    return sets
+    """Element count of every named set and map a replace batch creates (read off the one
+    table model, built without copying the batch)."""
+    from nsg_agent.kernel.state import NftRuleset
+
+    return {name: n for table in NftRuleset.from_commands(commands, share=True)
+            for name, n in table.set_sizes().items()}
 
 
 def ruleset_sha256(commands: list[dict]) -> str:

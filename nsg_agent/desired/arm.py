@@ -267,6 +267,8 @@ class Evaluator:
             for k, x in v.items():
                 if k == "copy" and isinstance(x, list):
                     for loop in x:
+                        name: object  # a str, or (lenient, the loop unevaluable) what the loop says
+                        items: list | Unresolved
                         try:
                             name, items = self.property_copy(loop)
                         except Unevaluable as e:
@@ -572,7 +574,7 @@ class Resource:
 def _param_values(doc: dict, parameter_docs: list[dict]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for pdoc in parameter_docs:
-        params = pdoc.get("parameters") if isinstance(pdoc.get("parameters"), dict) else pdoc
+        params = pdoc["parameters"] if isinstance(pdoc.get("parameters"), dict) else pdoc
         for k, v in params.items():
             if isinstance(v, dict) and "value" in v:
                 values[k] = v["value"]
@@ -587,14 +589,14 @@ def evaluate_template(doc: dict, parameter_docs: list[dict] | None = None
     evaluated: copy loops expanded, conditions applied, children flattened with full types
     and ``parent/child`` names. Returns the resources and the problems (location, message)
     of what decides whether or how often a resource exists (condition, copy count)."""
-    raw_params = doc.get("parameters") if isinstance(doc.get("parameters"), dict) else {}
+    raw_params = doc["parameters"] if isinstance(doc.get("parameters"), dict) else {}
     defaults = {k: v.get("defaultValue") for k, v in raw_params.items()
                 if isinstance(v, dict) and "defaultValue" in v}
     values = _param_values(doc, parameter_docs or [])
     for k, v in list(values.items()):
         if isinstance(v, Unresolved):
             del values[k]
-    variables = doc.get("variables") if isinstance(doc.get("variables"), dict) else {}
+    variables = doc["variables"] if isinstance(doc.get("variables"), dict) else {}
     variables = dict(variables)
     var_copies = variables.pop("copy", None)
     t = Template(parameters=values, variables=variables, param_defaults=defaults)
@@ -606,6 +608,7 @@ def evaluate_template(doc: dict, parameter_docs: list[dict] | None = None
     _unwrap_copy_vars(t)
 
     problems: list[tuple[tuple, str]] = []
+    items: list[tuple[tuple, Any]]
     if "resources" in doc:
         raw = doc["resources"]
         if not isinstance(raw, list):
@@ -642,7 +645,7 @@ def evaluate_template(doc: dict, parameter_docs: list[dict] | None = None
                                        "template: its state is known only after deployment")
 
     t.reference_fn = reference
-    queue = [(loc, r, None, None) for loc, r in items]
+    queue: list[tuple[tuple, Any, str | None, str | None]] = [(loc, r, None, None) for loc, r in items]
     while queue:
         loc, raw_res, parent_type, parent_name = queue.pop(0)
         if not isinstance(raw_res, dict):

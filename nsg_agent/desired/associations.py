@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any
+from typing import Any, Callable
 
 Loc = tuple
 
@@ -38,8 +38,9 @@ def _ref_name(v: Any) -> str | None:
     return None
 
 
-def _pop_refs(item: dict, key: str) -> list | None:
-    """Remove ``key`` from the item (top level or under properties); its value."""
+def _pop_refs(item: dict, key: str) -> Any:
+    """Remove ``key`` from the item (top level or under properties); its value (any JSON
+    value: the caller checks it is a list), None when absent."""
     for place in (item, item.get("properties")):
         if isinstance(place, dict) and key in place:
             return place.pop(key)
@@ -51,8 +52,8 @@ def apply(doc: dict) -> tuple[list[tuple[Loc, str]], list[tuple[Loc, str]]]:
     Returns (problems, warnings) at paths of ``doc``."""
     problems: list[tuple[Loc, str]] = []
     warnings: list[tuple[Loc, str]] = []
-    vnets = doc.get("virtualNetworks") if isinstance(doc.get("virtualNetworks"), list) else []
-    nics = doc.get("networkInterfaces") if isinstance(doc.get("networkInterfaces"), list) else []
+    vnets: list = doc["virtualNetworks"] if isinstance(doc.get("virtualNetworks"), list) else []
+    nics: list = doc["networkInterfaces"] if isinstance(doc.get("networkInterfaces"), list) else []
     has_topology = bool(vnets or nics)
 
     def subnet_at(vname: str, sname: str) -> tuple[int, int] | None:
@@ -117,6 +118,7 @@ def apply(doc: dict) -> tuple[list[tuple[Loc, str]], list[tuple[Loc, str]]]:
                     if not isinstance(rid, str):
                         problems.append((loc + (j,), "a reference must be {id: ...} or an id string"))
                         continue
+                    setter: Callable[[], None] | None
                     if back == "subnets":
                         m = _SUBNET_ID.search(rid)
                         if not m:

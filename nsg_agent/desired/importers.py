@@ -13,7 +13,10 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # imported where used (ARM templates only)
+    from nsg_agent.desired.arm import Unresolved
 
 Loc = tuple
 
@@ -46,7 +49,7 @@ def _is_rule(obj: Any) -> bool:
     """A single security rule (flat or nested), as the rule-level REST calls return it."""
     if not isinstance(obj, dict):
         return False
-    props = obj.get("properties") if isinstance(obj.get("properties"), dict) else obj
+    props = obj["properties"] if isinstance(obj.get("properties"), dict) else obj
     return "direction" in props and "access" in props and "priority" in props
 
 
@@ -106,8 +109,8 @@ def detect(doc: Any, filename: str, options: Options | None = None) -> Imported:
         return Imported("desired-state", doc)
     if _is_arm_template(doc):
         return _arm_template(doc, options)
-    if _kind_of(doc) is not None and _kind_of(doc) not in ("effective-nsg", "effective-route"):
-        return _resource_list(_kind_of(doc), [((), doc)], options)
+    if (kind := _kind_of(doc)) is not None and kind not in ("effective-nsg", "effective-route"):
+        return _resource_list(kind, [((), doc)], options)
     if "responses" in doc and "parameters" in doc:
         return _rest_example(doc)
     if isinstance(doc.get("value"), list):
@@ -402,7 +405,7 @@ def _arm_template(doc: dict, options: Options) -> Imported:
     return imported
 
 
-def _unresolved(imported: Imported, marker: type) -> None:
+def _unresolved(imported: Imported, marker: type[Unresolved]) -> None:
     """Unevaluated expressions left in the imported document: refused where they matter
     (with the field, the expression and the function), dropped where they only inform."""
 
@@ -588,7 +591,7 @@ def _effective_entry(loc: Loc, entry: dict, found, origin, warnings) -> None:
         origin[("networkSecurityGroups", n, "securityRules", len(rules))] = rloc
         rules.append(flat)
     nsg: dict[str, Any] = {"name": name or f"effective-{n}", "securityRules": rules}
-    assoc = entry.get("association") if isinstance(entry.get("association"), dict) else {}
+    assoc = entry["association"] if isinstance(entry.get("association"), dict) else {}
     if isinstance(assoc.get("networkInterface"), dict) and "id" in assoc["networkInterface"]:
         nsg["networkInterfaces"] = [assoc["networkInterface"]]
     elif isinstance(assoc.get("subnet"), dict) and "id" in assoc["subnet"]:
@@ -675,7 +678,7 @@ def _rule_examples(params, bodies, nsg_name, found, origin, warnings) -> None:
                 continue
             rules.append((iloc, item))
     seen: set[str] = set()
-    kept = []
+    kept: list[Any] = []
     for loc, rule in rules:
         key = str(rule.get("name", "")).lower()
         if key in seen:

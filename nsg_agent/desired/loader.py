@@ -367,7 +367,7 @@ class _Reader:
     def merge(self) -> tuple[dict, dict[Loc, tuple[_Source, Loc]]]:
         merged: dict[str, Any] = {}
         origin: dict[Loc, tuple[_Source, Loc]] = {}
-        by_name: dict[tuple[str, str], tuple[_Source, int, Any]] = {}
+        by_name: dict[tuple[str, str], tuple[_Source, int, Any, int]] = {}
         for src in self.sources:
             for key, value in src.sections.items():
                 if key in merged and merged[key] != value:
@@ -492,6 +492,7 @@ class _Reader:
             problems += unknown  # an ignored key often explains an error (a misspelled field)
         if problems:
             raise LoadError(_in_file_order(_without_echoes(problems), self))
+        assert state is not None  # no state: _validate reported model errors, raised above
         first = self.sources[0]
         kind = first.imported.kind if len(self.sources) == 1 else "merged"
         all_files = [s.path for s in self.sources] + [s.path for s, _ in self.tag_sources] + files + self.param_paths
@@ -547,6 +548,7 @@ def _validate(doc: dict) -> tuple[DesiredState | None, list[tuple[Loc, str]], Ca
     the remaining objects when there were errors), the model errors, a map from paths in
     that state back to paths in ``doc``, and the names of the objects left out."""
     errors: list[tuple[Loc, str]] = []
+    remap: Callable[[Loc], Loc]
     current, remap = doc, (lambda loc: loc)
     cut_names: set[str] = set()
     for _ in range(4):

@@ -26,7 +26,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
@@ -217,6 +217,7 @@ def check_bounds(doc: Any, filename: str, limits: Limits = DEFAULT_LIMITS, *, st
         if len(loc) >= limits.max_depth:
             problems.append(Problem(filename, _fmt(loc), f"nesting deeper than {limits.max_depth} levels"))
             continue
+        pairs: Iterable[tuple[Any, Any]]
         if type(node) is dict:
             pairs = node.items()
         else:
@@ -375,6 +376,7 @@ def check_yaml_events(text: str, filename: str, limits: Limits = DEFAULT_LIMITS)
                             f"string of {len(value)} characters: longer than the limit of "
                             f"{limits.max_string}"), line))
                     if is_key and tag != _MERGE_TAG:
+                        assert parent is not None  # is_key: the scalar is a key of the open mapping
                         if value in parent.keys:
                             problems.append(Problem(filename, _fmt(parent.loc + (value,)), (
                                 f"duplicate key {value!r} (first at line {parent.keys[value]}; keys "

@@ -73,7 +73,7 @@ def parse_service_tags(doc: object, source: str, memo: "ValueMemo | None" = None
             problems.append((f"{where}.properties.addressPrefixes", "must be a list"))
             continue
         key = memo.key(raw) if memo is not None else None
-        prefix_set = memo.get(key) if key is not None else None
+        prefix_set = memo.get(key) if memo is not None and key is not None else None
         if prefix_set is None:
             cidrs = []
             n_problems = len(problems)
@@ -83,7 +83,7 @@ def parse_service_tags(doc: object, source: str, memo: "ValueMemo | None" = None
                 except ValueError:
                     problems.append((f"{where}.properties.addressPrefixes[{j}]", f"{p!r} is not a CIDR prefix"))
             prefix_set = PrefixSet.from_cidrs(cidrs)
-            if key is not None and len(problems) == n_problems:
+            if memo is not None and key is not None and len(problems) == n_problems:
                 memo.put(key, prefix_set)
         tags[value["name"].lower()] = ServiceTag(
             name=value["name"],

@@ -120,18 +120,18 @@ def _vnets(state: DesiredState, tags: ServiceTagIndex) -> Iterator[Issue]:
     # Peered VNets must not overlap (Azure refuses such peerings).
     for vi, vnet in enumerate(state.virtualNetworks):
         for pi, peer in enumerate(vnet.peerings):
-            other = state.vnet(peer.remote)
-            if other is None or other is vnet:
+            remote = state.vnet(peer.remote)
+            if remote is None or remote is vnet:
                 continue
             for a in vnet.addressSpace:
-                for b in other.addressSpace:
+                for b in remote.addressSpace:
                     na, nb = parse_prefix(a), parse_prefix(b)
                     if na.version == nb.version and na.overlaps(nb):
                         yield ("virtualNetworks", vi, "peerings", pi), (
-                            f"peered VNets {vnet.name!r} and {other.name!r} overlap ({na} and {nb})")
+                            f"peered VNets {vnet.name!r} and {remote.name!r} overlap ({na} and {nb})")
     for ti, table in enumerate(state.routeTables):
         dup = _dupes([r.name for r in table.routes])
-        seen: set[str] = set()
+        seen = set()
         for ri, route in enumerate(table.routes):
             if route.name.lower() in dup and route.name.lower() in seen:
                 yield ("routeTables", ti, "routes", ri, "name"), (
@@ -247,8 +247,8 @@ def _nsgs(state: DesiredState, tags: ServiceTagIndex) -> Iterator[Issue]:
                         if g.lower() not in known_asgs:
                             yield rloc + (f"{side}ApplicationSecurityGroups", ai), (
                                 f"unknown application security group {g!r}")
-            src = {asg_vnet.get(g.lower()) for g in rule.sourceApplicationSecurityGroups} - {None}
-            dst = {asg_vnet.get(g.lower()) for g in rule.destinationApplicationSecurityGroups} - {None}
+            src = {asg_vnet[g.lower()] for g in rule.sourceApplicationSecurityGroups if g.lower() in asg_vnet}
+            dst = {asg_vnet[g.lower()] for g in rule.destinationApplicationSecurityGroups if g.lower() in asg_vnet}
             if src and dst and (len(src | dst) > 1):
                 yield rloc, (
                     "source and destination application security groups must be in the same "

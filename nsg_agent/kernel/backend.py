@@ -10,7 +10,7 @@ is the single choke point for that batch:
   path: it would only repeat the kernel's work. Only when the batch is refused does it
   bisect with dry runs to find the first failing command, so the error names the command
   and not just the batch;
-- :meth:`NftBackend.transact` runs a delta of the table (nsg_agent.compiler.delta: only the
+- :meth:`NftBackend.transact` runs a delta of the table (nsg_agent.kernel.delta: only the
   sets and chains an edit changed) as one transaction, when the kernel still holds the
   previous commit;
 - :meth:`NftBackend.check` is that dry run on its own (the kernel validates, nothing
@@ -33,11 +33,11 @@ import re
 import socket
 import struct
 import threading
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
 from nsg_agent.host.netns import NetnsRunner
 from nsg_agent.kernel.errors import NftError, errno_of, nft_error
+from nsg_agent.kernel.state import NftRuleset, NftTable, RuleCounter
 
 TABLE_FAMILY = "inet"
 TABLE_NAME = "nsg_agent"  # the same value as nsg_agent.compiler.TABLE_NAME (checked in tests)
@@ -51,12 +51,6 @@ AGENT_TABLES = ((TABLE_FAMILY, TABLE_NAME), (TABLE_FAMILY, HOLD_TABLE))
 SCHEMA = {"metainfo": {"json_schema_version": 1}}
 _OBJECTS = ("table", "chain", "rule", "set", "map", "element", "counter", "flowtable", "quota",
             "limit", "ct helper", "ct timeout", "ct expectation", "secmark", "synproxy")
-
-
-@dataclass(frozen=True)
-class RuleCounter:
-    packets: int = 0
-    bytes: int = 0
 
 
 class Backend(Protocol):
@@ -105,21 +99,10 @@ def assert_own_table(commands: Iterable[dict], owns: tuple[tuple[str, str], ...]
 def table_counters(listing: dict | None) -> dict[tuple[str, str], RuleCounter]:
     """Per-rule counters from a table listing, keyed by (chain, rule comment) like the
     compiler's ``rule_index`` (summed when several kernel rules of one chain carry the same
-    comment, e.g. an IPv4 and an IPv6 variant)."""
+    comment, e.g. an IPv4 and an IPv6 variant); the stamp chain is not a rule of anyone's."""
     out: dict[tuple[str, str], RuleCounter] = {}
-    for item in (listing or {}).get("nftables", []):
-        rule = item.get("rule")
-        if not rule or not rule.get("comment") or rule.get("chain") == STAMP_CHAIN:
-            continue
-        packets = nbytes = 0
-        for expr in rule.get("expr", []):
-            c = expr.get("counter") if isinstance(expr, dict) else None
-            if isinstance(c, dict):
-                packets += int(c.get("packets", 0))
-                nbytes += int(c.get("bytes", 0))
-        key = (rule.get("chain", ""), rule["comment"])
-        prev = out.get(key, RuleCounter())
-        out[key] = RuleCounter(prev.packets + packets, prev.bytes + nbytes)
+    for table in NftRuleset.from_listing(listing):
+        out.update(table.counters(skip_chains=(STAMP_CHAIN,)))
     return out
 
 
@@ -318,14 +301,6 @@ def listing_text_fingerprint(text: bytes) -> str:
     return hashlib.sha256(_COUNTER_TEXT.sub(b'"counter":null', text)).hexdigest()
 
 
-def _fake_referenced(table: Any, chain: str) -> bool:
-    """Does any rule or verdict map of the fake table jump/goto ``chain``?"""
-    needle = f'"target":"{chain}"'
-    blobs = [json.dumps(r["expr"], separators=(",", ":")) for r in table.rules]
-    blobs += [json.dumps(s.get("elem", []), separators=(",", ":")) for s in table.sets.values()]
-    return any(needle in b for b in blobs)
-
-
 # --- the real backend ----------------------------------------------------------------------
 
 # After a libnftables call on a batch this large, hand the freed heap back to the system: a
@@ -505,7 +480,7 @@ class NftBackend:
                 if "chain" in i and i["chain"].get("table") == TABLE_NAME and "hook" in i["chain"]]
 
     def transact(self, commands: list[dict]) -> None:
-        """Run ``commands`` (a delta of the agent's own table, nsg_agent.compiler.delta, or any
+        """Run ``commands`` (a delta of the agent's own table, nsg_agent.kernel.delta, or any
         batch on the tables this backend owns) as ONE transaction: all or nothing. A refusal
         is not diagnosed further: the caller falls back to :meth:`replace`, which names a
         failing command if there is one."""
@@ -624,33 +599,28 @@ def _netns_cookie() -> int | None:
 # --- the fake ------------------------------------------------------------------------------
 
 
-@dataclass
-class _FakeTable:
-    handle: int
-    chains: dict[str, dict] = field(default_factory=dict)
-    sets: dict[str, dict] = field(default_factory=dict)  # sets and maps, elements in "elem"
-    rules: list[dict] = field(default_factory=list)
-
-
 class FakeBackend:
-    """An in-memory ``inet nsg_agent`` that applies the same JSON commands.
-
-    Only what the agent's batches use is modelled: add/delete table, add chain, add
-    set/map (with elements), add element, add rule. Commands are applied to a copy and
-    committed only when the whole batch succeeds, like a kernel transaction.
+    """An in-memory ``inet nsg_agent``: an :class:`~nsg_agent.kernel.state.NftRuleset` that
+    applies the same JSON commands, all or nothing, like a kernel transaction (the model
+    refuses what the kernel refuses: a missing object, a referenced chain or set deleted).
 
     Fault injection: ``fail_next("replace", "message", times=1)`` makes the next calls of
     that operation raise NftError. ``hit(comment, packets, bytes)`` bumps a rule's counter.
     """
 
-    def __init__(self) -> None:
-        self.table: _FakeTable | None = None
-        self._next_handle = 1
+    def __init__(self, owns: tuple[tuple[str, str], ...] = AGENT_TABLES) -> None:
+        self.owns = owns
+        self.ruleset = NftRuleset()
         self._failures: dict[str, list[str]] = {}
         self.calls: list[str] = []
         self.batches: list[list[dict]] = []
         self.gen = 1  # like NFT_MSG_GETGEN: bumped by every change of the table
         self._lock = threading.Lock()
+
+    @property
+    def table(self) -> NftTable | None:
+        """The agent's table as the model holds it (None when absent)."""
+        return self.ruleset.table(TABLE_FAMILY, TABLE_NAME)
 
     # fault injection and probes
     def fail_next(self, op: str, message: str = "injected failure", times: int = 1) -> None:
@@ -676,14 +646,16 @@ class FakeBackend:
 
     def tamper(self) -> None:
         """Someone else edits the agent's table: the last rule disappears."""
-        assert self.table is not None and self.table.rules
-        self.table.rules.pop()
+        table = self.table
+        assert table is not None and table.rules
+        last = [c for c in table.chains.values() if c.rules][-1]
+        last.rules.pop()
         self.gen += 1
 
     def tamper_element(self, name: str, elem: Any) -> None:
         """Someone else adds an element to one of the agent's sets or maps (no rule changes)."""
         assert self.table is not None
-        self.table.sets[name]["elem"].append(elem)
+        self.table.sets[name].elem.append(elem)
         self.gen += 1
 
     def foreign_commit(self) -> None:
@@ -693,8 +665,8 @@ class FakeBackend:
     # protocol
     def check(self, commands: list[dict]) -> None:
         self._maybe_fail("check")
-        assert_own_table(commands)
-        self._apply(copy.deepcopy(self.table), commands)
+        assert_own_table(commands, self.owns)
+        self.ruleset.apply(commands)
 
     def replace(self, commands: list[dict], payload: bytes | None = None) -> None:
         self._commit("replace", commands)
@@ -706,16 +678,15 @@ class FakeBackend:
         """One batch, all or nothing, like a kernel transaction."""
         with self._lock:
             self._maybe_fail(op)
-            assert_own_table(commands)
-            self.table = self._apply(copy.deepcopy(self.table), commands)
+            assert_own_table(commands, self.owns)
+            self.ruleset = self.ruleset.apply(commands)
             self.batches.append(copy.deepcopy(commands))
             self.gen += 1
 
     def delete_table(self) -> bool:
         with self._lock:
             self._maybe_fail("delete_table")
-            existed = self.table is not None
-            self.table = None
+            existed = self.ruleset.tables.pop((TABLE_FAMILY, TABLE_NAME), None) is not None
             self.gen += 1
             return existed
 
@@ -725,17 +696,7 @@ class FakeBackend:
             t = self.table
             if t is None:
                 return None
-            items: list[dict] = [{"metainfo": {"json_schema_version": 1}},
-                                 {"table": {"family": TABLE_FAMILY, "name": TABLE_NAME, "handle": t.handle}}]
-            for name in sorted(t.sets):
-                s = copy.deepcopy(t.sets[name])
-                kind = s.pop("_kind")
-                if terse:
-                    s.pop("elem", None)
-                items.append({kind: s})
-            items += [{"chain": copy.deepcopy(c)} for _, c in sorted(t.chains.items())]
-            items += [{"rule": copy.deepcopy(r)} for r in t.rules]
-            return {"nftables": items}
+            return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *t.listing_items(terse=terse)]}
 
     def counters(self) -> dict[tuple[str, str], RuleCounter]:
         return table_counters(self.list_table(terse=True))
@@ -750,111 +711,13 @@ class FakeBackend:
 
     def stamp(self) -> str | None:
         self.calls.append("stamp")
-        if self.table is None:
-            return None
-        return stamp_of({"nftables": [{"rule": r} for r in self.table.rules if r["chain"] == STAMP_CHAIN]})
-
-    def dump(self) -> str:
-        """Sorted, nft-like text of the table (empty string when absent)."""
         t = self.table
         if t is None:
-            return ""
-        lines = [f"table {TABLE_FAMILY} {TABLE_NAME}"]
-        for name, s in sorted(t.sets.items()):
-            elems = s.get("elem", [])
-            lines.append(f"  {s['_kind']} {name} type {s.get('type')} elements={len(elems)} "
-                         + json.dumps(elems, sort_keys=True))
-        for name in sorted(t.chains):
-            lines.append(f"  chain {name}")
-            for r in t.rules:
-                if r["chain"] == name:
-                    lines.append(f"    {json.dumps(r['expr'], sort_keys=True)} comment {r.get('comment', '')!r}")
-        return "\n".join(lines) + "\n"
+            return None
+        chain = t.chains.get(STAMP_CHAIN)
+        return stamp_of({"nftables": [{"rule": r} for r in (chain.rules if chain else [])]})
 
-    # command interpreter
-    def _apply(self, table: _FakeTable | None, commands: list[dict]) -> _FakeTable | None:
-        for i, cmd in enumerate(commands):
-            verb, body = next(iter(cmd.items()))
-            kind, obj = next(iter(body.items()))
-            try:
-                table = self._apply_one(table, verb, kind, obj)
-            except NftError as e:
-                raise nft_error("fake: command failed", error=e.error, command=cmd, index=i) from None
-        return table
-
-    def _apply_one(self, table: _FakeTable | None, verb: str, kind: str, obj: dict) -> _FakeTable | None:
-        enoent = nft_error("fake", error="Error: No such file or directory")
-        if kind == "table":
-            if verb in ("add", "create"):
-                if table is None:
-                    table = _FakeTable(handle=self._new_handle())
-                elif verb == "create":
-                    raise nft_error("fake", error="Error: File exists")
-                return table
-            if verb == "delete":
-                if table is None:
-                    raise enoent
-                return None
-            if verb == "flush":
-                if table is None:
-                    raise enoent
-                table.rules.clear()
-                for s in table.sets.values():
-                    s["elem"] = []
-                return table
-        if table is None:
-            raise enoent
-        if kind == "chain" and verb in ("add", "create"):
-            c = {k: v for k, v in obj.items()}
-            c.setdefault("handle", self._new_handle())
-            table.chains.setdefault(obj["name"], c)
-            return table
-        if kind in ("set", "map") and verb in ("add", "create"):
-            s = {k: v for k, v in obj.items()}
-            s["_kind"] = kind
-            s.setdefault("handle", self._new_handle())
-            s["elem"] = list(obj.get("elem", []))
-            if obj["name"] in table.sets:
-                table.sets[obj["name"]]["elem"] += s["elem"]
-            else:
-                table.sets[obj["name"]] = s
-            return table
-        if kind == "element" and verb in ("add", "create"):
-            if obj["name"] not in table.sets:
-                raise enoent
-            table.sets[obj["name"]]["elem"] += list(obj.get("elem", []))
-            return table
-        if kind == "rule" and verb in ("add", "insert"):
-            if obj["chain"] not in table.chains:
-                raise nft_error("fake", error="Error: Could not process rule: No such file or directory")
-            r = {k: v for k, v in obj.items() if k != "index"}
-            r["handle"] = self._new_handle()
-            r["expr"] = [({"counter": {"packets": 0, "bytes": 0}} if "counter" in e else e)
-                         for e in copy.deepcopy(obj.get("expr", []))]
-            table.rules.append(r)
-            return table
-        if kind == "chain" and verb in ("flush", "delete"):
-            if obj["name"] not in table.chains:
-                raise enoent
-            if verb == "flush":
-                table.rules = [r for r in table.rules if r["chain"] != obj["name"]]
-                return table
-            if any(r["chain"] == obj["name"] for r in table.rules) or _fake_referenced(table, obj["name"]):
-                raise nft_error("fake", error="Error: Could not process rule: Device or resource busy")
-            del table.chains[obj["name"]]
-            return table
-        if kind in ("set", "map") and verb in ("flush", "delete"):
-            if obj["name"] not in table.sets:
-                raise enoent
-            if verb == "flush":
-                table.sets[obj["name"]]["elem"] = []
-                return table
-            if any(f'"@{obj["name"]}"' in json.dumps(r["expr"]) for r in table.rules):
-                raise nft_error("fake", error="Error: Could not process rule: Device or resource busy")
-            del table.sets[obj["name"]]
-            return table
-        raise nft_error("fake", error=f"Error: the fake does not model {verb} {kind}")
-
-    def _new_handle(self) -> int:
-        self._next_handle += 1
-        return self._next_handle
+    def dump(self) -> str:
+        """Sorted nft text of the table (empty string when absent): NftTable.dump."""
+        t = self.table
+        return t.dump() if t is not None else ""

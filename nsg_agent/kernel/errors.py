@@ -72,4 +72,6 @@ _BY_ERRNO = {errno_codes.ENOENT: NotFound, errno_codes.EEXIST: Exists, errno_cod
 
 def nft_error(message: str, *, error: str = "", **kw) -> NftError:
     """The NftError subclass that ``error`` (libnftables' message) says it is."""
-    return _BY_ERRNO.get(errno_of(error), NftError)(message, error=error, **kw)
+    code = errno_of(error)
+    cls = _BY_ERRNO.get(code, NftError) if code is not None else NftError
+    return cls(message, error=error, **kw)

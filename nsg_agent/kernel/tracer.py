@@ -17,6 +17,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from nsg_agent.kernel.state import NftRuleset
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 PROTO_NAMES = {"icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "ah": 51,
@@ -87,52 +89,22 @@ class _Set:
 
 
 class Ruleset:
-    """The state the commands build: tables with chains, rules and sets/maps."""
+    """The tables the tracer walks: a view of an :class:`~nsg_agent.kernel.state.NftRuleset`
+    (the one table model), built from commands or given as the model itself (the fake after a
+    delta, a kernel listing), so all of them are traced by the same code."""
 
-    def __init__(self, commands: list[dict]):
+    def __init__(self, commands: "list[dict] | NftRuleset"):
+        model = commands if isinstance(commands, NftRuleset) else NftRuleset.from_commands(commands)
+        self.model = model
         self.chains: dict[tuple[str, str, str], _Chain] = {}
         self.sets: dict[tuple[str, str, str], _Set] = {}
-        for cmd in commands:
-            self._apply(cmd)
-
-    def _apply(self, cmd: dict) -> None:
-        (verb, obj), = cmd.items()
-        if verb == "metainfo":
-            return
-        (kind, body), = obj.items()
-        if kind == "table":
-            key = (body["family"], body["name"])
-            if verb in ("delete", "destroy", "flush"):
-                for store in (self.chains, self.sets):
-                    for k in [k for k in store if k[:2] == key]:
-                        if verb == "flush" and store is self.chains:
-                            store[k].rules.clear()
-                        elif verb == "flush":
-                            store[k].elements.clear()
-                        else:
-                            del store[k]
-            return
-        if verb not in ("add", "create", "insert"):
-            raise UnsupportedExpression(f"command {verb} {kind}")
-        key = (body["family"], body["table"], body.get("name") or body.get("chain"))
-        if kind == "chain":
-            if key not in self.chains:
-                self.chains[key] = _Chain(body["family"], body["table"], body["name"],
-                                          body.get("hook"), int(body.get("prio", 0)),
-                                          body.get("policy", "accept"))
-        elif kind in ("set", "map"):
-            s = self.sets.setdefault(key, _Set(is_map=kind == "map"))
-            s.elements.extend(body.get("elem", []))
-        elif kind == "element":
-            self.sets[key].elements.extend(body["elem"])
-        elif kind == "rule":
-            chain = self.chains[(body["family"], body["table"], body["chain"])]
-            if verb == "insert":
-                chain.rules.insert(0, body)
-            else:
-                chain.rules.append(body)
-        else:
-            raise UnsupportedExpression(f"object {kind}")
+        for t in model:
+            for c in t.chains.values():
+                self.chains[(t.family, t.name, c.name)] = _Chain(
+                    t.family, t.name, c.name, c.obj.get("hook"), int(c.obj.get("prio", 0)),
+                    c.obj.get("policy", "accept"), c.rules)
+            for st in t.sets.values():
+                self.sets[(t.family, t.name, st.name)] = _Set(st.elem, st.kind == "map")
 
 
 class _Verdict(Exception):

@@ -164,13 +164,13 @@ def effective_rule_json(rule: ResolvedRule, expander: _Expander) -> dict[str, An
         out[f"{side}PortRanges"] = _ports(term)["ranges"]
     src, dst = expander.side("source", rule.source), expander.side("destination", rule.destination)
     for key in ("AddressPrefix", "AddressPrefixes", "ApplicationSecurityGroups"):
-        for name, side in (("source", src), ("destination", dst)):
-            if f"{name}{key}" in side:
-                out[f"{name}{key}"] = side[f"{name}{key}"]
-    for name, side in (("source", src), ("destination", dst)):
+        for name, fields in (("source", src), ("destination", dst)):
+            if f"{name}{key}" in fields:
+                out[f"{name}{key}"] = fields[f"{name}{key}"]
+    for name, fields in (("source", src), ("destination", dst)):
         key = f"expanded{name[0].upper()}{name[1:]}AddressPrefix"
-        if key in side:
-            out[key] = side[key]
+        if key in fields:
+            out[key] = fields[key]
     out.update({"access": rule.access.value, "priority": rule.priority, "direction": rule.direction.value})
     return out
 

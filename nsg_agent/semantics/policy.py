@@ -34,6 +34,11 @@ class AddressTerm:
     """
 
     __slots__ = ("label", "any", "prefix_set", "_given")
+    # The slots' types (bare annotations: no class attribute, so no clash with __slots__).
+    label: str
+    any: bool
+    prefix_set: PrefixSet
+    _given: tuple[IPNetwork, ...] | None
 
     def __init__(self, label: str, any: bool = False, prefixes: Iterable[IPNetwork] = (),
                  prefix_set: "PrefixSet | None" = None):
@@ -85,8 +90,8 @@ class AddressTerm:
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not AddressTerm:
             return NotImplemented
-        return (self.label == other.label and self.any == other.any  # type: ignore[attr-defined]
-                and self.prefix_set == other.prefix_set)  # type: ignore[attr-defined]
+        return (self.label == other.label and self.any == other.any
+                and self.prefix_set == other.prefix_set)
 
     def __hash__(self) -> int:
         return hash((self.label, self.any, self.prefix_set))

@@ -357,8 +357,8 @@ def resolve(state: DesiredState, tags: ServiceTagIndex | None = None) -> Policy:
                 Level(lv.kind, lv.nsg, tuple(x for x in lv.rules if _platform_tag_rule(x)))
                 for lv in outbound)
             platform_cache[out_key] = tuple(lv for lv in platform_levels if lv.rules)
-        flush = any(state.nsg(n).flushConnection for n in (subnet_nsg, nic.networkSecurityGroup)
-                    if n and state.nsg(n) is not None)
+        flush = any(g.flushConnection for g in (state.nsg(n) for n in (subnet_nsg, nic.networkSecurityGroup) if n)
+                    if g is not None)
         vnet = state.vnet(vnet_name)
         nics[nic.name] = NicPolicy(
             nic=nic.name, vnet=(vnet.name if vnet else vnet_name),

@@ -24,52 +24,34 @@ replaces the table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from nsg_agent.compiler.render import TABLE_NAME
+from nsg_agent.kernel.errors import NftError
+from nsg_agent.kernel.state import NftRuleset, NftTable
 
 FAMILY = "inet"
 # Use the delta only when it carries at most this share of the full batch's rules+elements.
 MAX_SHARE = 0.5
 
 
-@dataclass
-class _Table:
-    chains: dict[str, dict] = field(default_factory=dict)  # name -> chain object
-    sets: dict[str, tuple[str, dict]] = field(default_factory=dict)  # name -> (set|map, object)
-    rules: dict[str, list[dict]] = field(default_factory=dict)  # chain -> its rule objects, in order
-    size: int = 0  # rules + set elements
-
-
-def parse(commands: list[dict]) -> _Table | None:
-    """The table a compiled batch builds; None for a batch of another shape. (Objects are
-    compared with ``==``, which is C-speed on these nested dicts and lists.)"""
-    t = _Table()
+def parse(commands: list[dict]) -> NftTable | None:
+    """The agent's table a compiled batch builds (the one table model, sharing the batch's
+    objects: nothing is copied); None for a batch of another shape. (Objects are compared
+    with ``==``, which is C-speed on these nested dicts and lists.)"""
     for cmd in commands:
         verb, body = next(iter(cmd.items()))
-        kind, obj = next(iter(body.items()))
-        if kind == "table":
-            continue  # the add/delete/add preamble
-        if verb != "add":
+        kind = next(iter(body))
+        if kind != "table" and verb != "add":
             return None
-        if kind == "chain":
-            t.chains[obj["name"]] = obj
-            t.rules.setdefault(obj["name"], [])
-        elif kind in ("set", "map"):
-            t.sets[obj["name"]] = (kind, obj)
-            t.size += len(obj.get("elem", ()))
-        elif kind == "rule":
-            if obj["chain"] not in t.rules:
-                return None
-            t.rules[obj["chain"]].append(obj)
-            t.size += 1
-        else:
-            return None
-    return t
+    try:
+        model = NftRuleset.from_commands(commands, share=True)
+    except NftError:
+        return None
+    return model.table(FAMILY, TABLE_NAME)
 
 
-def _definition(obj: dict) -> dict:
-    return {k: v for k, v in obj.items() if k != "elem"}
+def _size(t: NftTable) -> int:
+    """Rules + set elements: what a full load of the table costs."""
+    return sum(len(c.rules) for c in t.chains.values()) + sum(len(s.elem) for s in t.sets.values())
 
 
 def _ref(name: str) -> dict:
@@ -82,53 +64,52 @@ def delta(old: list[dict], new: list[dict], max_share: float = MAX_SHARE) -> lis
     a, b = parse(old), parse(new)
     if a is None or b is None:
         return None
-    base_a = {n: c for n, c in a.chains.items() if "hook" in c}
-    base_b = {n: c for n, c in b.chains.items() if "hook" in c}
+    base_a = {n: c.obj for n, c in a.chains.items() if c.is_base}
+    base_b = {n: c.obj for n, c in b.chains.items() if c.is_base}
     if base_a != base_b:
         return None
     for name in a.sets.keys() & b.sets.keys():
-        (kind_a, obj_a), (kind_b, obj_b) = a.sets[name], b.sets[name]
-        if kind_a != kind_b or _definition(obj_a) != _definition(obj_b):
+        sa, sb = a.sets[name], b.sets[name]
+        if sa.kind != sb.kind or sa.obj != sb.obj:
             return None  # another type or flags: not something a flush can change
     for name in a.chains.keys() & b.chains.keys():
-        if a.chains[name] != b.chains[name]:
+        if a.chains[name].obj != b.chains[name].obj:
             return None
 
     added_chains = [n for n in b.chains if n not in a.chains]
     removed_chains = [n for n in a.chains if n not in b.chains]
     added_sets = [n for n in b.sets if n not in a.sets]
     removed_sets = [n for n in a.sets if n not in b.sets]
-    changed_sets = [n for n in b.sets if n in a.sets
-                    and a.sets[n][1].get("elem", []) != b.sets[n][1].get("elem", [])]
-    changed_chains = [n for n in b.chains if n in a.chains and a.rules[n] != b.rules[n]]
+    changed_sets = [n for n in b.sets if n in a.sets and a.sets[n].elem != b.sets[n].elem]
+    changed_chains = [n for n in b.chains if n in a.chains and a.chains[n].rules != b.chains[n].rules]
 
     out: list[dict] = []
     size = 0
     for n in added_chains:
-        out.append({"add": {"chain": b.chains[n]}})
+        out.append({"add": {"chain": b.chains[n].obj}})
     for n in added_sets:
-        kind, obj = b.sets[n]
-        out.append({"add": {kind: obj}})
-        size += len(obj.get("elem", ()))
+        st = b.sets[n]
+        out.append({"add": {st.kind: st.as_object()}})
+        size += len(st.elem)
     for n in changed_sets:
         # flush + "add set" with every element, not "add element": libnftables 1.0.6 reads
         # back the elements of every interval set in the table before an "add element"
         # (0.8 s at the benchmark maximum), but not before an "add set".
-        kind, obj = b.sets[n]
-        out += [{"flush": {kind: _ref(n)}}, {"add": {kind: obj}}]
-        size += len(obj.get("elem", ()))
+        st = b.sets[n]
+        out += [{"flush": {st.kind: _ref(n)}}, {"add": {st.kind: st.as_object()}}]
+        size += len(st.elem)
     for n in changed_chains + added_chains:
         if n in a.chains:
             out.append({"flush": {"chain": _ref(n)}})
-        out += [{"add": {"rule": rule}} for rule in b.rules[n]]
-        size += len(b.rules[n])
+        out += [{"add": {"rule": rule}} for rule in b.chains[n].rules]
+        size += len(b.chains[n].rules)
     for n in removed_chains:
-        if a.rules[n]:
+        if a.chains[n].rules:
             out.append({"flush": {"chain": _ref(n)}})
     for n in removed_sets:
-        out.append({"delete": {a.sets[n][0]: _ref(n)}})
+        out.append({"delete": {a.sets[n].kind: _ref(n)}})
     for n in removed_chains:
         out.append({"delete": {"chain": _ref(n)}})
-    if size > max_share * max(b.size, 1):
+    if size > max_share * max(_size(b), 1):
         return None
     return out
