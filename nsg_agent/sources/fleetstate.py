@@ -248,7 +248,7 @@ def document(keys: dict[str, bytes], tag_path: Callable[[str, str, bytes], str])
         if isinstance(vnets[vnet], dict):
             vnets[vnet]["subnets"] = [v for _, v in subs]
     for coll, items in lists.items():
-        out = []
+        out: list[Any] = []
         for key, value in items:
             if coll == "networkInterfaces" and isinstance(value, dict):
                 groups = members.get(str(value.get("name", "")).lower())
@@ -289,7 +289,7 @@ def hosts_of(doc: dict) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for nic in doc.get("networkInterfaces") or []:
         if isinstance(nic, dict):
-            out.setdefault(nic.get("host") or "", []).append(nic.get("name"))
+            out.setdefault(nic.get("host") or "", []).append(str(nic.get("name")))
     return out
 
 
