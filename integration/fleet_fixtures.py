@@ -23,6 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,16 +51,20 @@ def free_port() -> int:
 class EtcdServer:
     """One etcd member on 127.0.0.1 (client and peer ports free ports), data in ``data_dir``."""
 
-    def __init__(self, data_dir: Path, log: Path):
+    def __init__(self, data_dir: Path, log: Path, *, scheme: str = "http", args: tuple[str, ...] = (),
+                 ssl_context=None):
         self.data_dir = data_dir
         self.log = log
         self.port = free_port()
         self.peer = free_port()
         self.proc: subprocess.Popen | None = None
+        self.scheme = scheme
+        self.args = args
+        self.ssl_context = ssl_context  # for the readiness check over https
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 15.0) -> None:
         peer = f"http://127.0.0.1:{self.peer}"
@@ -69,7 +74,7 @@ class EtcdServer:
                  "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
                  "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                  "--initial-cluster", f"nsgfe={peer}", "--listen-metrics-urls", "",
-                 "--log-level", "warn", "--logger", "zap"],
+                 "--log-level", "warn", "--logger", "zap", *self.args],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -79,9 +84,11 @@ class EtcdServer:
                 with socket.create_connection(("127.0.0.1", self.port), 0.2):
                     pass
                 req = urllib.request.Request(f"{self.url}/v3/kv/range", data=b'{"key":"AA=="}', method="POST")
-                with urllib.request.urlopen(req, timeout=1) as resp:
+                with urllib.request.urlopen(req, timeout=1, context=self.ssl_context) as resp:
                     if resp.status == 200:
                         return
+            except urllib.error.HTTPError:
+                return  # it answers (e.g. 401 with auth enabled)
             except OSError:
                 pass
             time.sleep(0.05)

@@ -14,7 +14,7 @@ venv=${NSG_VENV:-$here/.venv}
 extras=${1-test}  # "" installs the project without extras (scripts/provision.sh)
 
 apt_pkgs=(nftables python3-nftables libnftables1 iproute2 iperf3 conntrack python3 python3-venv
-          debootstrap systemd-container procps make etcd-server etcd-client)
+          debootstrap systemd-container procps make etcd-server etcd-client openssl)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

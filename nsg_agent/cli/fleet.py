@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nsg_agent.cli.inputs import add_files, load_inputs
-
-EXIT_OK, EXIT_UNHEALTHY, EXIT_INVALID, EXIT_FAILED, EXIT_CONFLICT = 0, 1, 2, 3, 4
+from nsg_agent.errors import EXIT_CONFLICT, EXIT_OK, EXIT_UNHEALTHY, CommandFailed
 
 
 def add_etcd_options(p: argparse.ArgumentParser) -> None:
@@ -84,8 +83,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _failed(message: str) -> Exception:
-    from nsg_agent.cli.main import CommandFailed
-
     return CommandFailed(message)
 
 

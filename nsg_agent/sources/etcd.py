@@ -116,6 +116,10 @@ class Etcd:
             c = etcd3gw.Etcd3Client(host=parts.hostname, port=parts.port or (2379 if parts.scheme == "http" else 2379),
                                     protocol=parts.scheme, ca_cert=config.ca, cert_key=config.key,
                                     cert_cert=config.cert, timeout=(CONNECT_TIMEOUT, config.timeout))
+            if config.ca:
+                # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's CA: with
+                # --etcd-ca, that CA alone is trusted (environment proxies are ignored too)
+                c.session.trust_env = False
             self._clients.append(c)
         self._current = 0
         self._token: str | None = None
@@ -323,6 +327,11 @@ def _short(e: BaseException | None) -> str:
     if e is None:
         return "no endpoint"
     text = f"{e} {getattr(e, 'detail_text', '') or ''}".strip() or type(e).__name__
+    import re
+
+    tls = re.search(r"certificate verify failed: ([^'\"()]+)", text) or re.search(r"\[SSL: ([A-Z_]+)\]", text)
+    if tls:
+        return f"TLS: {tls.group(1).strip()}"
     for marker in ("Connection refused", "timed out", "Name or service not known", "Connection reset"):
         if marker in text:
             return marker.lower()
