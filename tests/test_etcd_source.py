@@ -208,3 +208,35 @@ def test_fleet_status_verdicts(etcd, tmp_path):
 
     text = render_fleet(E.fleet_status(etcd, now=now), now=now)
     assert "h2               failing" in text and "1 current, 1 degraded, 1 failing" in text
+
+
+def test_the_publish_and_fleet_status_commands(etcd, tmp_path, monkeypatch, capsys):
+    from nsg_agent.cli import fleet as cli_fleet
+    from nsg_agent.cli.main import main
+
+    monkeypatch.setattr(cli_fleet, "_client", lambda args: etcd)
+    p = tmp_path / "fleet.yaml"
+    p.write_text(FLEET)
+    base = ["--etcd", "http://127.0.0.1:1", "--prefix", "/t/"]
+    assert main(["publish", str(p), *base, "--dry-run"]) == 0
+    out = capsys.readouterr()
+    assert "+ state/nsgs/db-nsg" in out.out and "dry run: 14 added" in out.out
+    assert "NICs without a host" in out.err and "extra" in out.err
+    assert "/t/state/published" not in etcd.kv
+    assert main(["publish", str(p), *base, "--expect-revision", "0"]) == 0
+    assert "published revision 2 under /t/" in capsys.readouterr().out
+    p.write_text(FLEET.replace("destinationPortRange: '22'", "destinationPortRange: '2222'"))
+    assert main(["publish", str(p), *base, "--expect-revision", "0", "--json"]) == 4  # lost the CAS
+    assert json.loads(capsys.readouterr().out)["conflict_revision"] == 2
+    assert main(["publish", str(p), *base, "--expect-revision", "2"]) == 0
+    assert "~ state/nsgs/other-nsg" in capsys.readouterr().out
+    p.write_text(FLEET.replace("priority: 100, direction: Inbound, access: Allow, protocol: Tcp, sourceAddressPrefix: Internet",
+                               "priority: 5, direction: Inbound, access: Allow, protocol: Tcp, sourceAddressPrefix: Internet"))
+    assert main(["publish", str(p), *base]) == 2  # validated like apply: nothing written
+    assert "priority 5 is outside" in capsys.readouterr().err
+    assert main(["fleet", "status", *base]) == 1  # three hosts own NICs, none reports
+    assert "0 current" not in capsys.readouterr().out
+    etcd.down = True
+    assert main(["fleet", "status", *base]) == 3
+    assert "connection refused" in capsys.readouterr().err
+    assert main(["publish", str(p.with_name("nope.yaml")), *base]) == 2
