@@ -94,7 +94,8 @@ def test_tls_with_client_certificates(tmp):
 
 def test_user_and_password_with_rbac(tmp):
     _need()
-    server = EtcdServer(tmp / "data", tmp / "etcd.log")
+    # simple tokens expire after 1 s without use here (default 300 s): the client re-authenticates
+    server = EtcdServer(tmp / "data", tmp / "etcd.log", args=("--auth-token-ttl", "1"))
     server.start()
     try:
         ctl = ["etcdctl", "--endpoints", server.url]
@@ -135,6 +136,12 @@ def test_user_and_password_with_rbac(tmp):
         src = EtcdSource(Etcd(cfg), "h1", tmp / "cache")
         snap = src.read()
         assert snap.revision and [n.name for n in snap.loaded.state.networkInterfaces] == ["n1"]
+        token = src.etcd._token
+        import time
+
+        time.sleep(2.5)  # the token expires
+        keys, rev = src._full_read()
+        assert rev == snap.revision and src.etcd._token != token  # a new token, the read went through
         report = AgentReport(Etcd(cfg), "h1", ttl=5)
         report.update(state="ok", revision=snap.revision)
         report.once()

@@ -254,6 +254,8 @@ class Etcd:
                 resp = client.session.post(client.get_url("/watch"), json=body, stream=True,
                                            timeout=(CONNECT_TIMEOUT, None))
                 if resp.status_code != 200:
+                    if "token" in resp.text:
+                        self._token = None  # expired: the next attempt authenticates again
                     raise EtcdRequestFailed(f"etcd {client.base_url}: watch refused: {resp.text[:200]}")
                 self._current = idx
                 break
@@ -273,7 +275,10 @@ class Etcd:
                         continue
                     msg = json.loads(line)
                     if "error" in msg:
-                        raise EtcdRequestFailed(f"etcd watch: {msg['error'].get('message', msg['error'])}")
+                        text = str(msg["error"].get("message", msg["error"]))
+                        if "token" in text:
+                            self._token = None  # expired: the next attempt authenticates again
+                        raise EtcdRequestFailed(f"etcd watch: {text}")
                     result = msg.get("result", {})
                     if result.get("canceled"):
                         if int(result.get("compact_revision", 0) or 0):
