@@ -148,7 +148,8 @@ class Fleet:
         log = open(log_path, "w")
         proc = subprocess.Popen(
             [NSG_AGENT, "run", "--etcd", self.etcd.url, "--prefix", self.prefix, "--host", host,
-             "--netns", self.ns[host], "--state-dir", str(self.state_dir), "--resync", "1",
+             "--netns", self.ns[host], "--state-dir", str(self.state_dir),
+             "--etcd-cache", str(self.tmp / "cache"), "--resync", "1",
              "--debounce", "0.05", "--report-ttl", "3", "--log-format", "json", "--log-level", "debug", *extra],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()

@@ -278,12 +278,12 @@ def test_etcd_down_at_a_first_start_then_up(fleet3, prober):
     rev = fleet.fleet_status()[1]["published"]["revision"]
     fleet.etcd.kill()
     fresh = fleet.tmp / "run-fresh"
-    agent = fleet.start_agent("h3", "--state-dir", str(fresh))
+    agent = fleet.start_agent("h3", "--state-dir", str(fresh), "--etcd-cache", str(fresh / "cache"))
     agent.wait_for("source.unavailable", timeout=BOUND)
-    assert not (fresh / fleet.ns["h3"] / "etcd-last-good.json").exists()
+    assert not (fresh / "cache" / fleet.ns["h3"] / "etcd-last-good.json").exists()
     fleet.etcd.start()
     agent.wait_for("config.applied", timeout=15)  # no record of its own: the table is replaced
     status = json.loads((fresh / fleet.ns["h3"] / "status.json").read_text())
     assert status["commit"]["revision"] == rev
-    assert (fresh / fleet.ns["h3"] / "etcd-last-good.json").exists()
+    assert (fresh / "cache" / fleet.ns["h3"] / "etcd-last-good.json").exists()
     assert matrix(fleet, prober) == EXPECTED

@@ -138,6 +138,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fleet.add_argument("--host", metavar="NAME", default=None,
                        help="this agent's host name in the fleet: it enforces the NICs whose host is NAME "
                             "(default: the machine's host name)")
+    fleet.add_argument("--etcd-cache", metavar="DIR", default=os.environ.get("NSG_AGENT_ETCD_CACHE",
+                                                                              "/var/lib/nsg-agent/etcd"),
+                       help="where the last good state read from etcd is persisted with its revision, one "
+                            "sub-directory per namespace: enforced when etcd is down at start, so on "
+                            "persistent storage (default /var/lib/nsg-agent/etcd)")
     fleet.add_argument("--report-ttl", type=int, default=10, metavar="SECONDS",
                        help="the lease of this agent's report in etcd: a dead agent disappears from "
                             "'fleet status' this long after its last keep-alive (default 10)")
@@ -529,7 +534,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from nsg_agent.daemon.fleet import FleetAgent
 
         fleet = FleetAgent(etcd_config(args), args.host or socket.gethostname(), store,
-                           report_ttl=args.report_ttl, load_options=load_options(args))
+                           report_ttl=args.report_ttl, cache_dir=args.etcd_cache, load_options=load_options(args))
     try:
         rec = _reconciler(fleet.source if fleet else args.config, args, backend, notifier=notifier,
                           debounce=args.debounce, resync=args.resync,

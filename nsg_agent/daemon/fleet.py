@@ -23,16 +23,22 @@ from nsg_agent.logging import get_logger
 from nsg_agent.sources.etcd import AgentReport, Connection, Etcd, EtcdConfig, EtcdSource
 
 SIDE_FILE = "source.json"
+DEFAULT_CACHE_DIR = "/var/lib/nsg-agent/etcd"
 
 
 class FleetAgent:
     def __init__(self, config: EtcdConfig, host: str, store: StatusStore, *, report_ttl: int = 10,
-                 load_options: dict[str, Any] | None = None, log: Any = None):
+                 cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, load_options: dict[str, Any] | None = None,
+                 log: Any = None):
+        """``cache_dir``: where the last good state is persisted (one sub-directory per
+        namespace, like the status files): on persistent storage, since it must survive the
+        reboot after which etcd may be down (the status directory, /run, does not)."""
         self.host = host
         self.store = store
         self.log = log or get_logger(netns=store.netns or "host", host=host)
         self.etcd = Etcd(config)
-        self.source = EtcdSource(self.etcd, host, store.dir, load_options=load_options, log=self.log)
+        self.cache_dir = Path(cache_dir) / (store.netns or "host")
+        self.source = EtcdSource(self.etcd, host, self.cache_dir, load_options=load_options, log=self.log)
         # the report has a client of its own: its keep-alives never queue behind a big read
         self.report = AgentReport(Etcd(config), host, ttl=report_ttl, netns=store.netns, source=self.source,
                                   log=self.log)
