@@ -240,3 +240,17 @@ def test_the_publish_and_fleet_status_commands(etcd, tmp_path, monkeypatch, caps
     assert main(["fleet", "status", *base]) == 3
     assert "connection refused" in capsys.readouterr().err
     assert main(["publish", str(p.with_name("nope.yaml")), *base]) == 2
+
+
+def test_service_tag_blobs_are_materialized_and_forgotten(etcd, tmp_path):
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    with_tags = fs.encode(loader.load(examples / "hub-spoke.yaml"), lambda x: Path(x).read_bytes())
+    assert any(k.startswith("state/servicetags/") for k in with_tags)
+    E.publish(etcd, with_tags)
+    src = E.EtcdSource(etcd, "h1", tmp_path / "cache")
+    snap = src.read()
+    assert snap.loaded.tags.tags and snap.loaded.tags.change_numbers
+    assert len(list((tmp_path / "cache" / "tags").iterdir())) == 1
+    E.publish(etcd, fs.encode(loader.load(examples / "lab-demo.yaml"), lambda x: Path(x).read_bytes()))
+    assert not src.read().loaded.tags.tags
+    assert list((tmp_path / "cache" / "tags").iterdir()) == []

@@ -501,7 +501,7 @@ class Connection:
 
 class EtcdSource:
     """See the module docstring. ``cache_dir``: where the last good state (with its revision)
-    and the service-tag blobs are kept (the daemon's state directory for its namespace)."""
+    and the service-tag blobs are kept (``run --etcd-cache``, one directory per namespace)."""
 
     def __init__(self, etcd: Etcd, host: str, cache_dir: str | os.PathLike, *,
                  load_options: dict[str, Any] | None = None, log: Any = None):
@@ -704,8 +704,23 @@ class EtcdSource:
                     "fetched_at": fetched, "prefix": self.etcd.config.prefix, "host": self.host,
                     "keys": {k: base64.b64encode(v).decode() for k, v in sorted(keys.items())}}
             _atomic_write(self.cache_path, json.dumps(data, sort_keys=True).encode())
+            self._forget_old_tags(keys)
         except OSError as e:
             self.log.error("etcd.persist_failed", path=str(self.cache_path), error=str(e))
+
+    def _forget_old_tags(self, keys: dict[str, bytes]) -> None:
+        """Service-tag blobs no longer in the state are removed (each is megabytes)."""
+        wanted = set()
+        for k, v in keys.items():
+            if k.startswith(fs.STATE + "servicetags/"):
+                try:
+                    wanted.add(json.loads(v).get("sha256"))
+                except (ValueError, AttributeError):
+                    return  # not sure what is in use: keep everything
+        d = self.cache_dir / "tags"
+        for p in d.glob("*") if d.is_dir() else ():
+            if p.stem not in wanted and not p.name.startswith("."):
+                p.unlink(missing_ok=True)
 
     def _from_cache(self, why: str) -> Snapshot | None:
         try:
