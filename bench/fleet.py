@@ -252,11 +252,74 @@ def run_file(edits: int, tmp: Path) -> dict:
     return {"edits": edits, "lat": lat}
 
 
+def scale_state(hosts: int, nsgs: int, asgs: int, nics_per: int = 2) -> dict:
+    """A fleet of ``hosts`` with ``nics_per`` NICs each in 20 subnets, ``nsgs`` NSGs of 10 rules
+    that each name an ASG, ``asgs`` ASGs (every NIC in one)."""
+    nics = []
+    for h in range(hosts):
+        for k in range(nics_per):
+            i = h * nics_per + k
+            nics.append({"name": f"n{i}", "host": f"h{h}", "interface": f"eth{k}", "subnet": f"v/s{i % 20}",
+                         "ipAddresses": [f"10.{80 + i % 20}.{(i // 20) // 250}.{(i // 20) % 250 + 4}"],
+                         "networkSecurityGroup": f"nsg{i % nsgs}", "applicationSecurityGroups": [f"asg{i % asgs}"]})
+
+    def rules(g: int) -> list[dict]:
+        return [{"name": f"r{j}", "priority": 100 + j, "direction": "Inbound", "access": "Allow", "protocol": "Tcp",
+                 "sourceApplicationSecurityGroups": [f"asg{(g + j) % asgs}"], "sourcePortRange": "*",
+                 "destinationAddressPrefix": "*", "destinationPortRange": str(1000 + j)} for j in range(10)]
+
+    return {"virtualNetworks": [{"name": "v", "addressSpace": ["10.0.0.0/8"], "subnets": [
+                {"name": f"s{j}", "addressPrefix": f"10.{80 + j}.0.0/16"} for j in range(20)]}],
+            "applicationSecurityGroups": [{"name": f"asg{j}"} for j in range(asgs)],
+            "networkSecurityGroups": [{"name": f"nsg{g}", "securityRules": rules(g)} for g in range(nsgs)],
+            "networkInterfaces": nics}
+
+
+def measure_scale(tmp: Path) -> list[dict]:
+    """What one agent's read costs at 50, 1,000 and 10,000 hosts (no etcd: the keys a publish
+    would write, handed to EtcdSource as its watch would): the whole state validated, this
+    host's part cut and loaded. Also the keys and bytes a first publish writes."""
+    from types import SimpleNamespace
+
+    from nsg_agent.desired import loader
+    from nsg_agent.logging import configure
+    from nsg_agent.sources import etcd as etcd_mod
+    from nsg_agent.sources import fleetstate as fs
+
+    configure("error")
+    out = []
+    for hosts, nsgs, asgs in ((50, 50, 100), (1000, 50, 100), (10000, 500, 1000)):
+        d = tmp / f"scale{hosts}"
+        d.mkdir()
+        p = d / "state.json"
+        p.write_text(json.dumps(scale_state(hosts, nsgs, asgs)))
+        t = time.perf_counter()
+        keys = fs.encode(loader.load(p), lambda x: Path(x).read_bytes())
+        publisher = time.perf_counter() - t
+        keys[fs.PUBLISHED] = fs.canonical({"sha256": fs.state_digest(keys), "at": time.time()})
+        fake = SimpleNamespace(config=etcd_mod.EtcdConfig.parse("http://127.0.0.1:1", "/bench/"))
+        src = etcd_mod.EtcdSource(fake, "h7", d / "cache")  # type: ignore[arg-type]
+        src._snapshot(keys, 2, time.time())
+        changed = dict(keys)
+        a = json.loads(changed["state/asgs/asg3"])
+        a["members"] = a["members"][:-1]
+        changed["state/asgs/asg3"] = fs.canonical(a)
+        changed[fs.PUBLISHED] = fs.canonical({"sha256": fs.state_digest(changed), "at": time.time()})
+        t = time.perf_counter()
+        src._snapshot(changed, 3, time.time())
+        read = time.perf_counter() - t
+        out.append({"hosts": hosts, "nics": hosts * 2, "nsgs": nsgs, "asgs": asgs, "keys": len(keys),
+                    "bytes": sum(len(v) for v in keys.values()), "publisher_s": publisher, "agent_read_s": read})
+        log(f"  {hosts} hosts: {len(keys)} keys, agent read {read * 1000:.0f} ms")
+    return out
+
+
 def ms(x: float) -> str:
     return f"{x * 1000:,.0f}"
 
 
-def render(results: list[dict], base: dict, rec: dict, started: str, took: float, command: str) -> str:
+def render(results: list[dict], base: dict, rec: dict, started: str, took: float, command: str,
+           scale: list[dict] | None = None) -> str:
     b50 = percentile(base["lat"], 0.5)
     lines = [f"Written by the benchmark itself: `{command}` (started {started} UTC, took {took / 60:.1f} min). "
              "Not a test: nothing asserts a timing. Every publish is an ASG membership change that every "
@@ -292,6 +355,15 @@ def render(results: list[dict], base: dict, rec: dict, started: str, took: float
               f"{idle['etcd_network_client_grpc_received_bytes_total']:,.0f} B/s "
               f"({idle['etcd_mvcc_put_total']:.1f} puts/s: reports rewritten only when they change; "
               "keep-alives every ttl/3)."]
+    if scale:
+        lines += ["", "One agent's read at larger fleets (no etcd: the keys a publish writes, handed to the "
+                  "agent's source as its watch would; after an ASG change: the whole state validated like a "
+                  "file, this host's part cut and loaded; 2 NICs per host, NSGs of 10 rules naming ASGs):", "",
+                  "| hosts | NICs / NSGs / ASGs | state keys | state bytes | publisher: load + encode ms | "
+                  "agent read after an ASG change ms |", "|---|---|---|---|---|---|"]
+        for r in scale:
+            lines.append(f"| {r['hosts']:,} | {r['nics']:,} / {r['nsgs']} / {r['asgs']:,} | {r['keys']:,} | "
+                         f"{r['bytes']:,} | {ms(r['publisher_s'])} | {ms(r['agent_read_s'])} |")
     return "\n".join(lines)
 
 
@@ -319,10 +391,12 @@ def main(argv: list[str] | None = None) -> int:
             r = run_fleet(n, args.publishes, tmp)
             results.append(r)
             log(f"  all hosts p50 {ms(percentile(r['all'], 0.5))} ms, p99 {ms(percentile(r['all'], 0.99))} ms")
+        log("one agent's read at 50, 1,000 and 10,000 hosts")
+        scale = measure_scale(tmp)
     rec["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     rec["etcd"] = subprocess.run(["/usr/bin/etcd", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     text = render(results, base, rec, started, time.perf_counter() - t_start,
-                  os.environ.get("NSG_BENCH_COMMAND", "python -m bench.fleet"))
+                  os.environ.get("NSG_BENCH_COMMAND", "python -m bench.fleet"), scale)
     print(text)
     if not args.no_doc and DOC.exists():
         doc = DOC.read_text()
