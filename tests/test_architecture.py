@@ -13,7 +13,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "nsg_agent"
 
 # Lowest first. A module may import its own package and any package to its left.
-LAYERS = ["", "desired", "semantics", "compiler", "host", "sources", "kernel", "daemon", "lab", "cli"]
+LAYERS = ["", "desired", "semantics", "compiler", "host", "sources", "kernel", "flowlogs", "daemon", "lab", "cli"]
 # The pure core: what the user wrote, what Azure means by it, and the compiled ruleset.
 PURE = {"", "desired", "semantics", "compiler"}
 IMPURE_LIBRARIES = {"nftables", "pyroute2", "watchdog", "subprocess", "socket", "prometheus_client"}

@@ -1,7 +1,9 @@
-"""Golden files: the compiled JSON of each example and golden input, per placement and mode.
+"""Golden files: the compiled JSON of each example and golden input, per placement and mode,
+and beside each the same table as sorted nft text (``*.nft``, the table model's dump: what a
+reviewer reads; ``ip saddr @set goto chain`` instead of nested JSON).
 
 Regenerate after an intended change with ``NSG_UPDATE_GOLDEN=1 pytest tests/test_compiler_golden.py``
-and review the diff like code.
+and review the diff like code (the .nft diff shows what changed in the table).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pytest
 from compiler_helpers import REPO, host_placement
 from nsg_agent.compiler import FabricPlacement, compile_ruleset
 from nsg_agent.desired.loader import load
+from nsg_agent.kernel.state import NftRuleset
 from nsg_agent.semantics.resolver import resolve
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -67,3 +70,26 @@ def test_golden_renders_are_valid_json_and_stable():
     first, second = render(path, "host", "classify"), render(path, "host", "classify")
     assert first == second
     assert json.loads(first)["nftables"][0] == {"metainfo": {"json_schema_version": 1}}
+
+
+def nft_text(json_text: str) -> str:
+    """The table a compiled batch builds, as the model's sorted nft text."""
+    return NftRuleset.from_commands(json.loads(json_text)["nftables"]).dump()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_golden_nft_text(case):
+    """The compiled table as nft text equals the reviewed .nft golden, and the JSON golden
+    describes the very same table (its model dumps to the same text)."""
+    path, placement, mode = case
+    actual = nft_text(render(path, placement, mode))
+    target = golden_path(path, placement, mode).with_suffix(".nft")
+    if os.environ.get("NSG_UPDATE_GOLDEN") == "1":
+        target.write_text(actual)
+    assert target.exists(), f"no golden file {target.name}: run with NSG_UPDATE_GOLDEN=1 and review it"
+    expected = target.read_text()
+    if actual != expected:
+        diff = "".join(difflib.unified_diff(expected.splitlines(True), actual.splitlines(True),
+                                            f"golden/{target.name}", "compiled", n=1))
+        pytest.fail(f"compiled table differs from golden/{target.name}:\n{diff[:20000]}")
+    assert nft_text(golden_path(path, placement, mode).read_text()) == expected

@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Any
 
+from nsg_agent.cli import flows
 from nsg_agent.cli.fleet import add_etcd_connection_options
 from nsg_agent.cli.inputs import add_files, add_input_options, files_label, load_options
 from nsg_agent.daemon.operations import build_plan, collect_status, read_record, review_change, when
@@ -147,6 +148,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="the lease of this agent's report in etcd: a dead agent disappears from "
                             "'fleet status' this long after its last keep-alive (default 10)")
     add_etcd_connection_options(fleet)
+    flows.add_run_options(p)
     add_input_options(p)
     _common(p)
     p.set_defaults(func=cmd_run)
@@ -504,7 +506,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=args.lab, name=args.lab_name, mode=args.mode, debounce=args.debounce,
             resync=args.resync, log_level=args.log_level, down_on_exit=args.remove_on_exit,
             **{k: getattr(args, k) for k in ("strict", "nsg", "parameters", "max_file_size")},
-            log_format=args.log_format))
+            log_format=args.log_format,
+            **{k: getattr(args, k) for k in ("flow_logs", "flow_logs_max_size", "flow_logs_interval",
+                                             "flow_logs_flush")},
+            no_flow_logs=False))
     store = StatusStore(args.state_dir, args.netns)
     try:
         store.lock()  # one daemon per namespace, held until the process exits
@@ -535,6 +540,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         fleet = FleetAgent(etcd_config(args), args.host or socket.gethostname(), store,
                            report_ttl=args.report_ttl, cache_dir=args.etcd_cache, load_options=load_options(args))
+    collector = None
+    if args.flow_logs:
+        import structlog
+
+        try:
+            collector = flows.start(args, args.flow_logs, args.netns,
+                                    flows.host_context(StatusStore(args.state_dir, args.netns), args.netns),
+                                    metrics, structlog.get_logger("nsg_agent.flowlogs"))
+        except OSError as e:
+            backend.close()
+            raise _failed(f"--flow-logs {args.flow_logs}: {e}") from None
     try:
         rec = _reconciler(fleet.source if fleet else args.config, args, backend, notifier=notifier,
                           debounce=args.debounce, resync=args.resync,
@@ -560,4 +576,5 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if fleet is not None:
             fleet.stop()
+        flows.stop(collector)
         backend.close()

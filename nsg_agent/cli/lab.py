@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nsg_agent.cli import lazy
+from nsg_agent.cli import flows, lazy
 from nsg_agent.cli.inputs import add_files, add_input_options, files_label, load_inputs, load_options
 from nsg_agent.errors import EXIT_INVALID, EXIT_MISMATCH, EXIT_OK, CommandFailed
 from nsg_agent.lab import naming
@@ -142,7 +142,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
                    help="auto (default): readable lines on a terminal, JSON lines otherwise")
+    flows.add_run_options(p, lab=True)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("flows", help="the lab's flow logs as a table (what 'lab run' collected)",
+                       description="The Azure-format flow logs 'lab run' writes for the lab: each "
+                                   "flow tuple with NIC, direction, addresses, protocol, state, "
+                                   "deciding NSG and rule, packets and bytes. See docs/flowlogs.md.")
+    p.add_argument("--name", "--lab", dest="name", help="lab name (default: the only lab up)")
+    flows.add_read_options(p, default_dir=False)
+    p.set_defaults(func=cmd_flows)
 
 
 # --- up / down -------------------------------------------------------------------------------
@@ -193,12 +202,24 @@ def _print_members(plan: LabPlan) -> None:
         print(f"  host {h.name:<12} {h.address:<16} {h.kind:<20} {h.netns}")
 
 
+def flow_log_dir(lab: str) -> Path:
+    """Where 'lab run' writes the lab's flow logs unless told otherwise."""
+    return naming.STATE_DIR / f"{lab}.flowlogs"
+
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    lab = _lab_name(args, None)
+    return flows.show(args, args.dir or str(flow_log_dir(lab)))
+
+
 def _remove_status_dir(lab: str) -> None:
     from nsg_agent.daemon.status import DEFAULT_STATE_DIR
 
     d = Path(DEFAULT_STATE_DIR) / naming.fabric_netns(lab)
     if d.is_dir():
         shutil.rmtree(d, ignore_errors=True)
+    if flow_log_dir(lab).is_dir():  # the default flow-log directory of 'lab run' (tmpfs)
+        shutil.rmtree(flow_log_dir(lab), ignore_errors=True)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -376,9 +397,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure(args.log_level, fmt=getattr(args, "log_format", "auto"))
     daemon = lab_daemon(args.file, lab, mode=args.mode, debounce=args.debounce, resync=args.resync,
                         load_options=load_options(args))
+    collector = None
+    if not getattr(args, "no_flow_logs", True):
+        import structlog
+
+        from nsg_agent.daemon.status import StatusStore
+
+        directory = args.flow_logs or str(flow_log_dir(lab))
+        try:
+            collector = flows.start(args, directory, naming.fabric_netns(lab),
+                                    flows.lab_context(lab, StatusStore(netns=naming.fabric_netns(lab))),
+                                    log=structlog.get_logger("nsg_agent.flowlogs"))
+        except OSError as e:  # on by default: without NFLOG or ctnetlink the lab still runs
+            structlog.get_logger("nsg_agent.flowlogs").warning("flowlog.unavailable", directory=directory,
+                                                               error=str(e))
+            collector = None
     try:
         return daemon.run()
     finally:
+        flows.stop(collector)
         if args.down_on_exit:
             build.destroy(lab)
             _remove_status_dir(lab)

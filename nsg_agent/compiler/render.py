@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nsg_agent.compiler import expr as E
+from nsg_agent.compiler import flowmark as F
 from nsg_agent.compiler.classify import (
     D_DPORT,
     D_LOCAL,
@@ -153,6 +154,7 @@ class _Builder:
         self._level_base: dict[tuple, str] = {}  # (direction, platform, nsg) -> lvl_<h8>
         self.level_summary: dict[str, dict] = {}
         self.elements = 0
+        self._marks: list[tuple[dict, tuple[str, str, str]]] = []  # ct mark statements, ids set last
 
     # objects ----------------------------------------------------------------------------
     def chain(self, name: str, **kw: Any) -> None:
@@ -161,9 +163,25 @@ class _Builder:
     def rule(self, chain: str, exprs: list, comment: str | None = None) -> None:
         self.rules.append(E.rule_obj(TABLE_NAME, chain, exprs, comment))
 
-    def counted(self, chain: str, exprs: list, comment: str, ref: RuleRef) -> None:
+    def counted(self, chain: str, exprs: list, comment: str, ref: RuleRef, flow: bool = True) -> None:
+        """A counted rule (``[matches..., counter, verdict]``) and, for flow logs
+        (compiler/flowmark.py): before a drop, the same matches with a rate-limited ``log``
+        and no verdict; in an allow, the ``ct mark`` of the rule's id."""
+        verdict = next(iter(exprs[-1]))
+        if flow and verdict == "drop":
+            self.rule(chain, exprs[:-2] + F.log_statements(ref.direction, comment))
+        elif flow and verdict in ("return", "accept"):
+            stmt = F.mark_statement(ref.direction, 0)
+            self._marks.append((stmt, (ref.direction, ref.nsg or "", ref.rule)))
+            exprs = exprs[:-2] + [stmt] + exprs[-2:]
         self.rule(chain, exprs, comment)
         self.rule_index[(chain, comment)] = ref
+
+    def number_marks(self) -> None:
+        """Give every allow's ct mark its rule id (known once the whole index is)."""
+        ids = F.rule_ids(self.rule_index.values())
+        for stmt, triple in self._marks:
+            stmt["mangle"]["value"]["|"][1] = ids[triple] << F.SHIFT[triple[0]]
 
     # levels -----------------------------------------------------------------------------
     def level(self, lv: Level, direction: Direction, platform: bool, user: str) -> str:
@@ -769,7 +787,7 @@ def _neighbor_discovery(b: _Builder, nic: NicPolicy, chain: str, direction: Dire
     ref = RuleRef("", ND_COMMENT, direction.value, chain, (nic.nic,))
     b.counted(chain, [E.match(E.meta("l4proto"), 58),
                       E.match(E.payload("icmpv6", "type"), E.anon_set(sorted(NEIGHBOR_DISCOVERY_TYPES))),
-                      E.counter(), E.verdict("accept")], ND_COMMENT, ref)
+                      E.counter(), E.verdict("accept")], ND_COMMENT, ref, flow=False)
 
 
 def _nic_chains(b: _Builder, nic: NicPolicy, slug: str) -> tuple[str, str]:
@@ -882,6 +900,7 @@ def compile_ruleset(policy: Policy, placement: HostPlacement | FabricPlacement, 
         raise TypeError(f"unknown placement {placement!r}")
 
     b.render_levels()
+    b.number_marks()
     levels_by_nic: dict[str, dict] = {}
     for name, lv in b.levels.items():
         for user in lv.users:

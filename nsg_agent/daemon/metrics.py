@@ -14,6 +14,9 @@ textfile collector. Names and labels (documented in docs/metrics.md):
   nsg_agent_reconcile_duration_seconds{outcome}            histogram
   nsg_agent_drift_repairs_total
   nsg_agent_conntrack_flushed_total
+  nsg_agent_flowlog_tuples_written_total{state}            flow-log tuples written: B|C|E|D
+  nsg_agent_flowlog_tuples_dropped_total{reason}           queue|disk|error|kernel
+  nsg_agent_flowlog_records_written_total                  records (one per NIC and flush)
 
 The kernel-side families are read at scrape time from the kernel and the status record (a
 custom collector), so they are never stale; the reconcile families are counted by the daemon
@@ -71,6 +74,34 @@ class KernelCollector:
         yield g
 
 
+class FlowLogCollector:
+    """The flow-log writer's counts, read at scrape time (nsg_agent/flowlogs)."""
+
+    def __init__(self, stats: Callable[[], dict]):
+        self.stats = stats
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator:
+        s = self.stats()
+        written = CounterMetricFamily("nsg_agent_flowlog_tuples_written",
+                                      "Flow-log tuples written, by flow state (B, C, E, D)", labels=["state"])
+        for state in ("B", "C", "E", "D"):
+            written.add_metric([state], float(s.get("written", {}).get(state, 0)))
+        yield written
+        dropped = CounterMetricFamily(
+            "nsg_agent_flowlog_tuples_dropped",
+            "Flow-log tuples not written: queue full, disk bound, write error; kernel = socket overruns",
+            labels=["reason"])
+        for reason in ("queue", "disk", "error", "kernel"):
+            dropped.add_metric([reason], float(s.get("dropped", {}).get(reason, 0)))
+        yield dropped
+        records = CounterMetricFamily("nsg_agent_flowlog_records_written", "Flow-log records written")
+        records.add_metric([], float(s.get("records", 0)))
+        yield records
+
+
 class Metrics:
     """The agent's registry: daemon counters plus the kernel collector."""
 
@@ -106,6 +137,10 @@ class Metrics:
                 pass  # a full disk must not stop the firewall's agent
 
     textfile: str | None = None
+
+    def add_flow_logs(self, stats: Callable[[], dict]) -> None:
+        """Export a flow-log collector's counts (``run --flow-logs``)."""
+        self.registry.register(FlowLogCollector(stats))
 
     # The daemon's events (docs/daemon.md) are the observer channel: this structlog
     # processor counts each outcome as it is logged, with no hook inside the reconciler.

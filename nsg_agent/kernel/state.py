@@ -150,8 +150,7 @@ class NftTable:
                 decl.append("flags " + ", ".join([flags] if isinstance(flags, str) else flags))
             lines.append(f"add {s.kind} {where} {name} {{ {' ; '.join(decl)} ; }}")
             if s.elem:
-                elems = sorted((_elem_text(e, s.kind == "map") for e in s.elem))
-                lines.append(f"add element {where} {name} {{ {', '.join(elems)} }}")
+                lines.append(f"add element {where} {name} {_braces([_elem_text(e, s.kind == 'map') for e in s.elem])}")
         for name in sorted(self.chains):
             for rule in self.chains[name].rules:
                 text = " ".join(_stmt_text(e) for e in rule.get("expr", []))
@@ -349,6 +348,17 @@ class NftRuleset:
 # --- nft syntax for the expressions the compiler and the lab emit -------------------------------
 
 _OPS = {"==": "", "in": "", "!=": "!= ", "<": "< ", ">": "> ", "<=": "<= ", ">=": ">= "}
+_BINOPS = ("&", "|", "^", "<<", ">>")
+_WIDE = 100  # a brace group longer than this is written one item per line
+
+
+def _braces(items: list[str]) -> str:
+    """``{ a, b }``, or one item per line when that would be long (a reviewer sees which
+    element changed in a diff). The items keep their order: the compiler's is deterministic."""
+    flat = "{ " + ", ".join(items) + " }"
+    if len(flat) <= _WIDE:
+        return flat
+    return "{\n\t" + ",\n\t".join(items) + "\n}"
 _VERDICTS = ("accept", "drop", "continue", "return")
 
 
@@ -369,12 +379,14 @@ def _value_text(v: Any) -> str:
         return v if v.replace(".", "").replace(":", "").replace("-", "").replace("_", "").replace("/", "").isalnum() \
             else json.dumps(v)
     if isinstance(v, list):
-        return "{ " + ", ".join(sorted(_value_text(x) for x in v)) + " }"
+        return _braces([_value_text(x) for x in v])
     if isinstance(v, dict):
         (k, body), = v.items()
         if k == "set":
             items = body if isinstance(body, list) else [body]
-            return "{ " + ", ".join(sorted(_elem_text(x, False) for x in items)) + " }"
+            return _braces([_elem_text(x, isinstance(x, list) and len(x) == 2) for x in items])
+        if k in _BINOPS:
+            return f" {k} ".join(_hex(x) if isinstance(x, int) else _key_text(x) for x in body)
         if k == "prefix":
             return f"{body['addr']}/{body['len']}"
         if k == "range":
@@ -386,6 +398,10 @@ def _value_text(v: Any) -> str:
         if k == "elem":
             return _value_text(body["val"])
     return json.dumps(v, sort_keys=True)
+
+
+def _hex(n: int) -> str:
+    return f"0x{n:08x}"
 
 
 def _key_text(k: Any) -> str:

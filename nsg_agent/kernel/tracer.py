@@ -3,9 +3,10 @@
 It interprets the JSON generically, the way the kernel would run it: base chains of the
 packet's hook in priority order, rules in order, ``match`` expressions (payload, meta, ct;
 values, prefixes, ranges, anonymous and named sets, interval sets, concatenations), verdict
-maps, ``counter`` statements, and the verdicts accept / drop / continue / return / jump /
-goto. It knows nothing about NSGs: the compiler's output is checked against the semantics
-engine through it.
+maps, ``counter``, ``limit`` (assumed under its rate), ``log`` (the prefixes are recorded) and
+``ct mark set`` (``&``/``|`` of the mark; the final mark is recorded) statements, and the
+verdicts accept / drop / continue / return / jump / goto. It knows nothing about NSGs: the
+compiler's output is checked against the semantics engine through it.
 
 Only the expressions the compiler may emit are supported; anything else raises
 ``UnsupportedExpression`` instead of guessing.
@@ -65,6 +66,8 @@ class TraceResult:
     comments: list[str] = field(default_factory=list)  # comments of the rules that fired
     counters: list[tuple[str, str | None]] = field(default_factory=list)  # (chain, comment)
     chains: list[str] = field(default_factory=list)  # chains entered, in order
+    logs: list[str] = field(default_factory=list)  # prefixes of the log statements met
+    ct_mark: int = 0  # the connection's mark after the packet (ct mark set)
 
     @property
     def accepted(self) -> bool:
@@ -169,6 +172,14 @@ class _Tracer:
                     self.result.comments.append(rule["comment"])
             if kind == "counter":
                 self.result.counters.append((chain.name, rule.get("comment")))
+            elif kind == "limit":
+                continue  # a match over the packet rate: a single packet is under it
+            elif kind == "log":
+                self.result.logs.append(body.get("prefix", ""))
+            elif kind == "mangle":
+                if body["key"] != {"ct": {"key": "mark"}}:
+                    raise UnsupportedExpression(f"mangle {body['key']!r}")
+                self.result.ct_mark = self._mark_value(body["value"]) & 0xFFFFFFFF
             elif kind == "vmap":
                 data = self._lookup(chain, body["key"], body["data"])
                 if data is None:
@@ -199,6 +210,18 @@ class _Tracer:
         if kind == "goto":
             return outcome  # falling off a goto'd chain returns from the current chain
         raise UnsupportedExpression(f"verdict {kind}")
+
+    def _mark_value(self, e: Any) -> int:
+        if isinstance(e, int):
+            return e
+        if e == {"ct": {"key": "mark"}}:
+            return self.result.ct_mark
+        if isinstance(e, dict) and len(e) == 1:
+            (op, args), = e.items()
+            if op in ("&", "|", "^") and isinstance(args, list) and len(args) == 2:
+                a, b = (self._mark_value(x) for x in args)
+                return a & b if op == "&" else a | b if op == "|" else a ^ b
+        raise UnsupportedExpression(f"mark value {e!r}")
 
     # expressions ----------------------------------------------------------------------
     def _value(self, e: Any) -> Any:

@@ -21,13 +21,22 @@ file (adding or removing a NIC) never renames an existing namespace or interface
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from nsg_agent.errors import InvalidInput
 
-NETNS_PREFIX = "nsgl-"
+
+def _netns_prefix() -> str:
+    """``nsgl-``, or NSG_AGENT_LAB_NETNS_PREFIX (``nsg`` + up to 4 of [a-z0-9] + ``-``), which
+    lets a test suite give its labs a namespace prefix of its own."""
+    value = os.environ.get("NSG_AGENT_LAB_NETNS_PREFIX", "")
+    return value if re.fullmatch(r"nsg[a-z0-9]{0,4}-", value) else "nsgl-"
+
+
+NETNS_PREFIX = _netns_prefix()
 MAX_LAB_NAME = 20
 IFNAME_MAX = 15
 INNER_IF = "eth0"
