@@ -19,6 +19,8 @@ EXIT_MISMATCH = EXIT_DENY
 EXIT_INVALID = 2  # the input or the arguments are wrong (plan --detailed-exitcode: changes pending)
 EXIT_FAILED = 3  # the kernel refused, a namespace is missing, no permission, a bug
 EXIT_KERNEL_MISMATCH = 4  # verify --kernel: the live ruleset decides otherwise than the model
+EXIT_UNHEALTHY = EXIT_DENY  # fleet status: a host is not current (stale, failing, degraded, missing)
+EXIT_CONFLICT = 4  # publish: the compare-and-swap lost (someone published since the expected revision)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ venv=${NSG_VENV:-$here/.venv}
 extras=${1-test}  # "" installs the project without extras (scripts/provision.sh)
 
 apt_pkgs=(nftables python3-nftables libnftables1 iproute2 iperf3 conntrack python3 python3-venv
-          debootstrap systemd-container procps make)
+          debootstrap systemd-container procps make etcd-server etcd-client openssl)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -23,6 +23,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install: apt packages: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # etcd-server is for the fleet's tests and benchmark, which start their own etcd on a free
+  # loopback port: the package's system service (127.0.0.1:2379), started by the install
+  # where systemd runs, is not ours to keep running.
+  if [[ " ${missing[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now etcd >/dev/null 2>&1 || true
+  fi
 fi
 
 py=$(command -v python3)

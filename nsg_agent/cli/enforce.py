@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from nsg_agent.cli import flows
+from nsg_agent.cli.fleet import add_etcd_connection_options
 from nsg_agent.cli.inputs import add_files, add_input_options, files_label, load_options
 from nsg_agent.daemon.operations import build_plan, collect_status, read_record, review_change, when
 from nsg_agent.daemon.status import (
@@ -102,6 +103,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     target.add_argument("--config", metavar="FILE", nargs="+",
                         help="host mode: enforce the file's NICs on this machine (several files "
                              "are merged; every file involved is watched)")
+    target.add_argument("--etcd", metavar="URL[,URL...]",
+                        help="fleet mode: the desired state lives in etcd (nsg-agent publish); enforce "
+                             "the NICs whose host is --host (docs/fleet.md)")
     target.add_argument("--lab", metavar="FILE", nargs="+",
                         help="lab mode: keep the lab's topology and rules equal to FILE "
                              "(same as 'nsg-agent lab run FILE')")
@@ -131,6 +135,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="serve Prometheus metrics on HOST:PORT (HOST defaults to 127.0.0.1); see docs/metrics.md")
     p.add_argument("--metrics-textfile", metavar="PATH", default=None,
                    help="write the metrics to PATH after each reconcile (node_exporter's textfile collector)")
+    fleet = p.add_argument_group("fleet (with --etcd)")
+    fleet.add_argument("--host", metavar="NAME", default=None,
+                       help="this agent's host name in the fleet: it enforces the NICs whose host is NAME "
+                            "(default: the machine's host name)")
+    fleet.add_argument("--etcd-cache", metavar="DIR", default=os.environ.get("NSG_AGENT_ETCD_CACHE",
+                                                                              "/var/lib/nsg-agent/etcd"),
+                       help="where the last good state read from etcd is persisted with its revision, one "
+                            "sub-directory per namespace: enforced when etcd is down at start, so on "
+                            "persistent storage (default /var/lib/nsg-agent/etcd)")
+    fleet.add_argument("--report-ttl", type=int, default=10, metavar="SECONDS",
+                       help="the lease of this agent's report in etcd: a dead agent disappears from "
+                            "'fleet status' this long after its last keep-alive (default 10)")
+    add_etcd_connection_options(fleet)
     flows.add_run_options(p)
     add_input_options(p)
     _common(p)
@@ -412,8 +429,20 @@ def render_status(data: dict, show_all: bool = False) -> str:
                   f"applied:   {c['applied']}  (mode {c['mode']}, {', '.join(n.get('modes_used') or [])})"
                   + ("; adopted at the daemon's start (the kernel already held it, nothing written)"
                      if c.get("how") == "adopted" else ""),
+                  *([f"revision:  {c['revision']} (published {when(c.get('published_at'))}"
+                     + (f", {_age(c.get('published_at'))} old" if c.get("published_at") else "") + ")"]
+                    if c.get("revision") is not None else []),
                   f"counts:    {n.get('chains')} chains, {n.get('rules')} rules, {n.get('sets')} sets, "
                   f"{n.get('set_elements')} elements"]
+    f = data.get("fleet")
+    if f:
+        e = f.get("etcd") or {}
+        line = f"etcd:      {e.get('state')} since {when(e.get('since'))}"
+        if f.get("state") == "degraded":
+            line += (" -- DEGRADED: enforcing the last good state"
+                     + (" persisted locally" if f.get("served_from_cache") else "")
+                     + f" (revision {f.get('revision')})")
+        lines.append(line + (f"; {e['error']}" if e.get("error") and e.get("state") != "connected" else ""))
     pc = data.get("pending_confirm")
     if pc:
         lines.append(f"pending:   apply --confirm: rolls back to {pc['rolls_back_to']} in "
@@ -438,6 +467,13 @@ def render_status(data: dict, show_all: bool = False) -> str:
         lines.append(f"  ({len(hits)} NSG and platform rules, {len([h for h in hits if h['packets']])} with hits; "
                      "--json has them per internal chain too)")
     return "\n".join(lines)
+
+
+def _age(t: Any) -> str:
+    import time
+
+    s = time.time() - float(t)
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -495,6 +531,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             backend.close()
             raise _failed(f"--metrics {args.metrics}: cannot listen: {e}") from None
+    fleet = None
+    if args.etcd:
+        import socket
+
+        from nsg_agent.cli.fleet import etcd_config
+        from nsg_agent.daemon.fleet import FleetAgent
+
+        fleet = FleetAgent(etcd_config(args), args.host or socket.gethostname(), store,
+                           report_ttl=args.report_ttl, cache_dir=args.etcd_cache, load_options=load_options(args))
     collector = None
     if args.flow_logs:
         import structlog
@@ -507,8 +552,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             backend.close()
             raise _failed(f"--flow-logs {args.flow_logs}: {e}") from None
     try:
-        rec = _reconciler(args.config, args, backend, notifier=notifier,
-                          debounce=args.debounce, resync=args.resync)
+        rec = _reconciler(fleet.source if fleet else args.config, args, backend, notifier=notifier,
+                          debounce=args.debounce, resync=args.resync,
+                          observers=[fleet.observe] if fleet else None)
+        if fleet is not None:
+            fleet.start(rec)
         rec.incremental = not args.no_delta
         rec.confirm_edits = args.confirm_edits
         rec.lockout_check = not args.force
@@ -526,5 +574,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except FatalError as e:
             raise _failed(str(e)) from None
     finally:
+        if fleet is not None:
+            fleet.stop()
         flows.stop(collector)
         backend.close()

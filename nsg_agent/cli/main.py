@@ -27,7 +27,7 @@ from nsg_agent.errors import (
 
 # Modules that contribute sub-commands: each has register(subparsers) and sets
 # ``func(args) -> int`` on its parsers.
-COMMAND_MODULES = ("nsg_agent.cli.inspect", "nsg_agent.cli.enforce", "nsg_agent.cli.lab",
+COMMAND_MODULES = ("nsg_agent.cli.inspect", "nsg_agent.cli.enforce", "nsg_agent.cli.fleet", "nsg_agent.cli.lab",
                    "nsg_agent.cli.flows", "nsg_agent.cli.tooling")
 
 

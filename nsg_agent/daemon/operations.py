@@ -101,11 +101,13 @@ def collect_status(store: StatusStore, backend: Any | None) -> dict:
     out["commit"] = None if c is None else {
         "source": c.source, "sha256": c.sha256, "files": c.files, "applied_at": c.applied_at,
         "applied": when(c.applied_at), "mode": c.mode, "ruleset_sha256": c.ruleset_sha256,
-        "how": c.how,
+        "how": c.how, "revision": c.revision, "published_at": c.published_at,
         "counts": {k: c.summary.get(k) for k in ("chains", "rules", "sets", "set_elements", "modes_used")},
     }
     out["last_error"] = status.last_error
-    from nsg_agent.daemon import confirm
+    from nsg_agent.daemon import confirm, fleet
+
+    out["fleet"] = fleet.read_side(store)  # run --etcd: the store's connection, the revision enforced
 
     out["pending_confirm"] = confirm.describe(store)
     out["kernel"] = None

@@ -40,6 +40,9 @@ PRIORITY_MIN, PRIORITY_MAX = 100, 4096
 # '_', and may contain word characters, '.', '-' and '_'.
 NAME_RE = re.compile(r"^\w(?:[\w.\-]{0,78}\w)?$|^\w(?:[\w.\-]{0,78}_)$")
 
+# A fleet host's name (NetworkInterface.host): a DNS-style name, also one etcd key segment.
+HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+
 TEMPLATE_EXPRESSION_RE = re.compile(r"^\s*\[(?!\[).*\]\s*$", re.S)
 
 # Built-in tags that are not in Microsoft's published file. Canonical spelling -> aliases.
@@ -694,6 +697,10 @@ class NetworkInterface(_Base):
     networkSecurityGroup: RefName | None = None
     applicationSecurityGroups: RefList = []
     interface: str | None = Field(default=None, max_length=15)
+    # The fleet (docs/fleet.md): the host whose agent enforces this NIC (`nsg-agent run
+    # --etcd URL --host NAME`); interface names are unique per host. Ignored by a single host
+    # reading a file.
+    host: str | None = Field(default=None, max_length=253)
     ipConfigurations: list[IPConfiguration] = []
 
     @model_validator(mode="before")
@@ -718,6 +725,16 @@ class NetworkInterface(_Base):
                 ipaddress.ip_address(item)
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP address") from None
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str | None) -> str | None:
+        if v is not None:
+            _reject_expression(v)
+            if not HOST_RE.match(v):
+                raise ValueError(f"host {v!r} must be a host name: letters, digits, '-', '_' and '.', "
+                                 "starting and ending with a letter or digit")
         return v
 
     @field_validator("subnet", mode="before")

@@ -141,7 +141,7 @@ def _vnets(state: DesiredState, tags: ServiceTagIndex) -> Iterator[Issue]:
 
 def _nics(state: DesiredState, tags: ServiceTagIndex) -> Iterator[Issue]:
     owner: dict[ipaddress._BaseAddress, str] = {}
-    ifaces: dict[str, str] = {}
+    ifaces: dict[tuple[str, str], str] = {}
     for ni, nic in enumerate(state.networkInterfaces):
         loc = ("networkInterfaces", ni)
         found = state.subnet(nic.subnet)
@@ -173,9 +173,12 @@ def _nics(state: DesiredState, tags: ServiceTagIndex) -> Iterator[Issue]:
                 f"{len(nic.applicationSecurityGroups)} ASGs; Azure allows at most {MAX_ASGS_PER_NIC} "
                 "per IP configuration")
         if nic.interface:
-            if nic.interface in ifaces:
-                yield loc + ("interface",), f"interface {nic.interface!r} is already NIC {ifaces[nic.interface]!r}"
-            ifaces.setdefault(nic.interface, nic.name)
+            # per host: in a fleet (docs/fleet.md) every host has its own eth0
+            key = ((nic.host or "").lower(), nic.interface)
+            if key in ifaces:
+                yield loc + ("interface",), (f"interface {nic.interface!r} is already NIC {ifaces[key]!r}"
+                                             + (f" on host {nic.host!r}" if nic.host else ""))
+            ifaces.setdefault(key, nic.name)
 
 
 def _asg_vnets(state: DesiredState) -> dict[str, set[str]]:
