@@ -41,7 +41,7 @@ def configure(level: str = "info", stream: TextIO | None = None, *, json_output:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            *observers,  # e.g. nsg_agent.daemon.metrics.Metrics.observe: counts outcomes as they are logged
+            *observers,  # extra structlog processors
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, _stdlib_logging.INFO)),

@@ -55,17 +55,20 @@ def test_kernel_families_at_scrape_time():
     assert fam["nsg_agent_last_apply_timestamp_seconds"].samples[0].value == 1700000000.0
 
 
-def test_outcomes_counted_from_the_daemons_events(tmp_path):
+def test_outcomes_counted_from_the_reconcilers_outcomes(tmp_path):
+    """Metrics observe the reconciler's Outcome values (no log parsing): kinds, durations,
+    drift repairs, conntrack entries flushed; unsettled reads are not reconciles."""
+    from nsg_agent.daemon.outcome import Outcome
+
     m = metrics.Metrics(lambda: (Status(), None, None))
     m.textfile = str(tmp_path / "nsg.prom")
-    for event in ({"event": "reconcile.start"}, {"event": "config.applied", "how": "delta"},
-                  {"event": "reconcile.start"}, {"event": "config.invalid"},
-                  {"event": "reconcile.start"}, {"event": "config.unchanged"},
-                  {"event": "drift.repaired"}, {"event": "conntrack.flushed", "count": 3}):
-        assert m.observe(None, "info", dict(event)) == event
+    for kind, reason, flushed in (("delta", "file:x", 3), ("invalid", "file:x", 0), ("unchanged", "sighup", 0),
+                                  ("replace", "drift", 0), ("unsettled", "file:x", 0), ("adopted", "startup", 0),
+                                  ("unavailable", "retry", 0)):
+        m.outcome(Outcome(kind=kind, reason=reason, origin="f", at=0.0, duration=0.02, flushed=flushed))
     fam = _families(m)
     got = {s.labels["outcome"]: s.value for s in fam["nsg_agent_reconcile"].samples if s.name.endswith("_total")}
-    assert got == {"unchanged": 1, "delta": 1, "replace": 0, "invalid": 1, "failed": 0}
+    assert got == {"unchanged": 2, "delta": 1, "replace": 1, "invalid": 1, "failed": 1}
     assert fam["nsg_agent_drift_repairs"].samples[0].value == 1
     assert fam["nsg_agent_conntrack_flushed"].samples[0].value == 3
     assert "nsg_agent_reconcile_total" in (tmp_path / "nsg.prom").read_text()

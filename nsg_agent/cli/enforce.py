@@ -523,8 +523,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         metrics = metrics_mod.Metrics(metrics_mod.reader(StatusStore(args.state_dir, args.netns), backend))
         metrics.textfile = args.metrics_textfile
-    configure(args.log_level, sys.stderr, fmt=args.log_format,
-              observers=(metrics.observe,) if metrics is not None else ())
+    configure(args.log_level, sys.stderr, fmt=args.log_format)
     if metrics is not None and args.metrics:
         try:
             metrics.serve(args.metrics if ":" in args.metrics else f"127.0.0.1:{args.metrics}")
@@ -554,7 +553,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         rec = _reconciler(fleet.source if fleet else args.config, args, backend, notifier=notifier,
                           debounce=args.debounce, resync=args.resync,
-                          observers=[fleet.observe] if fleet else None)
+                          observers=[o for o in (fleet.observe if fleet else None,
+                                                 metrics.outcome if metrics is not None else None) if o])
         if fleet is not None:
             fleet.start(rec)
         rec.incremental = not args.no_delta

@@ -142,28 +142,23 @@ class Metrics:
         """Export a flow-log collector's counts (``run --flow-logs``)."""
         self.registry.register(FlowLogCollector(stats))
 
-    # The daemon's events (docs/daemon.md) are the observer channel: this structlog
-    # processor counts each outcome as it is logged, with no hook inside the reconciler.
-    _OUTCOME_EVENTS = {"config.unchanged": "unchanged", "config.invalid": "invalid",
-                       "compile.failed": "failed", "apply.failed": "failed"}
+    # The reconciler's observer (Reconciler(observers=[metrics.outcome])): each reconcile's
+    # Outcome, a drift repair's and a rollback's included. Kinds beyond the five documented
+    # labels fold into them: adopted -> unchanged, none -> replace, refused -> invalid,
+    # unavailable -> failed; unsettled (looked at again in 0.25 s) is not a reconcile.
+    _LABELS = {"replace": "replace", "delta": "delta", "unchanged": "unchanged", "adopted": "unchanged",
+               "none": "replace", "invalid": "invalid", "refused": "invalid", "failed": "failed",
+               "unavailable": "failed"}
 
-    def observe(self, logger: Any, method: str, event: dict) -> dict:
-        import time
-
-        name = event.get("event")
-        if name == "reconcile.start":
-            self._started = time.monotonic()
-        elif name == "config.applied" or name in self._OUTCOME_EVENTS:
-            outcome = (event.get("how") if name == "config.applied" else self._OUTCOME_EVENTS[name]) or "replace"
-            started = getattr(self, "_started", None)
-            self.reconciled(outcome if outcome in OUTCOMES else "replace",
-                            time.monotonic() - started if started is not None else 0.0)
-            self._started = None
-        elif name == "drift.repaired":
+    def outcome(self, outcome: Any) -> None:
+        label = self._LABELS.get(outcome.kind)
+        if label is None:
+            return
+        if outcome.reason == "drift" and outcome.ok:
             self.drift.inc()
-        elif name == "conntrack.flushed":
-            self.flushed.inc(int(event.get("count") or 0))
-        return event
+        if outcome.flushed:
+            self.flushed.inc(outcome.flushed)
+        self.reconciled(label, outcome.duration)
 
     def text(self) -> bytes:
         from prometheus_client import generate_latest

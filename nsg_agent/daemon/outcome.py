@@ -35,6 +35,7 @@ class Outcome:
     error: str | None = None
     problems: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     delta_commands: int | None = None
+    flushed: int = 0  # conntrack entries cut (flushConnection) after the apply
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -723,10 +723,10 @@ class Reconciler:
         phases.mark("status")
         self.target.applied(desired)
         self._announce(desired)
-        self._flush(desired)
+        flushed = self._flush(desired)
         phases.mark("flush")
         self._log_timing(reason, "applied", phases)
-        return self._outcome(how, reason, desired, delta_commands=delta_size)
+        return self._outcome(how, reason, desired, delta_commands=delta_size, flushed=flushed)
 
     def _write_intent(self, desired: Desired) -> None:
         """Before the transaction: what is about to be applied (a small file of its own, so
@@ -798,16 +798,18 @@ class Reconciler:
         else:
             self.notifier.status(text)
 
-    def _flush(self, desired: Desired) -> None:
+    def _flush(self, desired: Desired) -> int:
+        """flushConnection: cut the conntrack entries the new policy denies; how many."""
         if self.flusher is None or not any(n.flush_connection for n in desired.policy.nics.values()):
-            return
+            return 0
         try:
             cuts = self.flusher(desired.policy)
         except Exception as e:  # noqa: BLE001
             self.log.error("conntrack.flush_failed", error=str(e))
-            return
+            return 0
         self.log.info("conntrack.flushed", count=len(cuts),
                       flows=[c.as_log() if hasattr(c, "as_log") else str(c) for c in cuts[:50]])
+        return len(cuts)
 
     def _write_commit(self, desired: Desired, applied_at: float | None, how: str = "replace") -> None:
         rules = rule_digests(desired.policy, host_interfaces(desired.policy))
