@@ -1,6 +1,6 @@
 """The fleet fixture: a real etcd and one agent per simulated host (docs/fleet.md).
 
-Network safety (see /work/shared/docs/design.md): etcd listens only on 127.0.0.1 (a free
+Network safety (see ../shared/docs/design.md): etcd listens only on 127.0.0.1 (a free
 port, its data in a temporary directory) and is stopped afterwards; every namespace is named
 ``nsgfe-<tag>-*`` and deleted in teardown whatever happened. The agents are processes in the
 root namespace (to reach etcd on loopback) acting only through ``--netns nsgfe-...``: nothing

@@ -1,6 +1,6 @@
 """Fixtures for the root-only integration tests: throwaway namespaces, servers, probes.
 
-Network safety (see /work/shared/docs/design.md): every namespace and veth created here is
+Network safety (see ../shared/docs/design.md): every namespace and veth created here is
 named ``nsgh-*`` / ``nsgh*`` (host-mode tests), lives only inside those namespaces, and is
 deleted in teardown whatever happened. Nothing is added to the root namespace; the
 ``root_nft_guard`` fixture proves no nftables table appears there.

@@ -13,6 +13,7 @@ known published state for the next.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 
@@ -207,7 +208,7 @@ def test_etcd_outage_changes_nothing_and_recovery_reaches_every_agent(fleet3, pr
     assert matrix(fleet, prober) == EXPECTED  # traffic still filtered, nothing opened or closed
     from host_helpers import run as sh
 
-    out = sh("/work/wt-fleet/.venv/bin/nsg-agent", "status", "--netns", fleet.ns["h2"], "--state-dir",
+    out = sh(sys.executable, "-m", "nsg_agent.cli", "status", "--netns", fleet.ns["h2"], "--state-dir",
              str(fleet.state_dir), check=False)
     assert "DEGRADED" in out.stdout and f"revision:  {rev}" in out.stdout, out.stdout
     # an agent restarted while etcd is down enforces its persisted last good state
