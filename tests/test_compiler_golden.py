@@ -25,6 +25,9 @@ GOLDEN = Path(__file__).parent / "golden"
 INPUTS = sorted((GOLDEN / "inputs").glob("*.yaml")) + sorted((REPO / "examples").glob("*.yaml"))
 VARIANTS = [("host", "classify"), ("host", "simple"), ("fabric", "classify")]
 CASES = [(path, placement, mode) for path in INPUTS for placement, mode in VARIANTS]
+# with the flow-log statements (a rate-limited log before each drop, the rule id in the ct mark)
+CASES += [(path, placement, "classify+flowlogs") for path in sorted((GOLDEN / "inputs").glob("*.yaml"))
+          for placement in ("host", "fabric")]
 
 
 def _case_id(case) -> str:
@@ -34,11 +37,13 @@ def _case_id(case) -> str:
 
 
 def render(path: Path, placement: str, mode: str) -> str:
-    """One command per line: a changed rule or map shows up as one changed line."""
+    """One command per line: a changed rule or map shows up as one changed line. A mode
+    ending in ``+flowlogs`` compiles the flow-log statements too (run --flow-logs)."""
     loaded = load(path)
     policy = resolve(loaded.state, loaded.tags)
     where = host_placement(policy) if placement == "host" else FabricPlacement()
-    doc = json.loads(compile_ruleset(policy, where, mode=mode).to_json())
+    mode, _, flow = mode.partition("+")
+    doc = json.loads(compile_ruleset(policy, where, mode=mode, flow_logs=flow == "flowlogs").to_json())
     lines = ",\n".join(json.dumps(c, separators=(",", ":")) for c in doc["nftables"])
     return '{"nftables":[\n' + lines + "\n]}\n"
 

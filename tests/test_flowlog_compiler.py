@@ -23,7 +23,7 @@ def _compile(path, placement, mode):
     loaded = load(path)
     policy = resolve(loaded.state, loaded.tags)
     where = host_placement(policy) if placement == "host" else FabricPlacement()
-    return compile_ruleset(policy, where, mode=mode)
+    return compile_ruleset(policy, where, mode=mode, flow_logs=True)
 
 
 def _rules(rs):

@@ -219,7 +219,7 @@ def test_host_placement_tracer_equals_semantics(data):
     flows = data.draw(host_flows(sorted(policy.nics), policy))
     # (mode, element bound): the third variant forces some levels onto the simple fallback
     for mode, bound in (("classify", 150_000), ("simple", 150_000), ("classify", 40)):
-        rs = compile_ruleset(policy, placement, mode=mode, max_level_elements=bound)
+        rs = compile_ruleset(policy, placement, mode=mode, max_level_elements=bound, flow_logs=True)
         if bound > 40:
             assert rs.summary["modes_used"] in ([mode], [])
         tr = Ruleset(rs.commands)

@@ -551,8 +551,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             backend.close()
             raise _failed(f"--flow-logs {args.flow_logs}: {e}") from None
     try:
+        from nsg_agent.daemon.targets import HostTarget
+
         rec = _reconciler(fleet.source if fleet else args.config, args, backend, notifier=notifier,
                           debounce=args.debounce, resync=args.resync,
+                          target=HostTarget(flow_logs=bool(args.flow_logs)),
                           observers=[o for o in (fleet.observe if fleet else None,
                                                  metrics.outcome if metrics is not None else None) if o])
         if fleet is not None:

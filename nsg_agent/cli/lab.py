@@ -395,10 +395,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     _need_root()
     lab = _lab_name(args, args.file[0])
     configure(args.log_level, fmt=getattr(args, "log_format", "auto"))
+    collect = not getattr(args, "no_flow_logs", True)
     daemon = lab_daemon(args.file, lab, mode=args.mode, debounce=args.debounce, resync=args.resync,
-                        load_options=load_options(args))
+                        load_options=load_options(args), flow_logs=collect)
     collector = None
-    if not getattr(args, "no_flow_logs", True):
+    if collect:
         import structlog
 
         from nsg_agent.daemon.status import StatusStore

@@ -141,8 +141,10 @@ class _Level:
 
 
 class _Builder:
-    def __init__(self, policy: Policy, mode: str, max_elements: int, element_cache: "ElementCache"):
+    def __init__(self, policy: Policy, mode: str, max_elements: int, element_cache: "ElementCache",
+                 flow_logs: bool = False):
         self.policy = policy
+        self.flow_logs = flow_logs
         self.element_cache = element_cache
         self.mode = mode
         self.max_elements = max_elements
@@ -169,6 +171,7 @@ class _Builder:
         (compiler/flowmark.py): before a drop, the same matches with a rate-limited ``log``
         and no verdict; in an allow, the ``ct mark`` of the rule's id."""
         verdict = next(iter(exprs[-1]))
+        flow = flow and self.flow_logs
         if flow and verdict == "drop":
             self.rule(chain, exprs[:-2] + F.log_statements(ref.direction, comment))
         elif flow and verdict in ("return", "accept"):
@@ -831,18 +834,23 @@ def _find_nic(policy: Policy, name: str) -> NicPolicy:
 
 def compile_ruleset(policy: Policy, placement: HostPlacement | FabricPlacement, *,
                     mode: str = "classify", max_level_elements: int = MAX_LEVEL_ELEMENTS,
-                    elements: ElementCache | None = None) -> Ruleset:
+                    elements: ElementCache | None = None, flow_logs: bool = False) -> Ruleset:
     """Compile ``policy`` for ``placement`` into commands replacing table inet nsg_agent.
 
     ``mode`` "classify": per level a two-stage class lookup (verdict maps); a level whose
     maps would exceed ``max_level_elements`` falls back to "simple" (one nft rule per NSG
     rule with anonymous sets). The summary records the mode each level actually got.
+
+    ``flow_logs``: also emit what flow logs read (compiler/flowmark.py): a rate-limited NFLOG
+    ``log`` before every counted drop and the deciding rule's id in the ct mark of every
+    counted allow. Off unless the agent collects flow logs (``run --flow-logs``, ``lab run``):
+    a table without them costs nothing for logs nobody reads and leaves the ct mark alone.
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     elements = elements if elements is not None else ElementCache()
     elements.next_compile()
-    b = _Builder(policy, mode, max_level_elements, elements)
+    b = _Builder(policy, mode, max_level_elements, elements, flow_logs)
     table = E.table_obj(TABLE_NAME)
     nic_summary: dict[str, dict] = {}
 

@@ -30,11 +30,12 @@ CompileFn = Callable[[Policy, dict[str, str], str], CompiledRuleset]
 
 
 def compile_host(policy: Policy, interfaces: dict[str, str], mode: str,
-                 elements: "ElementCache | None" = None) -> CompiledRuleset:
+                 elements: "ElementCache | None" = None, flow_logs: bool = False) -> CompiledRuleset:
     """The real compiler in host placement (imported lazily: the daemon's tests use fakes)."""
     from nsg_agent.compiler import HostPlacement, compile_ruleset
 
-    return compile_ruleset(policy, HostPlacement(interfaces=interfaces), mode=mode, elements=elements)
+    return compile_ruleset(policy, HostPlacement(interfaces=interfaces), mode=mode, elements=elements,
+                           flow_logs=flow_logs)
 
 
 def host_interfaces(policy: Policy) -> dict[str, str]:
@@ -59,15 +60,16 @@ class Target(Protocol):
 class HostTarget:
     """The NICs of this host that name an interface, in host placement."""
 
-    def __init__(self, compile_fn: CompileFn = compile_host):
+    def __init__(self, compile_fn: CompileFn = compile_host, *, flow_logs: bool = False):
         self.compile_fn = compile_fn
+        self.flow_logs = flow_logs  # compile what the flow-log collector reads (run --flow-logs)
 
     def prepare(self, loaded: Any, reconciler: Any) -> None:
         return None
 
     def compile(self, policy: Policy, mode: str, elements: "ElementCache | None" = None) -> CompiledRuleset:
         if self.compile_fn is compile_host:  # the real compiler takes the memo's element lists
-            return compile_host(policy, host_interfaces(policy), mode, elements)
+            return compile_host(policy, host_interfaces(policy), mode, elements, self.flow_logs)
         return self.compile_fn(policy, host_interfaces(policy), mode)
 
     def applied(self, desired: Any) -> None:

@@ -28,6 +28,7 @@ _ENOENT = "Error: No such file or directory"
 _EEXIST = "Error: File exists"
 _EBUSY = "Error: Could not process rule: Device or resource busy"
 _CHAIN_FIELDS = ("family", "table", "name", "handle", "type", "hook", "prio", "policy", "dev")
+_CHAIN_KEYS = frozenset(_CHAIN_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,57 @@ class NftRuleset:
 
     @classmethod
     def from_commands(cls, commands: list[dict], *, share: bool = False) -> "NftRuleset":
-        return cls(share=share).apply(commands)
+        if share:
+            return cls._shared(commands)
+        return cls().apply(commands)
+
+    @classmethod
+    def _shared(cls, commands: list[dict]) -> "NftRuleset":
+        """The shared model of a compiled batch, on the edit path (delta, set sizes): one
+        tight loop over the adds a compiled batch is made of; anything else (or anything
+        the kernel would refuse) takes the general path, which raises as the kernel would."""
+        rs = cls(share=True)
+        tables = rs.tables
+        family = name = None  # the table the last command named (nearly all name the same one)
+        table: NftTable | None = None
+        for cmd in commands:
+            verb, body = next(iter(cmd.items()))
+            if verb == "metainfo":
+                continue
+            kind, obj = next(iter(body.items()))
+            if verb == "add":
+                if kind == "table":
+                    key = (obj["family"], obj["name"])
+                    if key not in tables:
+                        tables[key] = NftTable(obj["family"], obj["name"])
+                    family = None
+                    continue
+                if obj.get("table") != name or obj.get("family") != family:
+                    family, name = obj.get("family"), obj.get("table")
+                    table = tables.get((family, name))
+                if table is not None:
+                    if kind == "rule":
+                        chain = table.chains.get(obj["chain"])
+                        if chain is not None:
+                            chain.rules.append(obj)
+                            continue
+                    elif kind == "chain":
+                        if obj["name"] not in table.chains:
+                            # a compiled chain object carries chain fields only: shared as it is
+                            keep = obj.keys() <= _CHAIN_KEYS
+                            table.chains[obj["name"]] = NftChain(
+                                obj if keep else {k: v for k, v in obj.items() if k in _CHAIN_FIELDS})
+                        continue
+                    elif kind in ("set", "map") and obj["name"] not in table.sets:
+                        table.sets[obj["name"]] = NftSet(kind, {k: v for k, v in obj.items() if k != "elem"},
+                                                         obj.get("elem") or [])
+                        continue
+            elif verb == "delete" and kind == "table" and (obj["family"], obj["name"]) in tables:
+                del tables[(obj["family"], obj["name"])]
+                family = None
+                continue
+            return cls(share=True).apply(commands)  # the general path decides (and raises)
+        return rs
 
     @classmethod
     def from_listing(cls, listing: dict | None) -> "NftRuleset":

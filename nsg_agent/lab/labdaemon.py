@@ -25,10 +25,11 @@ from nsg_agent.lab import naming
 from nsg_agent.lab.reconcile import reconcile_topology, record_rules_raw
 
 
-def fabric_compile(policy: Any, interfaces: dict[str, str], mode: str, elements: Any = None) -> Any:
+def fabric_compile(policy: Any, interfaces: dict[str, str], mode: str, elements: Any = None,
+                   flow_logs: bool = False) -> Any:
     from nsg_agent.compiler import FabricPlacement, compile_ruleset
 
-    return compile_ruleset(policy, FabricPlacement(), mode=mode, elements=elements)
+    return compile_ruleset(policy, FabricPlacement(), mode=mode, elements=elements, flow_logs=flow_logs)
 
 
 class LabTarget:
@@ -37,9 +38,11 @@ class LabTarget:
     are recorded for ``lab status``."""
 
     def __init__(self, config: Any, lab: str, *, backend_factory: Callable[[str], Any] | None = None,
-                 state_dir: Path = naming.STATE_DIR, load_options: dict | None = None, mode: str = "classify"):
+                 state_dir: Path = naming.STATE_DIR, load_options: dict | None = None, mode: str = "classify",
+                 flow_logs: bool = False):
         self.lab = lab
         self.mode = mode
+        self.flow_logs = flow_logs
         self.state_dir = state_dir
         self.fabric = naming.fabric_netns(lab)
         self.backend_factory = backend_factory or _nft_backend
@@ -63,7 +66,7 @@ class LabTarget:
             reconciler.log.warning("lab.fabric_rebuilt", lab=self.lab, fabric=self.fabric)
 
     def compile(self, policy: Any, mode: str, elements: Any = None) -> Any:
-        return fabric_compile(policy, {}, mode, elements)
+        return fabric_compile(policy, {}, mode, elements, self.flow_logs)
 
     def applied(self, desired: Desired) -> None:
         record_rules_raw(self.lab, desired.loaded.sha256, self.mode, desired.summary, self.state_dir)
@@ -83,13 +86,15 @@ def _nft_backend(netns: str) -> Any:
 
 def lab_daemon(config: Any, lab: str, *, mode: str = "classify",
                debounce: float | None = None, resync: float | None = None,
-               state_dir: Path = naming.STATE_DIR, load_options: dict | None = None) -> Daemon:
+               state_dir: Path = naming.STATE_DIR, load_options: dict | None = None,
+               flow_logs: bool = False) -> Daemon:
+    """``flow_logs``: compile the statements the flow-log collector reads (``lab run``: on)."""
     kw: dict[str, Any] = {"mode": mode, "load_options": load_options or {}}
     if debounce is not None:
         kw["debounce"] = debounce
     if resync is not None:
         kw["resync"] = resync
-    target = LabTarget(config, lab, state_dir=state_dir, load_options=load_options, mode=mode)
+    target = LabTarget(config, lab, state_dir=state_dir, load_options=load_options, mode=mode, flow_logs=flow_logs)
     rec = Reconciler(config, target.backend, StatusStore(netns=target.fabric), target=target,
                      compile_fn=fabric_compile, **kw)
     return Daemon(rec, netns=target.fabric)
