@@ -96,13 +96,14 @@ def host_pair() -> Iterator[HostPair]:
 
 
 @contextlib.contextmanager
-def make_host_pair(prefix: str = "nsgh") -> Iterator[HostPair]:
+def make_host_pair(prefix: str = "nsgh", **addresses: str) -> Iterator[HostPair]:
     """The context manager behind ``host_pair`` (for module-scoped fixtures). ``prefix``
     names the namespaces (``<prefix>-s<id>``) and interfaces (``<prefix>s<id>``): the fault
-    suite uses its own, ``nsgf``."""
+    suite uses its own, ``nsgf``. ``addresses``: srv_addr, cli_vnet, cli_internet, when a
+    suite needs its own plan."""
     tag = secrets.token_hex(3)
     pair = HostPair(srv=f"{prefix}-s{tag}", cli=f"{prefix}-c{tag}", srv_if=f"{prefix}s{tag}",
-                    cli_if=f"{prefix}c{tag}")
+                    cli_if=f"{prefix}c{tag}", **addresses)
     created: list[str] = []
     try:
         for ns in (pair.srv, pair.cli):

@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import socket
 import subprocess
 import time
@@ -28,7 +27,7 @@ from typing import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from host_helpers import NSG_AGENT, HostPair, echo, poll, run
+from host_helpers import NSG_AGENT, HostPair, echo, make_host_pair, poll, run
 from nsg_agent.compiler import flowmark
 from nsg_agent.flowlogs import reader
 from nsg_agent.flowlogs.format import parse_tuple
@@ -52,28 +51,9 @@ def shorten_timeouts(ns: str) -> None:
 
 @contextlib.contextmanager
 def flowlog_pair() -> Iterator[HostPair]:
-    tag = secrets.token_hex(3)
-    pair = HostPair(srv=f"nsgfl-s{tag}", cli=f"nsgfl-c{tag}", srv_if=f"nsgfls{tag}", cli_if=f"nsgflc{tag}",
-                    srv_addr=SRV, cli_vnet=CLI_VNET, cli_internet=CLI_NET)
-    created: list[str] = []
-    try:
-        for ns in (pair.srv, pair.cli):
-            run("ip", "netns", "add", ns)
-            created.append(ns)
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        run("ip", "-n", pair.srv, "link", "add", pair.srv_if, "type", "veth", "peer", "name", pair.cli_if)
-        run("ip", "-n", pair.srv, "link", "set", pair.cli_if, "netns", pair.cli)
-        run("ip", "-n", pair.srv, "addr", "add", f"{SRV}/24", "dev", pair.srv_if)
-        run("ip", "-n", pair.cli, "addr", "add", f"{CLI_VNET}/24", "dev", pair.cli_if)
-        run("ip", "-n", pair.cli, "addr", "add", f"{CLI_NET}/32", "dev", pair.cli_if)
-        run("ip", "-n", pair.srv, "link", "set", pair.srv_if, "up")
-        run("ip", "-n", pair.cli, "link", "set", pair.cli_if, "up")
-        run("ip", "-n", pair.srv, "route", "add", f"{CLI_NET}/32", "dev", pair.srv_if)
+    with make_host_pair("nsgfl", srv_addr=SRV, cli_vnet=CLI_VNET, cli_internet=CLI_NET) as pair:
         shorten_timeouts(pair.srv)
         yield pair
-    finally:
-        for ns in created:
-            run("ip", "netns", "delete", ns, check=False)
 
 
 @pytest.fixture

@@ -48,6 +48,19 @@ def render(path: Path, placement: str, mode: str) -> str:
     return '{"nftables":[\n' + lines + "\n]}\n"
 
 
+def assert_golden(actual: str, target: Path) -> None:
+    """``actual`` equals the reviewed golden file ``target`` (written instead with
+    NSG_UPDATE_GOLDEN=1); a mismatch fails with a unified diff."""
+    if os.environ.get("NSG_UPDATE_GOLDEN") == "1":
+        target.write_text(actual)
+    assert target.exists(), f"no golden file {target.name}: run with NSG_UPDATE_GOLDEN=1 and review it"
+    expected = target.read_text()
+    if actual != expected:
+        diff = "".join(difflib.unified_diff(expected.splitlines(True), actual.splitlines(True),
+                                            f"golden/{target.name}", "compiled", n=1))
+        pytest.fail(f"compiled output differs from golden/{target.name}:\n{diff[:20000]}")
+
+
 def golden_path(path: Path, placement: str, mode: str) -> Path:
     origin = "" if path.parent.name == "inputs" else "example-"
     return GOLDEN / f"{origin}{path.stem}.{placement}-{mode}.json"
@@ -57,16 +70,7 @@ def golden_path(path: Path, placement: str, mode: str) -> Path:
 def test_golden(case):
     """The compiled ruleset equals the reviewed golden file (unified diff on mismatch)."""
     path, placement, mode = case
-    actual = render(path, placement, mode)
-    target = golden_path(path, placement, mode)
-    if os.environ.get("NSG_UPDATE_GOLDEN") == "1":
-        target.write_text(actual)
-    assert target.exists(), f"no golden file {target.name}: run with NSG_UPDATE_GOLDEN=1 and review it"
-    expected = target.read_text()
-    if actual != expected:
-        diff = "".join(difflib.unified_diff(expected.splitlines(True), actual.splitlines(True),
-                                            f"golden/{target.name}", "compiled", n=1))
-        pytest.fail(f"compiled output differs from golden/{target.name}:\n{diff[:20000]}")
+    assert_golden(render(path, placement, mode), golden_path(path, placement, mode))
 
 
 def test_golden_renders_are_valid_json_and_stable():
@@ -87,14 +91,6 @@ def test_golden_nft_text(case):
     """The compiled table as nft text equals the reviewed .nft golden, and the JSON golden
     describes the very same table (its model dumps to the same text)."""
     path, placement, mode = case
-    actual = nft_text(render(path, placement, mode))
     target = golden_path(path, placement, mode).with_suffix(".nft")
-    if os.environ.get("NSG_UPDATE_GOLDEN") == "1":
-        target.write_text(actual)
-    assert target.exists(), f"no golden file {target.name}: run with NSG_UPDATE_GOLDEN=1 and review it"
-    expected = target.read_text()
-    if actual != expected:
-        diff = "".join(difflib.unified_diff(expected.splitlines(True), actual.splitlines(True),
-                                            f"golden/{target.name}", "compiled", n=1))
-        pytest.fail(f"compiled table differs from golden/{target.name}:\n{diff[:20000]}")
-    assert nft_text(golden_path(path, placement, mode).read_text()) == expected
+    assert_golden(nft_text(render(path, placement, mode)), target)
+    assert nft_text(golden_path(path, placement, mode).read_text()) == target.read_text()

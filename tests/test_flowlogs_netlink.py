@@ -163,3 +163,20 @@ def test_the_cli_rereads_the_status_file_only_when_it_changed(tmp_path):
     assert first.rule_index == INDEX and cache.get() is first  # unchanged: not parsed again
     store.write(Status(netns="ns1", commit=Commit("f", "s2", {}, 2.0, "classify", "r", {"nics": {}}, {}, {}, {})))
     assert cache.get().sha256 == "s2"
+
+
+def test_a_dump_that_overtakes_a_flows_end_does_not_count_it_twice():
+    """The periodic dump runs on one thread, DESTROY events arrive on another: a dump taken
+    before a flow ended but processed after its E tuple must not start it again (that wrote
+    its whole count a second time: seen in CI under load, 20 packets for a 10-packet flow)."""
+    index = {f"c{i}|n: r{i}": {"nsg": "n", "rule": f"r{i}", "direction": "Inbound"} for i in range(3)}
+    w = FakeWriter()
+    c = Collector(w, lambda: FlowContext(index, {"lo-nic": NicInfo("lo-nic", frozenset({"127.0.0.1"}))}))
+    new, dump = N.parse_ct(CT_NEW), N.parse_ct(CT_DUMP, dump=True)
+    c.on_ct(new, now=1.0)
+    [end] = c.on_ct(N.parse_ct(CT_DESTROY), now=2.0)
+    assert end.state == "E"
+    assert c.on_dump([dump], now=2.1) == [] and c.flows == {}  # the stale dump: nothing counted again
+    # the kernel gives the id again to a new connection: that one is followed as usual
+    [b] = c.on_ct(new, now=3.0)
+    assert b.state == "B" and [t.state for t in c.on_dump([dump], now=4.0)] == ["C"]

@@ -290,8 +290,9 @@ def corrupted(draw):
         if kind == "delete-required":
             del r[draw(st.sampled_from(["name", "priority", "direction", "access", "protocol"]))]
         elif kind == "wrong-type":
-            r[draw(st.sampled_from(["priority", "direction", "sourcePortRanges", "name"]))] = draw(
-                st.sampled_from([{"x": 1}, [1, 2], 3.5, True]))
+            field = draw(st.sampled_from(["priority", "direction", "sourcePortRanges", "name"]))
+            # [1, 2] is a valid port list (ports as numbers, as an ARM int parameter gives them)
+            r[field] = draw(st.sampled_from([{"x": 1}, 3.5, True] + ([] if field == "sourcePortRanges" else [[1, 2]])))
         elif kind == "priority-range":
             r["priority"] = draw(st.one_of(st.integers(max_value=99), st.integers(min_value=4097)))
         elif kind == "garbage-enum":

@@ -393,12 +393,6 @@ class Reconciler:
                 why = "rolled back (not confirmed in time): edit the file again to apply it"
                 self.log.warning("config.rejected", file=self.origin, sha256=self.rejected, why=why)
                 return self._outcome("refused", reason, desired, error=why)
-            lockout = self._lockout(desired)
-            if lockout is not None:
-                self.log.error("config.lockout", file=self.origin, problem=lockout, enforcing=enforcing)
-                self._record_error("lockout", lockout)
-                self.notifier.status("config refused (it would lock out a management session)")
-                return self._outcome("refused", reason, desired, error=lockout)
             if desired.loaded.state.enforce == "none":
                 return self._enforce_none(desired, reason)
             diff = None
@@ -435,6 +429,15 @@ class Reconciler:
                     self._announce(desired)
                     self._log_timing(reason, "adopted" if adopted else "unchanged", phases)
                     return self._outcome("adopted" if adopted else "unchanged", reason, desired)
+            # Only a ruleset that changes can cut a session: the lock-out check (a conntrack
+            # dump, which walks the kernel's whole conntrack table) runs for those alone.
+            lockout = self._lockout(desired)
+            phases.mark("lockout_check")
+            if lockout is not None:
+                self.log.error("config.lockout", file=self.origin, problem=lockout, enforcing=enforcing)
+                self._record_error("lockout", lockout)
+                self.notifier.status("config refused (it would lock out a management session)")
+                return self._outcome("refused", reason, desired, error=lockout)
             return self._apply(desired, reason, phases, diff=diff)
 
     def _lockout(self, desired: Desired) -> str | None:

@@ -35,6 +35,7 @@ from nsg_agent.flowlogs.writer import Writer
 LETTER = {"Inbound": "I", "Outbound": "O"}
 DEFAULT_INTERVAL = 300.0  # Azure's "C" interval (five minutes)
 CONTEXT_TTL = 2.0
+ENDED_KEPT = 4096  # ended conntrack ids remembered (a dump that overtakes their end is ignored)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class Collector:
         self.clock = clock
         self.log = log
         self.flows: dict[int, _Flow] = {}
+        self._ended: dict[int, None] = {}  # conntrack ids whose E tuple is written (insertion order)
         self.overruns = 0  # ENOBUFS: the kernel dropped messages for us (never packets)
         self.unattributed = 0
         self._ctx: FlowContext | None = None
@@ -175,12 +177,14 @@ class Collector:
         with self._lock:
             flow = self.flows.get(entry.id)
             if entry.kind == "new":
+                self._ended.pop(entry.id, None)  # an id the kernel gives again: a new flow
                 if flow is not None or not flowmark.decode_mark(entry.mark):
                     return []
                 ctx = self.context() or FlowContext({})
                 flow = self.flows[entry.id] = _Flow(self._sides(entry, ctx), entry.orig)
                 return self._emit(flow, "B", (0, 0, 0, 0), now)
             if entry.kind == "destroy":
+                self._ended_now(entry.id)
                 if flow is None:
                     if not flowmark.decode_mark(entry.mark):
                         return []
@@ -190,7 +194,9 @@ class Collector:
                 return self._emit(flow, "E", _minus(totals, flow.reported), now)
             # a dump entry: continuing counts
             if flow is None:
-                if not flowmark.decode_mark(entry.mark):
+                if not flowmark.decode_mark(entry.mark) or entry.id in self._ended:
+                    # a flow whose end was already written (its DESTROY event overtook the
+                    # dump that still listed it): counting it again would count it twice
                     return []
                 flow = self.flows[entry.id] = _Flow(self._sides(entry, self.context() or FlowContext({})),
                                                     entry.orig)
@@ -199,6 +205,12 @@ class Collector:
                 return []
             flow.reported = totals
             return self._emit(flow, "C", delta, now)
+
+    def _ended_now(self, ct_id: int) -> None:
+        """Remember that ``ct_id``'s E tuple is written (bounded: the most recent ones)."""
+        self._ended[ct_id] = None
+        while len(self._ended) > ENDED_KEPT:
+            del self._ended[next(iter(self._ended))]
 
     def on_dump(self, entries: list[netlink.CtEntry], now: float | None = None) -> list[FlowEvent]:
         """C tuples for live flows; flows gone from the table without a DESTROY event (lost
@@ -212,6 +224,7 @@ class Collector:
             out += self.on_ct(entry, now)
         with self._lock:
             for ct_id in [i for i in self.flows if i not in seen]:
+                self._ended_now(ct_id)
                 out += self._emit(self.flows.pop(ct_id), "E", (0, 0, 0, 0), now)
         return out
 

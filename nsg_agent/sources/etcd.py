@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
+from nsg_agent.desired.memo import LoadMemo
 from nsg_agent.errors import InvalidInput, LoadError, OperationFailed, Problem
 from nsg_agent.logging import get_logger
 from nsg_agent.sources import fleetstate as fs
@@ -528,6 +529,8 @@ class EtcdSource:
         self._listeners: list[Callable[[Connection], None]] = []
         self.reads = 0
         self.validations = 0
+        # what this source's loads remember for the next (parsed tag blobs, valid prefix lists)
+        self.load_memo = LoadMemo()
 
     # helpers -------------------------------------------------------------------------------
     @property
@@ -675,8 +678,8 @@ class EtcdSource:
     def _load(self, raw: bytes, name: str):
         from nsg_agent.desired import loader
 
-        return loader.load_bytes(raw, self.cache_dir / name, limits=self.load_options.get("limits",
-                                                                                           loader.DEFAULT_LIMITS))
+        return loader.load_bytes(raw, self.cache_dir / name, memo=self.load_memo,
+                                 limits=self.load_options.get("limits", loader.DEFAULT_LIMITS))
 
     def _validate(self, d: fs.Document, label: str) -> tuple[dict, tuple[Problem, ...]]:
         """The whole state through the loader (exactly like a file; --strict as given), its
@@ -692,7 +695,8 @@ class EtcdSource:
             return Problem(label if p.file.endswith("etcd-state.json") else p.file, p.path, p.message)
 
         try:
-            full = loader.load_bytes(fs.canonical(d.doc), self.cache_dir / "etcd-state.json", **self.load_options)
+            full = loader.load_bytes(fs.canonical(d.doc), self.cache_dir / "etcd-state.json", memo=self.load_memo,
+                                     **self.load_options)
         except LoadError as e:
             raise LoadError([by_key(p) for p in e.problems]) from None
         return fs.project(d.doc, self.host), tuple(by_key(w) for w in full.warnings)
