@@ -79,3 +79,15 @@ def test_sessions_from_environment_and_conntrack():
                CtFlow(4, 6, IP("198.51.100.2"), IP("10.0.1.4"), 40001, 80),
                CtFlow(4, 17, IP("198.51.100.2"), IP("10.0.1.4"), 40002, 22)]
     assert [x.client_port for x in coverage.conntrack_sessions(entries, {IP("10.0.1.4")})] == [40000]
+
+
+def test_a_namespace_tracking_no_flow_is_answered_without_a_conntrack_dump(monkeypatch):
+    """nf_conntrack_count is per namespace: at 0 there is nothing to list, and a dump (which
+    walks the kernel's whole conntrack table, ~10 ms of CPU per family) is not made."""
+    import sys
+
+    from nsg_agent.host import conntrack
+
+    monkeypatch.setattr(conntrack, "_count", lambda: 0)
+    monkeypatch.setitem(sys.modules, "pyroute2", None)  # any dump attempt would fail to import
+    assert conntrack._list_entries(6, 22) == [] and conntrack._list_entries() == []

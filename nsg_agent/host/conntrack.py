@@ -109,7 +109,24 @@ def _to_ctflow(entry: Any) -> CtFlow | None:
                   int(t.dport) if ports and t.dport is not None else None, handle=entry)
 
 
+CONNTRACK_COUNT = "/proc/sys/net/netfilter/nf_conntrack_count"
+
+
+def _count() -> int | None:
+    """The calling thread's namespace's conntrack entries (a per-namespace sysctl), or None."""
+    try:
+        with open(CONNTRACK_COUNT) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 def _list_entries(proto: int | None = None, dport: int | None = None) -> list[CtFlow]:
+    # A dump walks the kernel's whole conntrack table, every namespace's entries (~10 ms of
+    # CPU per family, measured with the table empty): a namespace that tracks no flow at all
+    # is answered without one.
+    if _count() == 0:
+        return []
     from pyroute2 import Conntrack
     from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
