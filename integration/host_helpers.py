@@ -367,7 +367,7 @@ def poll(predicate: Callable[[], bool], timeout: float = 10.0, interval: float =
 
 
 def host_policy(pair: HostPair, *, web_access: str = "Allow", flush: bool = False, extra: str = "") -> str:
-    """One NIC ("srv", 10.50.1.4 on the srv veth) with an NSG:
+    """One NIC ("srv", the pair's srv address, 10.50.1.4 by default, on the srv veth) with an NSG:
 
     inbound  100 web        Tcp from Internet to port 8080   ``web_access``
              110 deny-8081  Tcp from *        to port 8081   Deny
@@ -375,13 +375,18 @@ def host_policy(pair: HostPair, *, web_access: str = "Allow", flush: bool = Fals
     outbound 100 deny-9001  Tcp to Internet port 9001        Deny
     plus Azure's defaults (VNet allowed both ways, Internet outbound allowed, rest denied).
     """
+    import ipaddress
+
+    # the pair's own address plan (the default 10.50.1.4; a suite with its own, e.g. 10.88.1.4)
+    vnet = ipaddress.ip_network(f"{pair.srv_addr}/16", strict=False)
+    subnet = ipaddress.ip_network(f"{pair.srv_addr}/24", strict=False)
     return f"""\
 virtualNetworks:
   - name: vnet
-    addressSpace: [10.50.0.0/16]
+    addressSpace: [{vnet}]
     subnets:
       - name: web
-        addressPrefix: 10.50.1.0/24
+        addressPrefix: {subnet}
 networkInterfaces:
   - name: srv
     subnet: vnet/web

@@ -27,7 +27,7 @@ from typing import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from host_helpers import NSG_AGENT, HostPair, echo, make_host_pair, poll, run
+from host_helpers import NSG_AGENT, HostPair, echo, host_policy, make_host_pair, poll, run
 from nsg_agent.compiler import flowmark
 from nsg_agent.flowlogs import reader
 from nsg_agent.flowlogs.format import parse_tuple
@@ -63,30 +63,8 @@ def fl_pair() -> Iterator[HostPair]:
 
 
 def policy(pair: HostPair) -> str:
-    return f"""\
-virtualNetworks:
-  - name: vnet
-    addressSpace: [10.88.0.0/16]
-    subnets:
-      - {{name: web, addressPrefix: 10.88.1.0/24}}
-networkInterfaces:
-  - name: srv
-    subnet: vnet/web
-    ipAddresses: [{SRV}]
-    networkSecurityGroup: srv-nsg
-    interface: {pair.srv_if}
-networkSecurityGroups:
-  - name: srv-nsg
-    securityRules:
-      - {{name: web, priority: 100, direction: Inbound, access: Allow, protocol: Tcp,
-          sourceAddressPrefix: Internet, sourcePortRange: "*", destinationAddressPrefix: "*", destinationPortRange: "8080"}}
-      - {{name: deny-8081, priority: 110, direction: Inbound, access: Deny, protocol: Tcp,
-          sourceAddressPrefix: "*", sourcePortRange: "*", destinationAddressPrefix: "*", destinationPortRange: "8081"}}
-      - {{name: dns-udp, priority: 120, direction: Inbound, access: Allow, protocol: Udp,
-          sourceAddressPrefix: Internet, sourcePortRange: "*", destinationAddressPrefix: "*", destinationPortRange: "5353"}}
-      - {{name: deny-9001, priority: 100, direction: Outbound, access: Deny, protocol: Tcp,
-          sourceAddressPrefix: "*", sourcePortRange: "*", destinationAddressPrefix: Internet, destinationPortRange: "9001"}}
-"""
+    """The host suite's policy (host_helpers.host_policy) on this pair's 10.88 plan."""
+    return host_policy(pair)
 
 
 def _free_port() -> int:
