@@ -162,7 +162,8 @@ class TestElementDrift:
         real(env)
         assert env.rec.reconcile("startup")
         env.rec._record_baseline(env.backend.gen)
-        env.rec._write_commit(env.rec.last_good, applied_at=None)
+        env.rec.status.commit = env.rec._commit(env.rec.last_good, applied_at=None)
+        env.rec.status_file.write()
         good = env.backend.dump()
         env.backend.tamper_element(a_map(env.backend), ELEMENT)
         plan, summary = build_plan(str(env.config), "classify", env.store, env.backend)
@@ -247,7 +248,8 @@ class TestAdopt:
         """The generation moved and the stamp names another ruleset: replaced."""
         assert env.rec.reconcile("startup")
         env.rec._record_baseline(env.backend.gen)
-        env.rec._write_commit(env.rec.last_good, applied_at=None)
+        env.rec.status.commit = env.rec._commit(env.rec.last_good, applied_at=None)
+        env.rec.status_file.write()
         commands = env.rec.last_good.commands
         env.backend.transact(stamp_commands("0" * 64, refresh=True))
         rec2 = Reconciler(env.config, env.backend, env.store, compile_fn=env.rec.compile_fn)

@@ -62,10 +62,12 @@ def test_outcomes_counted_from_the_reconcilers_outcomes(tmp_path):
 
     m = metrics.Metrics(lambda: (Status(), None, None))
     m.textfile = str(tmp_path / "nsg.prom")
-    for kind, reason, flushed in (("delta", "file:x", 3), ("invalid", "file:x", 0), ("unchanged", "sighup", 0),
-                                  ("replace", "drift", 0), ("unsettled", "file:x", 0), ("adopted", "startup", 0),
-                                  ("unavailable", "retry", 0)):
-        m.outcome(Outcome(kind=kind, reason=reason, origin="f", at=0.0, duration=0.02, flushed=flushed))
+    for kind, reason in (("delta", "file:x"), ("invalid", "file:x"), ("unchanged", "sighup"),
+                         ("replace", "drift"), ("unsettled", "file:x"), ("adopted", "startup"),
+                         ("unavailable", "retry")):
+        m.outcome(Outcome(kind=kind, reason=reason, origin="f", at=0.0, duration=0.02))
+    m.conntrack_flushed(3)  # the reconciler's conntrack flush tells its listeners
+    m.conntrack_flushed(0)
     fam = _families(m)
     got = {s.labels["outcome"]: s.value for s in fam["nsg_agent_reconcile"].samples if s.name.endswith("_total")}
     assert got == {"unchanged": 2, "delta": 1, "replace": 1, "invalid": 1, "failed": 1}

@@ -558,6 +558,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                           target=HostTarget(flow_logs=bool(args.flow_logs)),
                           observers=[o for o in (fleet.observe if fleet else None,
                                                  metrics.outcome if metrics is not None else None) if o])
+        if metrics is not None:
+            rec.conntrack.listeners.append(metrics.conntrack_flushed)
         if fleet is not None:
             fleet.start(rec)
         rec.incremental = not args.no_delta

@@ -156,9 +156,12 @@ class Metrics:
             return
         if outcome.reason == "drift" and outcome.ok:
             self.drift.inc()
-        if outcome.flushed:
-            self.flushed.inc(outcome.flushed)
         self.reconciled(label, outcome.duration)
+
+    def conntrack_flushed(self, count: int) -> None:
+        """A listener of the reconciler's conntrack flush (``rec.conntrack.listeners``)."""
+        if count:
+            self.flushed.inc(count)
 
     def text(self) -> bytes:
         from prometheus_client import generate_latest

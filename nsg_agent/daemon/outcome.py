@@ -1,5 +1,6 @@
 """What one reconcile did, as a value: the sync step returns an :class:`Outcome` and every
-observer (the log's timing line, metrics, a fleet's status report) gets the same one.
+observer gets the same one (nsg_agent.daemon.observers: the status file, the log, sd_notify,
+the conntrack flush; then metrics and a fleet's status report).
 
 Kinds:
   replace / delta  the kernel now enforces a new ruleset (whole table / only what differs)
@@ -11,6 +12,11 @@ Kinds:
   unsettled        a new version is still being written: looked at again shortly
   unavailable      the source cannot be reached: last good kept, retried with backoff
   failed           the kernel refused or the apply failed: last good kept, retried with backoff
+
+Causes (``cause``, the status file's ``last_error.kind``): why what is enforced is not what
+the source holds. config / compile (invalid), incomplete / lockout / rejected (refused),
+source (unavailable), apply (failed), rolled-back (an unconfirmed edit undone: the outcome of
+the rollback itself is a replace or delta). None: the source's state is enforced.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Any, Callable
 
 ENFORCED = frozenset({"replace", "delta", "unchanged", "adopted", "none"})
 KINDS = ENFORCED | {"invalid", "refused", "unsettled", "unavailable", "failed"}
+CAUSES = frozenset({"config", "compile", "incomplete", "lockout", "rejected", "source", "apply",
+                    "rolled-back"})
 
 
 @dataclass(frozen=True)
@@ -35,11 +43,20 @@ class Outcome:
     error: str | None = None
     problems: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     delta_commands: int | None = None
-    flushed: int = 0  # conntrack entries cut (flushConnection) after the apply
+    cause: str | None = None  # see the module docstring
+    enforcing: str | None = None  # sha256 of the desired state in force afterwards (None: nothing)
+    retry_in: float | None = None  # seconds until the next attempt (unsettled, unavailable, failed)
+    failures: int = 0  # consecutive failures of this kind so far (unavailable, failed)
+    table_existed: bool | None = None  # ``none``: was there a table to remove
+    # The desired state it is about (nsg_agent.daemon.reconciler.Desired: loaded, policy,
+    # commands, summary), for observers that need more than the digests. Not compared.
+    desired: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown outcome kind {self.kind!r}")
+        if self.cause is not None and self.cause not in CAUSES:
+            raise ValueError(f"unknown outcome cause {self.cause!r}")
 
     @property
     def ok(self) -> bool:

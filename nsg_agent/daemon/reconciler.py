@@ -8,6 +8,12 @@ Two layers, so the logic is testable without root, threads or a real clock:
   resync finds the kernel table missing or different, and retries failed applies with
   backoff. Bad input never touches the kernel: the last good state stays enforced and the
   error goes to the log (``config.invalid``) and the status file.
+
+  One reconcile is ``sync()`` — read the source, build (nsg_agent.daemon.pipeline), decide
+  with the kernel view (nsg_agent.daemon.kernel_view) and write the kernel — which returns
+  an :class:`~nsg_agent.daemon.outcome.Outcome`; every observer then gets it
+  (nsg_agent.daemon.observers: status file, log, sd_notify, conntrack flush, then metrics
+  and the fleet report). When to reconcile is the pure nsg_agent.daemon.scheduler's call.
 - :class:`Daemon` is the I/O shell: watchdog observers on the directories of the config file
   and of every service-tag file (editors replace files by rename, so the directory is
   watched, not the file), a pyroute2 link monitor, signal handlers (SIGHUP reload, SIGTERM
@@ -29,6 +35,7 @@ from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, Callable
 
 from nsg_agent.daemon import kernel_view, pipeline
+from nsg_agent.daemon.observers import ConntrackFlush, Flusher, LogReport, StatusFile, SystemdNotify
 from nsg_agent.daemon.outcome import Observer, Outcome
 from nsg_agent.daemon.scheduler import Scheduler
 from nsg_agent.daemon.status import Commit, Status, StatusStore, rule_digests, set_sizes
@@ -51,8 +58,6 @@ IDLE_GC_DELAY = 5.0  # seconds without a reconcile before the deferred full garb
 # not final: look again after this long (the last good state stays meanwhile).
 UNSETTLED_RETRY = 0.25
 
-
-Flusher = Callable[[Policy], list]  # returns the cuts made
 
 
 def rule_index_json(index: dict) -> dict[str, Any]:
@@ -127,7 +132,8 @@ class Reconciler:
         paths is a FileSource of those files with ``load_options`` (strict, nsg, parameters,
         limits: see loader.load). ``target``: where it is enforced (default: this namespace's
         interfaces, compiled by ``compile_fn``). ``observers``: called with each reconcile's
-        Outcome (and a drift repair's or a rollback's)."""
+        Outcome (and a drift repair's or a rollback's), after the built-in ones
+        (nsg_agent.daemon.observers: status file, log, sd_notify, conntrack flush)."""
         self.log = log or get_logger(netns=store.netns or "host")
         if isinstance(source, (str, os.PathLike, list, tuple)):
             source = FileSource(source, load_options=load_options, log=self.log)
@@ -140,10 +146,8 @@ class Reconciler:
         self.clock = clock
         self.wall = wall
         self.target: Target = target or HostTarget(compile_fn)
-        self.observers: list[Observer] = list(observers or [])
         # what the last build remembers for the next (resolve terms, compiled element lists)
         self.memo = pipeline.Memo()
-        self.flusher = flusher
         self.notifier = notifier or Notifier({})
         self._lock = threading.RLock()
         self.last_good: Desired | None = None
@@ -167,10 +171,15 @@ class Reconciler:
         self._phases = _Phases()
         self._started = time.perf_counter()  # of the reconcile in progress (Outcome.duration)
         self._resyncs = 0
-        self.ready = False
         # when to work: dirty reasons, debounce, retries with backoff, resync, deferred gc
         self.schedule = Scheduler(debounce=debounce, resync_interval=resync, now=self.clock())
         self.status = Status(netns=store.netns, pid=os.getpid())
+        # What follows each outcome (nsg_agent.daemon.observers), then the given observers.
+        self.status_file = StatusFile(store, self.status, self.wall, self.log)
+        self.notify = SystemdNotify(self.notifier, self.log)
+        self.conntrack = ConntrackFlush(flusher, self.log)
+        self.observers: list[Observer] = [self.status_file, LogReport(self.log), self.notify,
+                                          self.conntrack, *(observers or [])]
         self.applies = 0
         # The record read at start had an apply's intent without its outcome (a kill between
         # the two): until one apply has gone through, nothing is taken as already enforced.
@@ -257,6 +266,19 @@ class Reconciler:
         self.target = HostTarget(fn)
 
     @property
+    def ready(self) -> bool:
+        """Has systemd been told READY=1 (an enforced state reached once)?"""
+        return self.notify.ready
+
+    @property
+    def flusher(self) -> Flusher | None:
+        return self.conntrack.flusher
+
+    @flusher.setter
+    def flusher(self, fn: Flusher | None) -> None:
+        self.conntrack.flusher = fn
+
+    @property
     def origin(self) -> str:
         """The source, as logs and the status file name it (the config file, an etcd URL)."""
         return self.source.origin
@@ -325,12 +347,12 @@ class Reconciler:
         live state is frozen (see below) and one full collection runs once the daemon has
         been idle for IDLE_GC_DELAY seconds (``idle_collect``)."""
         with self._lock:
-            if not gc.isenabled():  # someone else manages the collector: leave it alone
-                return self._observe(self._reconcile(reason, _Phases()))
-            gc.disable()
             phases = _Phases()
+            if not gc.isenabled():  # someone else manages the collector: leave it alone
+                return self._observe(self.sync(reason, phases), phases)
+            gc.disable()
             try:
-                return self._observe(self._reconcile(reason, phases))
+                return self._observe(self.sync(reason, phases), phases)
             finally:
                 # What is alive now is the enforced state: long-lived. Freezing it (O(1)) keeps
                 # the collector from scanning it: a pass over a maximum-size state takes
@@ -341,28 +363,41 @@ class Reconciler:
                 self.schedule.collect_after(self.clock(), IDLE_GC_DELAY)
 
     def _outcome(self, kind: str, reason: str, desired: Desired | None = None, **kw: Any) -> Outcome:
+        """The Outcome of the step that just ended; ``enforcing`` is what is in force now."""
         snap = desired.snapshot if desired is not None else None
+        kw.setdefault("enforcing", self.last_good.loaded.sha256 if self.last_good is not None else None)
         return Outcome(kind=kind, reason=reason, origin=self.origin, at=self.wall(),
                        duration=round(time.perf_counter() - self._started, 6),
                        sha256=desired.loaded.sha256 if desired is not None else None,
                        ruleset_sha256=(desired.sha256 or None) if desired is not None else None,
-                       revision=snap.revision if snap is not None else None, **kw)
+                       revision=snap.revision if snap is not None else None, desired=desired, **kw)
 
-    def _observe(self, outcome: Outcome) -> Outcome:
+    def _observe(self, outcome: Outcome, phases: _Phases | None = None) -> Outcome:
+        """Hand ``outcome`` to every observer, each isolated from the others; then the timing
+        line of an enforcing reconcile (the sync step's phases and each observer's)."""
+        phases = phases or self._phases
         for observer in self.observers:
             try:
                 observer(outcome)
             except Exception as e:  # noqa: BLE001 - an observer must never stop enforcement
                 self.log.error("observer.failed", observer=getattr(observer, "__name__", repr(observer)),
                                error=f"{type(e).__name__}: {e}")
+            phases.mark(getattr(observer, "phase", "observers"))
+        if outcome.ok and outcome.kind != "none":
+            label = "applied" if outcome.kind in ("replace", "delta") else outcome.kind
+            self.log.debug("reconcile.timing", reason=outcome.reason, outcome=label,
+                           total_ms=round(sum(phases.ms.values()), 1),
+                           **{f"{k}_ms": v for k, v in phases.ms.items()})
         return outcome
 
-    def _reconcile(self, reason: str, phases: _Phases) -> Outcome:
+    def sync(self, reason: str, phases: _Phases | None = None) -> Outcome:
+        """The sync step: read, build, decide and write the kernel; returns the Outcome
+        without telling anyone (``reconcile`` hands it to the observers)."""
+        phases = phases or _Phases()
         with self._lock:
             self.log.info("reconcile.start", reason=reason)
             self._started = time.perf_counter()
             self._phases = phases  # load() marks its steps here
-            enforcing = self.last_good.loaded.sha256 if self.last_good else None
             try:
                 desired = self.load()
             except Unsettled as e:
@@ -370,29 +405,20 @@ class Reconciler:
             except SourceUnavailable as e:
                 return self._unavailable(e, reason)
             except LoadError as e:
-                problems = [p.as_dict() for p in e.problems]
-                self.log.error("config.invalid", file=self.origin, problems=problems, enforcing=enforcing)
-                self._record_error("config", str(e), problems)
-                self.notifier.status(f"config invalid ({len(problems)} problems); "
-                                     + ("enforcing the last good state" if self.last_good else "nothing enforced"))
-                return self._outcome("invalid", reason, error=str(e), problems=tuple(problems))
+                problems = tuple(p.as_dict() for p in e.problems)
+                return self._outcome("invalid", reason, cause="config", error=str(e), problems=problems)
             except Exception as e:  # noqa: BLE001 - compile/resolve bugs must not kill the daemon
+                # logged here, with its traceback: the observers see only the outcome
                 self.log.exception("compile.failed", file=self.origin, error=str(e))
-                self._record_error("compile", f"{type(e).__name__}: {e}")
-                return self._outcome("invalid", reason, error=f"{type(e).__name__}: {e}")
+                return self._outcome("invalid", reason, cause="compile", error=f"{type(e).__name__}: {e}")
             self.schedule.succeeded("source")
             self._warn_insecure(desired)
             refusal = self._incomplete(desired)
             if refusal is not None:
-                self.log.error("config.incomplete", file=self.origin, problem=refusal, enforcing=enforcing)
-                self._record_error("incomplete", refusal)
-                self.notifier.status("config refused (incomplete); "
-                                     + ("enforcing the last good state" if self.last_good else "nothing enforced"))
-                return self._outcome("refused", reason, desired, error=refusal)
+                return self._outcome("refused", reason, desired, cause="incomplete", error=refusal)
             if self.rejected is not None and desired.loaded.sha256 == self.rejected:
                 why = "rolled back (not confirmed in time): edit the file again to apply it"
-                self.log.warning("config.rejected", file=self.origin, sha256=self.rejected, why=why)
-                return self._outcome("refused", reason, desired, error=why)
+                return self._outcome("refused", reason, desired, cause="rejected", error=why)
             if desired.loaded.state.enforce == "none":
                 return self._enforce_none(desired, reason)
             diff = None
@@ -420,24 +446,16 @@ class Reconciler:
                     self.kernel_generation = generation
                     if self.applied_clock is None:
                         self.applied_clock = self.clock()
-                    self.status.last_error = None
-                    self._write_commit(desired, applied_at=None, how="adopted" if adopted else committed.how)
-                    phases.mark("status")
-                    self.log.info("config.adopted" if adopted else "config.unchanged", reason=reason,
-                                  file=self.origin, sha256=desired.loaded.sha256,
-                                  ruleset_sha256=desired.sha256)
-                    self._announce(desired)
-                    self._log_timing(reason, "adopted" if adopted else "unchanged", phases)
+                    self.status.commit = self._commit(desired, applied_at=None,
+                                                      how="adopted" if adopted else committed.how)
+                    phases.mark("commit")
                     return self._outcome("adopted" if adopted else "unchanged", reason, desired)
             # Only a ruleset that changes can cut a session: the lock-out check (a conntrack
             # dump, which walks the kernel's whole conntrack table) runs for those alone.
             lockout = self._lockout(desired)
             phases.mark("lockout_check")
             if lockout is not None:
-                self.log.error("config.lockout", file=self.origin, problem=lockout, enforcing=enforcing)
-                self._record_error("lockout", lockout)
-                self.notifier.status("config refused (it would lock out a management session)")
-                return self._outcome("refused", reason, desired, error=lockout)
+                return self._outcome("refused", reason, desired, cause="lockout", error=lockout)
             return self._apply(desired, reason, phases, diff=diff)
 
     def _lockout(self, desired: Desired) -> str | None:
@@ -493,29 +511,23 @@ class Reconciler:
         self.rejected = pending["sha256"]
         self.log.warning("confirm.rolling_back", sha256=pending["sha256"], to=previous.loaded.sha256)
         self._started = time.perf_counter()
-        if self._observe(self._apply(previous, "rollback")):
+        why = (f"edit {pending['sha256'][:12]} not confirmed within {self.confirm_edits:g} s: "
+               f"rolled back to {previous.loaded.sha256[:12]}")
+        if self._observe(self._apply(previous, "rollback", undone=why)):
             self.log.info("config.rolled_back", sha256=pending["sha256"], enforcing=previous.loaded.sha256)
-            self._record_error("rolled-back", f"edit {pending['sha256'][:12]} not confirmed within "
-                                              f"{self.confirm_edits:g} s: rolled back to {previous.loaded.sha256[:12]}")
 
     def _unsettled(self, why: str, reason: str) -> Outcome:
         """The source is not final yet (an in-place write in progress): keep the last good
         state and look again shortly."""
-        self.log.warning("config.unsettled", file=self.origin, why=why, retry_in=UNSETTLED_RETRY)
         self.schedule.again_after("unsettled", self.clock(), UNSETTLED_RETRY)
-        return self._outcome("unsettled", reason, error=why)
+        return self._outcome("unsettled", reason, error=why, retry_in=UNSETTLED_RETRY)
 
     def _unavailable(self, error: SourceUnavailable, reason: str) -> Outcome:
         """The source cannot be reached: the kernel keeps what it enforces (nothing is
         written), and the read is retried with backoff."""
         delay = self.schedule.failed("source", self.clock())
-        self.log.error("source.unavailable", origin=self.origin, error=str(error), retry_in=round(delay, 3),
-                       failures=self.source_failures,
-                       enforcing=self.last_good.loaded.sha256 if self.last_good else None)
-        self._record_error("source", str(error))
-        self.notifier.status("desired-state source unavailable; "
-                             + ("enforcing the last good state" if self.last_good else "nothing enforced"))
-        return self._outcome("unavailable", reason, error=str(error))
+        return self._outcome("unavailable", reason, cause="source", error=str(error),
+                             retry_in=round(delay, 3), failures=self.source_failures)
 
     def _incomplete(self, desired: Desired) -> str | None:
         """Why ``desired`` must not replace what is enforced, or None. A file that describes
@@ -541,25 +553,16 @@ class Reconciler:
         try:
             existed = self.backend.delete_table()
         except Exception as e:  # noqa: BLE001 - like a failed apply: keep running, retry
-            self.log.error("apply.failed", reason=reason, error=str(e))
-            self._record_error("apply", str(e))
-            self.schedule.retry_after(self.clock(), max(self.debounce, 0.5))
-            return self._outcome("failed", reason, desired, error=str(e))
+            delay = max(self.debounce, 0.5)
+            self.schedule.retry_after(self.clock(), delay)
+            return self._outcome("failed", reason, desired, cause="apply", error=str(e), retry_in=delay,
+                                 failures=self.failures)
         self.last_good = None
         self.kernel_fingerprint = self.kernel_generation = None
         self.unverified = False
         self.status.commit = None
-        self.status.last_error = None
-        self._write_status()
-        self.log.info("config.enforce_none", file=self.origin, sha256=desired.loaded.sha256,
-                      table_existed=existed)
-        text = f"enforcing nothing ({desired.loaded.path.name} says enforce: none)"
-        if not self.ready:
-            self.ready = True
-            self.notifier.ready(text)
-        else:
-            self.notifier.status(text)
-        return self._outcome("none", reason, desired)
+        self.status.pending = None
+        return self._outcome("none", reason, desired, enforcing=None, table_existed=existed)
 
     def _warn_insecure(self, desired: Desired) -> None:
         """Files that someone other than root could write decide what the firewall admits:
@@ -578,10 +581,6 @@ class Reconciler:
         """Does the kernel still hold ``committed`` untouched? (nsg_agent.daemon.kernel_view)"""
         return kernel_view.holds(self.backend, committed, unverified=self.unverified,
                                  generation=generation, fingerprint=self._kernel_fingerprint)
-
-    def _log_timing(self, reason: str, outcome: str, phases: _Phases) -> None:
-        self.log.debug("reconcile.timing", reason=reason, outcome=outcome,
-                       total_ms=round(sum(phases.ms.values()), 1), **{f"{k}_ms": v for k, v in phases.ms.items()})
 
     def resync(self) -> None:
         """Repair drift: re-apply the last good ruleset if the kernel table is missing or
@@ -654,11 +653,12 @@ class Reconciler:
         return self.last_good if self._generation() == self.kernel_generation else None
 
     def _apply(self, desired: Desired, reason: str, phases: _Phases | None = None,
-               diff: list[dict] | None = None) -> Outcome:
+               diff: list[dict] | None = None, undone: str | None = None) -> Outcome:
         """Make the kernel enforce ``desired``: ``diff`` (nsg_agent.kernel.delta against the
         table the kernel holds) as one transaction when there is one, else the whole table
-        replaced in one transaction."""
+        replaced in one transaction. ``undone``: this apply rolls back an edit (why)."""
         phases = phases or _Phases()
+        self._phases = phases  # the observers' timing continues it
         if desired.payload is None:  # the digest goes into the intent and the table's stamp
             self._serialize(desired)
             phases.mark("serialize")
@@ -691,45 +691,35 @@ class Reconciler:
         except Exception as e:  # noqa: BLE001 - NftError, NetnsError, ...: keep running, retry
             delay = self.schedule.failed("apply", self.clock(), cap=max(self.resync_interval, 0.5))
             detail = e.as_dict() if isinstance(e, NftError) else {"message": f"{type(e).__name__}: {e}"}
-            self.log.error("apply.failed", reason=reason, error=str(e), retry_in=round(delay, 3),
-                           failures=self.failures, enforcing=self.last_good.sha256 if self.last_good else None)
             if isinstance(e, NftError) and e.applied_nothing and not self.unverified:
-                self._clear_intent()  # refused as a whole: the kernel holds what it held
-            self._record_error("apply", str(e), [detail])
+                # refused as a whole: the kernel holds what it held, the intent is void
+                self.status_file.clear_intent()
+            failed = self._outcome("failed", reason, desired, cause="apply", error=str(e), problems=(detail,),
+                                   retry_in=round(delay, 3), failures=self.failures)
             if self.last_good is None and _lacks_permission(e):
                 # Retrying cannot help, and under systemd READY would never come: fail fast
                 # so the unit shows the reason instead of a watchdog restart loop.
+                self._observe(failed)
                 self.log.error("agent.fatal", error=str(e),
                                hint="nftables needs CAP_NET_ADMIN in the target namespace")
                 raise FatalError(f"cannot program nftables: {e} (CAP_NET_ADMIN missing?)") from e
-            return self._outcome("failed", reason, desired, error=str(e), problems=(detail,))
+            return failed
         self.schedule.succeeded("apply")
         self.kernel_fingerprint = fingerprint
         self.kernel_generation = generation
         self.applied_clock = self.clock()
         previous, self.last_good = self.last_good, desired
         self.applies += 1
-        self.status.last_error = None
-        s = desired.summary
-        self.log.info("config.applied", reason=reason, how=how, delta_commands=delta_size,
-                      file=str(desired.loaded.path),
-                      sha256=desired.loaded.sha256, ruleset_sha256=desired.sha256,
-                      chains=s.get("chains"), rules=s.get("rules"), sets=s.get("sets"),
-                      set_elements=s.get("set_elements"), modes=s.get("modes_used"))
         self.unverified = False
         self.status.pending = None
-        self._write_commit(desired, applied_at=self.wall(), how=how)
+        self.status.commit = self._commit(desired, applied_at=self.wall(), how=how)
         if (self.confirm_edits and previous is not None and reason not in ("drift", "rollback")
                 and previous.sha256 != desired.sha256):
             self._arm_confirm(desired, previous)
-        self._clear_intent()
-        phases.mark("status")
+        phases.mark("commit")
         self.target.applied(desired)
-        self._announce(desired)
-        flushed = self._flush(desired)
-        phases.mark("flush")
-        self._log_timing(reason, "applied", phases)
-        return self._outcome(how, reason, desired, delta_commands=delta_size, flushed=flushed)
+        return self._outcome(how, reason, desired, delta_commands=delta_size,
+                             cause="rolled-back" if undone else None, error=undone)
 
     def _write_intent(self, desired: Desired) -> None:
         """Before the transaction: what is about to be applied (a small file of its own, so
@@ -738,12 +728,6 @@ class Reconciler:
                   "source": self._source_of(desired), "started_at": self.wall()}
         try:
             self.store.write_intent(intent)
-        except OSError as e:
-            self.log.error("status.write_failed", path=str(self.store.intent_path), error=str(e))
-
-    def _clear_intent(self) -> None:
-        try:
-            self.store.clear_intent()
         except OSError as e:
             self.log.error("status.write_failed", path=str(self.store.intent_path), error=str(e))
 
@@ -785,71 +769,30 @@ class Reconciler:
             self.kernel_fingerprint = fingerprint
             if self.status.commit is not None and self.status.commit.kernel_generation == generation:
                 self.status.commit.kernel_fingerprint = fingerprint
-                self._write_status()
+                self.status_file.write()
             self.log.debug("fingerprint.recorded", fingerprint=fingerprint[:16],
                            ms=round((time.perf_counter() - t0) * 1000, 1), background=not locked)
             return True
 
-    def _announce(self, desired: Desired) -> None:
-        s = desired.summary
-        text = (f"enforcing {desired.loaded.path.name} sha256={desired.loaded.sha256[:12]} "
-                f"rules={s.get('rules')} elements={s.get('set_elements')}")
-        if not self.ready:
-            self.ready = True
-            self.notifier.ready(text)
-            self.log.info("agent.ready")
-        else:
-            self.notifier.status(text)
-
-    def _flush(self, desired: Desired) -> int:
-        """flushConnection: cut the conntrack entries the new policy denies; how many."""
-        if self.flusher is None or not any(n.flush_connection for n in desired.policy.nics.values()):
-            return 0
-        try:
-            cuts = self.flusher(desired.policy)
-        except Exception as e:  # noqa: BLE001
-            self.log.error("conntrack.flush_failed", error=str(e))
-            return 0
-        self.log.info("conntrack.flushed", count=len(cuts),
-                      flows=[c.as_log() if hasattr(c, "as_log") else str(c) for c in cuts[:50]])
-        return len(cuts)
-
-    def _write_commit(self, desired: Desired, applied_at: float | None, how: str = "replace") -> None:
-        rules = rule_digests(desired.policy, host_interfaces(desired.policy))
-        sets = set_sizes(desired.commands)
+    def _commit(self, desired: Desired, applied_at: float | None, how: str = "replace") -> Commit:
+        """The record of ``desired`` in force (``applied_at`` None: it was already, keep the
+        time of the commit it continues)."""
         prev = self.status.commit
         snap = desired.snapshot
-        self.status.commit = Commit(
+        return Commit(
             source=self._source_of(desired), sha256=desired.loaded.sha256, files=desired.files,
             applied_at=applied_at if applied_at is not None else (prev.applied_at if prev else self.wall()),
             mode=self.mode, ruleset_sha256=desired.sha256, summary=desired.summary,
-            rule_index=desired.rule_index, rules=rules, sets=sets,
+            rule_index=desired.rule_index, rules=rule_digests(desired.policy, host_interfaces(desired.policy)),
+            sets=set_sizes(desired.commands),
             kernel_fingerprint=self.kernel_fingerprint, kernel_generation=self.kernel_generation, how=how,
             revision=snap.revision if snap is not None else None,
             published_at=snap.published_at if snap is not None else None)
-        self._write_status()
-        if applied_at is not None or not self.store.applied_path.exists():
-            # a new commit (or none remembered yet): what it enforces, for plan's rule diffs
-            try:
-                self.store.write_applied(desired.loaded.state)
-            except OSError as e:
-                self.log.error("status.write_failed", path=str(self.store.applied_path), error=str(e))
 
     @staticmethod
     def _source_of(desired: Desired) -> str:
         snap = desired.snapshot
         return snap.origin if snap is not None else str(desired.loaded.path.absolute())
-
-    def _record_error(self, kind: str, message: str, problems: list | None = None) -> None:
-        self.status.last_error = {"time": self.wall(), "kind": kind, "message": message,
-                                  "problems": problems or []}
-        self._write_status()
-
-    def _write_status(self) -> None:
-        try:
-            self.store.write(self.status)
-        except OSError as e:
-            self.log.error("status.write_failed", path=str(self.store.path), error=str(e))
 
 
 # --- the I/O shell ----------------------------------------------------------------------------
