@@ -1,4 +1,5 @@
-"""Helpers for the reconcile tests: a fake clock, a tiny stand-in compiler, policy files."""
+"""Helpers for the reconcile tests: a tiny stand-in compiler and policy files (the fake clock,
+backend and notifier ship in nsg_agent.testing)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,6 @@ from nsg_agent.kernel.backend import TABLE_FAMILY, TABLE_NAME
 from nsg_agent.semantics.policy import Policy
 
 TABLE = {"family": TABLE_FAMILY, "name": TABLE_NAME}
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self, start: float = 1000.0):
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass

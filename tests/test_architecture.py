@@ -13,7 +13,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "nsg_agent"
 
 # Lowest first. A module may import its own package and any package to its left.
-LAYERS = ["", "desired", "semantics", "compiler", "host", "sources", "kernel", "flowlogs", "daemon", "lab", "cli"]
+LAYERS = ["", "desired", "semantics", "compiler", "host", "sources", "kernel", "flowlogs", "daemon", "lab", "cli",
+          "testing"]
 # The pure core: what the user wrote, what Azure means by it, and the compiled ruleset.
 PURE = {"", "desired", "semantics", "compiler"}
 IMPURE_LIBRARIES = {"nftables", "pyroute2", "watchdog", "subprocess", "socket", "prometheus_client"}
@@ -81,3 +82,11 @@ def test_one_module_talks_to_libnftables():
     importers = sorted(str(p.relative_to(PACKAGE)) for p in MODULES
                        if any(mod.split(".")[0] == "nftables" for _, mod in _imports(p)))
     assert importers == ["kernel/backend.py"]
+
+
+def test_the_agent_never_imports_its_test_doubles():
+    """nsg_agent.testing (the fakes) is for tests and embedders: a fake reached from the agent
+    itself would enforce nothing."""
+    users = sorted(f"{p.relative_to(PACKAGE)}:{line}" for p in MODULES if _layer(_module_of(p)) != "testing"
+                   for line, mod in _imports(p) if mod == "nsg_agent.testing" or mod.startswith("nsg_agent.testing."))
+    assert not users, f"the agent imports nsg_agent.testing: {users}"

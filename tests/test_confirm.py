@@ -8,7 +8,7 @@ import time
 
 from nsg_agent.daemon import confirm
 from nsg_agent.daemon.status import Commit, Status, StatusStore
-from nsg_agent.kernel.backend import FakeBackend
+from nsg_agent.testing import FakeBackend
 
 
 def _commit(sha: str) -> Commit:

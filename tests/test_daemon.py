@@ -11,24 +11,11 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon_helpers import BAD_PRIORITY, DENY_SSH, FakeClock, fake_compile, policy_text, write
+from daemon_helpers import BAD_PRIORITY, DENY_SSH, fake_compile, policy_text, write
 from nsg_agent.daemon.reconciler import Daemon, Reconciler
 from nsg_agent.daemon.status import StatusStore
 from nsg_agent.daemon.targets import compile_host
-from nsg_agent.host.notify import Notifier
-from nsg_agent.kernel.backend import FakeBackend
-
-
-class RecordingNotifier(Notifier):
-    """Collects sd_notify messages instead of sending them."""
-
-    def __init__(self) -> None:
-        super().__init__({})
-        self.sent: list[tuple[str, ...]] = []
-
-    def notify(self, *fields: str) -> bool:
-        self.sent.append(fields)
-        return True
+from nsg_agent.testing import FakeBackend, FakeClock, RecordingNotifier
 
 
 @pytest.fixture

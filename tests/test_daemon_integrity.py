@@ -19,7 +19,8 @@ from nsg_agent.daemon.operations import build_plan, collect_status
 from nsg_agent.daemon.reconciler import Reconciler
 from nsg_agent.daemon.status import NamespaceLocked, Status, StatusFileError, StatusStore, UnsafePath
 from nsg_agent.daemon.targets import compile_host
-from nsg_agent.kernel.backend import FakeBackend, stamp_commands
+from nsg_agent.kernel.backend import stamp_commands
+from nsg_agent.testing import FakeBackend
 from test_daemon import env, events  # noqa: F401 - the reconciler fixture
 
 ELEMENT = ["7003", {"accept": None}]  # what an outsider adds to a verdict map

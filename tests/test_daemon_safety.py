@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon_helpers import FakeClock, fake_compile, policy_text, write
+from daemon_helpers import fake_compile, policy_text, write
 from nsg_agent.daemon import confirm
 from nsg_agent.daemon.reconciler import Reconciler
 from nsg_agent.daemon.status import StatusStore
 from nsg_agent.host.conntrack import CtFlow
-from nsg_agent.kernel.backend import FakeBackend
+from nsg_agent.testing import FakeBackend, FakeClock
 
 IP = ipaddress.ip_address
 ALLOW_SSH = """\

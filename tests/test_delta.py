@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from compiler_helpers import host_placement, policy_from_dict
 from nsg_agent.compiler import FabricPlacement, HostPlacement, compile_ruleset
 from nsg_agent.desired import loader
-from nsg_agent.kernel.backend import FakeBackend
 from nsg_agent.kernel.delta import delta
 from nsg_agent.semantics import resolver as semantics
+from nsg_agent.testing import FakeBackend
 from test_tracer_vs_semantics import desired_state
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

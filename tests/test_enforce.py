@@ -12,7 +12,7 @@ from nsg_agent.daemon.operations import build_plan, collect_status
 from nsg_agent.daemon.reconciler import Reconciler
 from nsg_agent.daemon.status import StatusStore
 from nsg_agent.daemon.targets import compile_host
-from nsg_agent.kernel.backend import FakeBackend
+from nsg_agent.testing import FakeBackend
 
 
 @pytest.fixture

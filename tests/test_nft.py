@@ -6,13 +6,13 @@ import pytest
 
 from nsg_agent.kernel.backend import (
     TABLE_NAME,
-    FakeBackend,
     NftError,
     RuleCounter,
     assert_own_table,
     listing_fingerprint,
     table_counters,
 )
+from nsg_agent.testing import FakeBackend
 
 T = {"family": "inet", "name": TABLE_NAME}
 CHAIN = {"family": "inet", "table": TABLE_NAME, "name": "input", "type": "filter", "hook": "input",

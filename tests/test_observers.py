@@ -17,9 +17,9 @@ from test_daemon import env  # noqa: F401 - the fixture
 
 
 def test_the_built_in_observers_come_first_in_their_order_then_the_given_ones(tmp_path):
-    from daemon_helpers import FakeClock, fake_compile
+    from daemon_helpers import fake_compile
     from nsg_agent.daemon.status import StatusStore
-    from nsg_agent.kernel.backend import FakeBackend
+    from nsg_agent.testing import FakeBackend, FakeClock
 
     config = tmp_path / "s.yaml"
     write(config, policy_text())

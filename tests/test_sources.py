@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon_helpers import BAD_PRIORITY, DENY_SSH, FakeClock, fake_compile, policy_text, write
+from daemon_helpers import BAD_PRIORITY, DENY_SSH, fake_compile, policy_text, write
 from nsg_agent.daemon.outcome import Outcome
 from nsg_agent.daemon.reconciler import Reconciler
 from nsg_agent.daemon.status import StatusStore
 from nsg_agent.desired import loader
 from nsg_agent.errors import LoadError
-from nsg_agent.kernel.backend import FakeBackend
 from nsg_agent.sources.base import Snapshot, SourceUnavailable
 from nsg_agent.sources.files import FileSource
+from nsg_agent.testing import FakeBackend, FakeClock
 
 
 class MemorySource:

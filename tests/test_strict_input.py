@@ -18,7 +18,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon_helpers import FakeClock, fake_compile, policy_text, write
+from daemon_helpers import fake_compile, policy_text, write
 from foundation_helpers import base_state, load_doc, problems_of, rule
 from nsg_agent.cli.main import main
 from nsg_agent.daemon.reconciler import Reconciler
@@ -26,7 +26,7 @@ from nsg_agent.daemon.status import StatusStore
 from nsg_agent.desired.loader import LoadedState, load, load_bytes
 from nsg_agent.desired.reading import Limits
 from nsg_agent.errors import LoadError
-from nsg_agent.kernel.backend import FakeBackend
+from nsg_agent.testing import FakeBackend, FakeClock
 
 
 def _load_text(text: str, name: str = "f.yaml", **kw) -> LoadedState:

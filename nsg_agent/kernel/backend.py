@@ -19,13 +19,12 @@ is the single choke point for that batch:
   ruleset``, another family or table name), so a compiler bug cannot hurt the rest of the
   machine's firewall.
 
-:class:`FakeBackend` implements the same protocol in memory for reconcile tests without
-root: it keeps the table as nft would list it, can inject failures and dumps sorted text.
+:class:`nsg_agent.testing.FakeBackend` implements the same protocol in memory for reconcile
+tests without root (it shares the pure helpers below and the table model of kernel/state.py).
 """
 
 from __future__ import annotations
 
-import copy
 import errno
 import hashlib
 import json
@@ -37,7 +36,7 @@ from typing import Any, Iterable, Protocol
 
 from nsg_agent.host.netns import NetnsRunner
 from nsg_agent.kernel.errors import NftError, errno_of, nft_error
-from nsg_agent.kernel.state import NftRuleset, NftTable, RuleCounter
+from nsg_agent.kernel.state import NftRuleset, RuleCounter
 
 TABLE_FAMILY = "inet"
 TABLE_NAME = "nsg_agent"  # the same value as nsg_agent.compiler.TABLE_NAME (checked in tests)
@@ -465,7 +464,7 @@ class NftBackend:
     def _tables(self) -> set[str]:
         """The names of the family's tables that are the agent's."""
         rc, out, _ = self._run([{"list": {"tables": {"family": TABLE_FAMILY}}}])
-        names = {(i.get("table") or {}).get("name") for i in (out or {}).get("nftables", [])} if rc == 0 else set()
+        names = {str((i.get("table") or {}).get("name")) for i in (out or {}).get("nftables", [])} if rc == 0 else set()
         return names & set(OWN_TABLES)
 
     def _hold_present(self) -> bool:
@@ -594,130 +593,3 @@ def _netns_cookie() -> int | None:
             return struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
     except OSError:
         return None
-
-
-# --- the fake ------------------------------------------------------------------------------
-
-
-class FakeBackend:
-    """An in-memory ``inet nsg_agent``: an :class:`~nsg_agent.kernel.state.NftRuleset` that
-    applies the same JSON commands, all or nothing, like a kernel transaction (the model
-    refuses what the kernel refuses: a missing object, a referenced chain or set deleted).
-
-    Fault injection: ``fail_next("replace", "message", times=1)`` makes the next calls of
-    that operation raise NftError. ``hit(comment, packets, bytes)`` bumps a rule's counter.
-    """
-
-    def __init__(self, owns: tuple[tuple[str, str], ...] = AGENT_TABLES) -> None:
-        self.owns = owns
-        self.ruleset = NftRuleset()
-        self._failures: dict[str, list[str]] = {}
-        self.calls: list[str] = []
-        self.batches: list[list[dict]] = []
-        self.gen = 1  # like NFT_MSG_GETGEN: bumped by every change of the table
-        self._lock = threading.Lock()
-
-    @property
-    def table(self) -> NftTable | None:
-        """The agent's table as the model holds it (None when absent)."""
-        return self.ruleset.table(TABLE_FAMILY, TABLE_NAME)
-
-    # fault injection and probes
-    def fail_next(self, op: str, message: str = "injected failure", times: int = 1) -> None:
-        self._failures.setdefault(op, []).extend([message] * times)
-
-    def _maybe_fail(self, op: str) -> None:
-        self.calls.append(op)
-        pending = self._failures.get(op)
-        if pending:
-            raise nft_error(f"fake {op} failed", error=pending.pop(0))
-
-    def hit(self, comment: str, packets: int = 1, nbytes: int = 64) -> None:
-        assert self.table is not None
-        for rule in self.table.rules:
-            if rule.get("comment") == comment:
-                for expr in rule["expr"]:
-                    if "counter" in expr:
-                        c = expr["counter"] or {"packets": 0, "bytes": 0}
-                        expr["counter"] = {"packets": c["packets"] + packets,
-                                           "bytes": c["bytes"] + nbytes}
-                return
-        raise KeyError(comment)
-
-    def tamper(self) -> None:
-        """Someone else edits the agent's table: the last rule disappears."""
-        table = self.table
-        assert table is not None and table.rules
-        last = [c for c in table.chains.values() if c.rules][-1]
-        last.rules.pop()
-        self.gen += 1
-
-    def tamper_element(self, name: str, elem: Any) -> None:
-        """Someone else adds an element to one of the agent's sets or maps (no rule changes)."""
-        assert self.table is not None
-        self.table.sets[name].elem.append(elem)
-        self.gen += 1
-
-    def foreign_commit(self) -> None:
-        """A transaction in another table of the namespace: only the generation moves."""
-        self.gen += 1
-
-    # protocol
-    def check(self, commands: list[dict]) -> None:
-        self._maybe_fail("check")
-        assert_own_table(commands, self.owns)
-        self.ruleset.apply(commands)
-
-    def replace(self, commands: list[dict], payload: bytes | None = None) -> None:
-        self._commit("replace", commands)
-
-    def transact(self, commands: list[dict]) -> None:
-        self._commit("transact", commands)
-
-    def _commit(self, op: str, commands: list[dict]) -> None:
-        """One batch, all or nothing, like a kernel transaction."""
-        with self._lock:
-            self._maybe_fail(op)
-            assert_own_table(commands, self.owns)
-            self.ruleset = self.ruleset.apply(commands)
-            self.batches.append(copy.deepcopy(commands))
-            self.gen += 1
-
-    def delete_table(self) -> bool:
-        with self._lock:
-            self._maybe_fail("delete_table")
-            existed = self.ruleset.tables.pop((TABLE_FAMILY, TABLE_NAME), None) is not None
-            self.gen += 1
-            return existed
-
-    def list_table(self, *, terse: bool = False) -> dict | None:
-        with self._lock:
-            self._maybe_fail("list_table")
-            t = self.table
-            if t is None:
-                return None
-            return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *t.listing_items(terse=terse)]}
-
-    def counters(self) -> dict[tuple[str, str], RuleCounter]:
-        return table_counters(self.list_table(terse=True))
-
-    def fingerprint(self) -> str | None:
-        """Down to set elements, like the real backend's."""
-        return listing_fingerprint(self.list_table(terse=False))
-
-    def generation(self) -> int | None:
-        self.calls.append("generation")
-        return self.gen
-
-    def stamp(self) -> str | None:
-        self.calls.append("stamp")
-        t = self.table
-        if t is None:
-            return None
-        chain = t.chains.get(STAMP_CHAIN)
-        return stamp_of({"nftables": [{"rule": r} for r in (chain.rules if chain else [])]})
-
-    def dump(self) -> str:
-        """Sorted nft text of the table (empty string when absent): NftTable.dump."""
-        t = self.table
-        return t.dump() if t is not None else ""
