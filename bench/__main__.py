@@ -16,10 +16,14 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import control, dataplane, fabric, generate, machine, naive, netns, probeloop, report
 from bench.report import Target, fmt, fmt_summary, steps_table
 from bench.stats import percentile, summarize
+
+if TYPE_CHECKING:
+    from nsg_agent.compiler.results import Summary
 
 DOC = netns.ROOT / "docs" / "benchmarks.md"
 
@@ -45,11 +49,11 @@ def _compiler():
     return compile_ruleset, HostPlacement
 
 
-def _ruleset_label(summary: dict) -> str:
-    inbound = [lv for lv in summary.get("levels", {}).values() if lv.get("direction") == "Inbound"]
-    mode = ", ".join(sorted({lv.get("mode", "?") for lv in inbound})) or "?"
-    text = f"{summary.get('rules', 0):,} nft rules, {summary.get('set_elements', 0):,} set/map elements; inbound level: {mode}"
-    fb = [lv["fallback"] for lv in inbound if lv.get("fallback")]
+def _ruleset_label(summary: Summary) -> str:
+    inbound = [lv for lv in summary.levels.values() if lv.direction == "Inbound"]
+    mode = ", ".join(sorted({lv.mode for lv in inbound})) or "?"
+    text = f"{summary.rules:,} nft rules, {summary.set_elements:,} set/map elements; inbound level: {mode}"
+    fb = [lv.fallback for lv in inbound if lv.fallback]
     if fb:
         text += f" (classify fell back: {fb[0]})"
     return text
@@ -82,7 +86,7 @@ def build_variants(cmp_gen, large_gen, max_gen, tmpdir: Path, rep: report.Report
             idx = len(variants)
             rs = compile_ruleset(policy, HostPlacement(interfaces={generate.SERVER_NIC: f"nsgb-s{idx}"}), mode=mode)
             variants.append(dataplane.Variant(f"{mode}-{scale_key}", f"{mode}, {scale_name} policy", rs.to_json(), gen,
-                                              info={"ruleset": _ruleset_label(rs.summary), "summary": rs.summary}))
+                                              info={"ruleset": _ruleset_label(rs.summary), "summary": rs.summary.to_json()}))
     return variants
 
 

@@ -139,11 +139,12 @@ def compile_apply(lab: netns.Lab, gen: Generated, tmpdir: Path, mode: str, reps:
 
 
 def _summary_info(rs: Any) -> dict[str, Any]:
-    s = rs.summary
-    levels = {name: {k: v for k, v in lv.items() if k in ("direction", "mode", "fallback", "elements", "classes", "rules")}
-              for name, lv in s.get("levels", {}).items()}
-    return {"rules": s.get("rules"), "set_elements": s.get("set_elements"), "chains": s.get("chains"),
-            "modes_used": s.get("modes_used"), "levels": levels, "json_bytes": len(rs.to_json())}
+    s = rs.summary  # the compiler's Summary; its levels in their status-file shape
+    levels = {name: {k: v for k, v in lv.to_json().items()
+                     if k in ("direction", "mode", "fallback", "elements", "classes", "rules")}
+              for name, lv in s.levels.items()}
+    return {"rules": s.rules, "set_elements": s.set_elements, "chains": s.chains,
+            "modes_used": list(s.modes_used), "levels": levels, "json_bytes": len(rs.to_json())}
 
 
 def change(lab: netns.Lab, gen: Generated, tmpdir: Path, kind: str, mode: str, reps: int,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nsg_agent.compiler.results import NicSummary, RuleIndex, RuleRef, Summary
 from nsg_agent.kernel.backend import TABLE_FAMILY, TABLE_NAME
 from nsg_agent.semantics.policy import Policy
 
@@ -15,8 +16,8 @@ TABLE = {"family": TABLE_FAMILY, "name": TABLE_NAME}
 @dataclass
 class FakeRuleset:
     commands: list[dict]
-    summary: dict
-    rule_index: dict = field(default_factory=dict)
+    summary: Summary
+    rule_index: RuleIndex = field(default_factory=RuleIndex)
 
 
 def fake_compile(policy: Policy, interfaces: dict[str, str], mode: str) -> FakeRuleset:
@@ -25,9 +26,11 @@ def fake_compile(policy: Policy, interfaces: dict[str, str], mode: str) -> FakeR
     commands: list[dict] = [{"add": {"table": TABLE}}, {"delete": {"table": TABLE}}, {"add": {"table": TABLE}}]
     rules = 0
     index = {}
+    nics = {}
     for nic_name in sorted(interfaces):
         nic = policy.nics[nic_name]
         chain = f"nic_{nic_name}"
+        nics[nic_name] = NicSummary(inbound=chain, outbound=chain, interface=interfaces[nic_name])
         commands.append({"add": {"chain": {"family": "inet", "table": TABLE_NAME, "name": chain}}})
         for level in nic.inbound + nic.outbound:
             for rule in level.rules:
@@ -40,11 +43,11 @@ def fake_compile(policy: Policy, interfaces: dict[str, str], mode: str) -> FakeR
                              {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}},
                                         "right": rule.protocol.value}},
                              {"counter": None}, verdict]}}})
-                index[(chain, comment)] = (level.nsg, rule.log_name)
+                index[(chain, comment)] = RuleRef(level.nsg, rule.log_name, rule.direction.value, chain,
+                                                  (f"{nic_name}/{level.kind.value}",))
                 rules += 1
-    summary = {"chains": len(interfaces), "rules": rules, "sets": 0, "set_elements": 0,
-               "modes_used": [mode]}
-    return FakeRuleset(commands, summary, index)
+    summary = Summary(mode=mode, modes_used=(mode,), chains=len(interfaces), rules=rules, nics=nics)
+    return FakeRuleset(commands, summary, RuleIndex(index))
 
 
 def policy_text(*, extra_rule: str = "", flush: bool = False, interface: str = "eth-srv") -> str:

@@ -89,7 +89,7 @@ class TestShape:
         assert [(c["name"], c["hook"]) for c in bases] == [("forward", "forward")]
         rules = [r for r in _objects(rs, "rule") if r["chain"] == "forward"]
         assert rules[-1]["expr"] == [{"accept": None}]
-        assert rs.summary["placement"] == "fabric"
+        assert rs.summary.placement == "fabric"
 
     @pytest.mark.parametrize("mode", ["classify", "simple"])
     def test_every_nsg_rule_counted_and_named(self, mode):
@@ -101,7 +101,7 @@ class TestShape:
             assert {"counter": None} in rules[(chain, comment)]["expr"]
             assert ref.rule.split("_", 1)[0] in ("UserRule", "DefaultRule", "PlatformRule", "NoRuleMatched")
             assert comment == (f"{ref.nsg}: {ref.rule}" if ref.nsg else ref.rule)
-        names = {ref.rule for ref in rs.rule_index.values()}
+        names = {ref.rule for ref in rs.rule_index.refs()}
         assert {"UserRule_allow-web", "DefaultRule_DenyAllInBound", "PlatformRule_BlockOutboundSmtp",
                 "PlatformRule_PlatformExemption"} <= names
 
@@ -130,7 +130,7 @@ class TestPlacement:
         """A NIC without an interface in the host placement gets no chains."""
         p = _policy()
         rs = compile_ruleset(p, HostPlacement({"web1": "eth0"}))
-        assert sorted(rs.summary["nics"]) == ["web1"]
+        assert sorted(rs.summary.nics) == ["web1"]
         assert trace(rs.commands, Packet("input", "203.0.113.9", "10.1.2.4", 6, 1, 22, iifname="eth2")).verdict == "accept"
         assert trace(rs.commands, Packet("input", "203.0.113.9", "10.1.1.4", 6, 1, 22, iifname="eth0")).verdict == "drop"
 
@@ -147,7 +147,7 @@ class TestPlacement:
     def test_fabric_subset_of_nics(self):
         """FabricPlacement(nics=...) dispatches only the listed NICs' addresses."""
         rs = compile_ruleset(_policy(), FabricPlacement(("db1",)))
-        assert sorted(rs.summary["nics"]) == ["db1"]
+        assert sorted(rs.summary.nics) == ["db1"]
         assert trace(rs.commands, Packet("forward", "203.0.113.9", "10.1.1.4", 6, 1, 22)).verdict == "accept"
         assert trace(rs.commands, Packet("forward", "203.0.113.9", "10.1.2.4", 6, 1, 22)).verdict == "drop"
 
@@ -165,25 +165,25 @@ class TestLevels:
             "networkSecurityGroups": [{"name": "g"}],
         }
         rs = compile_ruleset(policy_from_dict(state), HostPlacement({"x": "eth0", "y": "eth1"}))
-        inbound = [n for n, i in rs.summary["levels"].items() if i["direction"] == "Inbound"]
+        inbound = [n for n, i in rs.summary.levels.items() if i.direction == "Inbound"]
         assert len(inbound) == 1
-        assert rs.summary["levels"][inbound[0]]["users"] == ["x/subnet", "y/nic"]
+        assert rs.summary.levels[inbound[0]].users == ("x/subnet", "y/nic")
 
     def test_virtualnetwork_differs_per_vnet(self):
         """The same NSG in two unpeered VNets becomes two chains (VirtualNetwork differs)."""
         p = _policy()  # app-nsg serves hub NICs and the spoke NIC tools1
-        levels = [i for i in compile_ruleset(p, _host(p)).summary["levels"].values()
-                  if i["direction"] == "Inbound"]
-        assert sorted(len(i["users"]) for i in levels) == [1, 3]
+        levels = [i for i in compile_ruleset(p, _host(p)).summary.levels.values()
+                  if i.direction == "Inbound"]
+        assert sorted(len(i.users) for i in levels) == [1, 3]
 
     def test_fallback_to_simple_keeps_verdicts(self):
         """Over the element bound a level renders simply, the summary says so, verdicts stay."""
         p = _policy()
         small = compile_ruleset(p, _host(p), max_level_elements=10)
         normal = compile_ruleset(p, _host(p))
-        assert "simple" in small.summary["modes_used"]
-        assert any("fallback" in i for i in small.summary["levels"].values())
-        assert normal.summary["modes_used"] == ["classify"]
+        assert "simple" in small.summary.modes_used
+        assert any(i.fallback is not None for i in small.summary.levels.values())
+        assert normal.summary.modes_used == ("classify",)
         for pkt in (Packet("input", "203.0.113.9", "10.1.1.4", 6, 1, 443, iifname="eth0"),
                     Packet("input", "10.1.1.4", "10.1.2.4", 6, 1, 1433, iifname="eth2"),
                     Packet("input", "10.1.2.9", "10.1.2.4", 6, 1, 1433, iifname="eth2"),
@@ -231,10 +231,10 @@ class TestLevels:
     def test_large_policy_classifies_within_bound(self):
         """1000 rules x 20 prefixes classify (no fallback) and report their element counts."""
         rs = compile_ruleset(big_policy(1000, 20), HostPlacement({"nic0": "eth0"}))
-        (info,) = rs.summary["levels"].values()
-        assert info["mode"] == "classify"
-        assert info["elements"] == rs.summary["set_elements"] - 2  # all but the iif/oifname dispatch
-        assert 20_000 < info["elements"] < 150_000
+        (info,) = rs.summary.levels.values()
+        assert info.mode == "classify"
+        assert info.elements == rs.summary.set_elements - 2  # all but the iif/oifname dispatch
+        assert info.elements is not None and 20_000 < info.elements < 150_000
 
 
 def test_output_does_not_depend_on_earlier_compiles():

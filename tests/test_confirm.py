@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+from nsg_agent.compiler.results import RuleIndex, Summary
 from nsg_agent.daemon import confirm
 from nsg_agent.daemon.status import Commit, Status, StatusStore
 from nsg_agent.testing import FakeBackend
@@ -13,7 +14,7 @@ from nsg_agent.testing import FakeBackend
 
 def _commit(sha: str) -> Commit:
     return Commit(source=f"/x/{sha}.yaml", sha256=sha, files={}, applied_at=1.0, mode="classify",
-                  ruleset_sha256="r", summary={}, rule_index={}, rules={}, sets={})
+                  ruleset_sha256="r", summary=Summary(), rule_index=RuleIndex(), rules={}, sets={})
 
 
 def _store(tmp_path) -> StatusStore:

@@ -63,7 +63,7 @@ class TestReconcile:
         status = env.store.read()
         assert status.commit is not None and status.last_error is None
         assert status.commit.sha256 == __import__("hashlib").sha256(env.config.read_bytes()).hexdigest()
-        assert status.commit.summary["rules"] == len(policy_rules(env.backend))
+        assert status.commit.summary.rules == len(policy_rules(env.backend))
         assert env.backend.stamp() == status.commit.ruleset_sha256  # the table says what it holds
         assert "config.applied" in events(logs) and "agent.ready" in events(logs)
         assert env.notifier.sent[0][0] == "READY=1"
@@ -378,9 +378,10 @@ class TestRealCompiler:
         rec = Reconciler(examples_dir / "port80-subnet-nic.yaml", backend, store, compile_fn=compile_host)
         assert rec.reconcile("startup")
         commit = store.read().commit
-        assert commit.summary["rules"] == len(policy_rules(backend))
-        assert commit.rule_index and all("|" in k for k in commit.rule_index)
-        json.dumps(commit.rule_index)
+        assert commit.summary.rules == len(policy_rules(backend))
+        assert commit.rule_index and all("|" in k for k in commit.rule_index.to_json())
+        json.dumps(commit.rule_index.to_json())
+        assert commit.rule_index == rec.last_good.rule_index and commit.summary == rec.last_good.summary
 
 
 def test_every_log_event_is_documented(repo_dir):

@@ -295,8 +295,8 @@ class TestStatusFile:
         backend = FakeBackend()
         data = collect_status(store, backend)
         assert str(store.path) in data["record_error"] and "UNUSABLE" in render_status(data)
-        plan, _ = build_plan(str(config), "classify", store, backend)
-        assert plan.record_problem and str(store.path) in render_plan(plan, {})
+        plan, summary = build_plan(str(config), "classify", store, backend)
+        assert plan.record_problem and str(store.path) in render_plan(plan, summary)
         with capture_logs() as logs:
             rec = _reconciler(str(config), argparse.Namespace(state_dir=str(tmp_path / "run"), netns="nsgh-x",
                                                               mode="classify"), backend)

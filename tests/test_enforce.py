@@ -30,9 +30,10 @@ class TestPlan:
     def test_same_file_plans_nothing(self, applied):
         """Planning the applied file against the committed state shows no change."""
         config, store, backend = applied
-        plan, _ = build_plan(str(config), "classify", store, backend)
+        plan, summary = build_plan(str(config), "classify", store, backend)
         assert plan.empty and plan.table_present and not plan.drift
-        assert "no changes" in render_plan(plan, {})
+        assert "no changes" in render_plan(plan, summary)
+        assert summary == store.read().commit.summary  # the same file compiles to the recorded summary
 
     def test_edit_shows_added_rule(self, applied, tmp_path):
         """A new rule appears as added, by its comment."""

@@ -11,7 +11,7 @@ import pytest
 from compiler_helpers import REPO, host_placement
 from nsg_agent.compiler import FabricPlacement, compile_ruleset
 from nsg_agent.compiler import flowmark as F
-from nsg_agent.daemon.reconciler import rule_index_json
+from nsg_agent.compiler.results import RuleIndex, RuleRef
 from nsg_agent.desired.loader import load
 from nsg_agent.semantics.resolver import resolve
 
@@ -35,13 +35,14 @@ def _rules(rs):
 def test_every_deny_path_logs_and_every_allow_marks(path, placement, mode):
     rs = _compile(path, placement, mode)
     rules = _rules(rs)
-    ids = F.ids_to_rules(rule_index_json(rs.rule_index))
+    ids = F.ids_to_rules(RuleIndex.from_json(rs.rule_index.to_json()))  # as the collector reads it
     drops = allows = 0
     for i, rule in enumerate(rules):
         comment = rule.get("comment")
         if (rule["chain"], comment) not in rs.rule_index:
             continue
-        ref = rs.rule_index[(rule["chain"], comment)]
+        ref = rs.rule_index.lookup(rule["chain"], comment)
+        assert ref is not None
         exprs = rule["expr"]
         verdict = next(iter(exprs[-1]))
         if verdict == "drop":
@@ -88,10 +89,10 @@ def test_prefix_and_ids():
     assert F.parse_prefix("something else") is None
     assert F.split_comment("web-nsg: UserRule_x") == ("web-nsg", "UserRule_x")
     assert F.split_comment("PlatformRule_BlockGre") == ("", "PlatformRule_BlockGre")
-    refs = [{"direction": "Inbound", "nsg": "b", "rule": "r"}, {"direction": "Inbound", "nsg": "a", "rule": "r"},
-            {"direction": "Outbound", "nsg": "a", "rule": "r"}, {"direction": "Inbound", "nsg": "a", "rule": "r"}]
+    refs = [RuleRef("b", "r", "Inbound", "c1", ()), RuleRef("a", "r", "Inbound", "c2", ()),
+            RuleRef("a", "r", "Outbound", "c3", ()), RuleRef("a", "r", "Inbound", "c4", ())]
     assert F.rule_ids(refs) == {("Inbound", "a", "r"): 1, ("Inbound", "b", "r"): 2, ("Outbound", "a", "r"): 1}
-    many = [{"direction": "Inbound", "nsg": "n", "rule": f"r{i:05}"} for i in range(5000)]
+    many = [RuleRef("n", f"r{i:05}", "Inbound", "c", ()) for i in range(5000)]
     ids = F.rule_ids(many)
     assert max(ids.values()) == F.MAX_ID and sorted(ids.values())[F.MAX_ID - 2] == F.MAX_ID - 1
     assert F.decode_mark((3 << 8) | (7 << 20) | 0x5) == {"Inbound": 3, "Outbound": 7}

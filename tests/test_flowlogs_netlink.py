@@ -9,6 +9,7 @@ import socket
 import struct
 
 from nsg_agent.compiler import flowmark
+from nsg_agent.compiler.results import NicSummary, RuleIndex, RuleRef, Summary
 from nsg_agent.flowlogs import netlink as N
 from nsg_agent.flowlogs.collector import Collector, FlowContext, NicInfo
 from nsg_agent.flowlogs.context import context_from
@@ -91,11 +92,16 @@ class FakeWriter:
         return {"written": {}, "dropped": {}, "records": 0, "queued": 0}
 
 
-INDEX = {
-    "lvl_a_r0|web-nsg: UserRule_dns": {"nsg": "web-nsg", "rule": "UserRule_dns", "direction": "Inbound"},
-    "lvl_a_r1|web-nsg: DefaultRule_DenyAllOutBound": {"nsg": "web-nsg", "rule": "DefaultRule_DenyAllOutBound",
-                                                     "direction": "Outbound"},
-}
+INDEX = RuleIndex({
+    ("lvl_a_r0", "web-nsg: UserRule_dns"): RuleRef("web-nsg", "UserRule_dns", "Inbound", "lvl_a_r0", ("lo-nic/nic",)),
+    ("lvl_a_r1", "web-nsg: DefaultRule_DenyAllOutBound"): RuleRef("web-nsg", "DefaultRule_DenyAllOutBound", "Outbound",
+                                                                  "lvl_a_r1", ("lo-nic/nic",)),
+})
+
+
+def _index(n: int) -> RuleIndex:
+    """Rules r0..r<n-1> of NSG n, inbound, one chain each."""
+    return RuleIndex({(f"c{i}", f"n: r{i}"): RuleRef("n", f"r{i}", "Inbound", f"c{i}", ()) for i in range(n)})
 
 
 def collector() -> tuple[Collector, FakeWriter]:
@@ -106,7 +112,7 @@ def collector() -> tuple[Collector, FakeWriter]:
 
 def test_collector_turns_messages_into_attributed_tuples():
     c, w = collector()
-    ids = flowmark.rule_ids(INDEX.values())
+    ids = flowmark.rule_ids(INDEX.refs())
     assert ids[("Inbound", "web-nsg", "UserRule_dns")] == 1  # the captured mark 0x300 carries id 3
     d = c.on_log(N.parse_log(NFLOG_PACKET), now=100.0)
     assert (d.state, d.direction, d.nic, d.nsg, d.rule, d.src, d.dst, d.sport, d.dport, d.protocol) == (
@@ -118,7 +124,7 @@ def test_collector_turns_messages_into_attributed_tuples():
 
 
 def test_collector_begin_continue_end_counts():
-    index = {f"c{i}|n: r{i}": {"nsg": "n", "rule": f"r{i}", "direction": "Inbound"} for i in range(3)}
+    index = _index(3)
     w = FakeWriter()
     ctx = FlowContext(index, {"lo-nic": NicInfo("lo-nic", frozenset({"127.0.0.1"}))})
     c = Collector(w, lambda: ctx)
@@ -142,7 +148,8 @@ def test_collector_begin_continue_end_counts():
 
 
 def test_context_from_summary_and_interfaces():
-    summary = {"nics": {"srv": {"interface": "eth7"}, "web1": {"addresses": ["10.88.1.4"]}}}
+    summary = Summary(nics={"srv": NicSummary("nic_srv_in", "nic_srv_out", interface="eth7"),
+                            "web1": NicSummary("nic_web1_in", "nic_web1_out", addresses=("10.88.1.4",))})
     ctx = context_from(INDEX, summary, {"eth7": {"index": 7, "mac": "02:00:00:00:00:07", "addresses": ["10.88.1.9"]}},
                        macs={"WEB1": "02:00:00:00:00:01"})
     assert ctx.by_address["10.88.1.9"].name == "srv" and ctx.by_ifindex[7].name == "srv"
@@ -156,12 +163,12 @@ def test_the_cli_rereads_the_status_file_only_when_it_changed(tmp_path):
 
     store = StatusStore(tmp_path, "ns1")
     store.ensure_dir()
-    commit = Commit("f", "s", {}, 1.0, "classify", "r", {"nics": {}}, dict(INDEX), {}, {})
+    commit = Commit("f", "s", {}, 1.0, "classify", "r", Summary(), INDEX, {}, {})
     store.write(Status(netns="ns1", commit=commit))
     cache = _CommitCache(store)
     first = cache.get()
     assert first.rule_index == INDEX and cache.get() is first  # unchanged: not parsed again
-    store.write(Status(netns="ns1", commit=Commit("f", "s2", {}, 2.0, "classify", "r", {"nics": {}}, {}, {}, {})))
+    store.write(Status(netns="ns1", commit=Commit("f", "s2", {}, 2.0, "classify", "r", Summary(), RuleIndex(), {}, {})))
     assert cache.get().sha256 == "s2"
 
 
@@ -169,7 +176,7 @@ def test_a_dump_that_overtakes_a_flows_end_does_not_count_it_twice():
     """The periodic dump runs on one thread, DESTROY events arrive on another: a dump taken
     before a flow ended but processed after its E tuple must not start it again (that wrote
     its whole count a second time: seen in CI under load, 20 packets for a 10-packet flow)."""
-    index = {f"c{i}|n: r{i}": {"nsg": "n", "rule": f"r{i}", "direction": "Inbound"} for i in range(3)}
+    index = _index(3)
     w = FakeWriter()
     c = Collector(w, lambda: FlowContext(index, {"lo-nic": NicInfo("lo-nic", frozenset({"127.0.0.1"}))}))
     new, dump = N.parse_ct(CT_NEW), N.parse_ct(CT_DUMP, dump=True)

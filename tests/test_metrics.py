@@ -5,19 +5,20 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from nsg_agent.compiler.results import RuleIndex, RuleRef, Summary
 from nsg_agent.daemon import metrics
 from nsg_agent.daemon.status import Commit, Status
 from nsg_agent.kernel import counters
 from nsg_agent.kernel.backend import RuleCounter
 
-INDEX = {
-    "lvl_a_r0|web-nsg: UserRule_allow-web": {"nsg": "web-nsg", "rule": "UserRule_allow-web", "direction": "Inbound",
-                                            "chain": "lvl_a_r0", "scope": ["web1/subnet", "web2/subnet"]},
-    "lvl_a_r0v2|web-nsg: UserRule_allow-web": {"nsg": "web-nsg", "rule": "UserRule_allow-web", "direction": "Inbound",
-                                              "chain": "lvl_a_r0v2", "scope": ["far1/subnet"]},
-    "nic_web1_out|PlatformRule_BlockGre": {"nsg": "", "rule": "PlatformRule_BlockGre", "direction": "Outbound",
-                                           "chain": "nic_web1_out", "scope": ["web1"]},
-}
+INDEX = RuleIndex({
+    ("lvl_a_r0", "web-nsg: UserRule_allow-web"): RuleRef("web-nsg", "UserRule_allow-web", "Inbound", "lvl_a_r0",
+                                                         ("web1/subnet", "web2/subnet")),
+    ("lvl_a_r0v2", "web-nsg: UserRule_allow-web"): RuleRef("web-nsg", "UserRule_allow-web", "Inbound", "lvl_a_r0v2",
+                                                           ("far1/subnet",)),
+    ("nic_web1_out", "PlatformRule_BlockGre"): RuleRef("", "PlatformRule_BlockGre", "Outbound", "nic_web1_out",
+                                                       ("web1",)),
+})
 KERNEL = {("lvl_a_r0", "web-nsg: UserRule_allow-web"): RuleCounter(10, 1000),
           ("lvl_a_r0v2", "web-nsg: UserRule_allow-web"): RuleCounter(5, 500),
           ("nic_web1_out", "PlatformRule_BlockGre"): RuleCounter(2, 120),
@@ -26,7 +27,7 @@ KERNEL = {("lvl_a_r0", "web-nsg: UserRule_allow-web"): RuleCounter(10, 1000),
 
 def _status() -> Status:
     return Status(commit=Commit(source="/x.yaml", sha256="s", files={}, applied_at=1700000000.0, mode="classify",
-                                ruleset_sha256="r", summary={"rules": 42, "chains": 7, "set_elements": 100},
+                                ruleset_sha256="r", summary=Summary(rules=42, chains=7, set_elements=100),
                                 rule_index=INDEX, rules={}, sets={}))
 
 

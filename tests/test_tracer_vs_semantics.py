@@ -221,7 +221,7 @@ def test_host_placement_tracer_equals_semantics(data):
     for mode, bound in (("classify", 150_000), ("simple", 150_000), ("classify", 40)):
         rs = compile_ruleset(policy, placement, mode=mode, max_level_elements=bound, flow_logs=True)
         if bound > 40:
-            assert rs.summary["modes_used"] in ([mode], [])
+            assert rs.summary.modes_used in ((mode,), ())
         tr = Ruleset(rs.commands)
         for nic_name, flow, junk in flows:
             nic = policy.nics[nic_name]

@@ -166,7 +166,7 @@ def compiled(path: Path, mode: str = "classify") -> Compiled:
     policy = semantics.resolve(loaded.state, loaded.tags)
     rs = compile_host(policy, host_interfaces(policy), mode)
     digest = hashlib.sha256(batch_payload(list(rs.commands))).hexdigest()
-    return Compiled(digest, rs.summary["rules"], set_sizes(rs.commands))
+    return Compiled(digest, rs.summary.rules, set_sizes(rs.commands))
 
 
 def complete(ns: str, expected: dict[str, Compiled]) -> tuple[set[str], list[str]]:

@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nsg_agent.cli import flows
 from nsg_agent.cli.fleet import add_etcd_connection_options
@@ -27,6 +27,9 @@ from nsg_agent.daemon.status import (
     StatusStore,
 )
 from nsg_agent.errors import EXIT_FAILED, EXIT_OK, CommandFailed, LoadError
+
+if TYPE_CHECKING:
+    from nsg_agent.compiler.results import Summary
 
 MODES = ("classify", "simple")
 
@@ -213,8 +216,7 @@ def _plan(args: argparse.Namespace) -> int:
             backend.close()
     changed = not plan.empty or bool(rev.changes)
     if args.json:
-        print(json.dumps({"plan": plan.as_dict(), "summary": {k: summary.get(k) for k in
-                          ("chains", "rules", "sets", "set_elements", "modes_used")},
+        print(json.dumps({"plan": plan.as_dict(), "summary": summary.counts(),
                           "review": rev.as_dict(), "coverage": cov.as_dict() if cov else None,
                           "changes": changed}, indent=2))
     else:
@@ -222,7 +224,7 @@ def _plan(args: argparse.Namespace) -> int:
     return (2 if changed else EXIT_OK) if args.detailed_exitcode else EXIT_OK
 
 
-def render_plan(plan: Plan, summary: dict, rev: Any = None, cov: Any = None) -> str:
+def render_plan(plan: Plan, summary: Summary, rev: Any = None, cov: Any = None) -> str:
     lines = []
     if plan.record_problem:
         lines.append(f"record: {plan.record_problem}")
@@ -257,8 +259,8 @@ def render_plan(plan: Plan, summary: dict, rev: Any = None, cov: Any = None) -> 
         lines.append(f"  sets/maps: {len(old_sets)} -> {len(new_sets)}, "
                      f"elements {sum(old_sets)} -> {sum(new_sets)}")
     lines.append(f"{len(plan.added)} added, {len(plan.removed)} removed, {len(plan.changed)} changed, "
-                 f"{plan.unchanged} unchanged; new ruleset: {summary.get('rules')} rules, "
-                 f"{summary.get('sets')} sets, {summary.get('set_elements')} elements")
+                 f"{plan.unchanged} unchanged; new ruleset: {summary.rules} rules, "
+                 f"{summary.sets} sets, {summary.set_elements} elements")
     if plan.empty:
         lines.append("no changes")
     return "\n".join(lines)
@@ -320,8 +322,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
             c = rec.status.commit
             s = c.summary
             print(f"applied {files_label(args.file)} (sha256 {c.sha256[:12]}) to {args.netns or 'this namespace'}: "
-                  f"{s.get('chains')} chains, {s.get('rules')} rules, {s.get('sets')} sets, "
-                  f"{s.get('set_elements')} elements")
+                  f"{s.chains} chains, {s.rules} rules, {s.sets} sets, {s.set_elements} elements")
             if pending is not None:
                 from nsg_agent.daemon import confirm
 

@@ -175,8 +175,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     s = applied.summary
     if args.json:
         print(json.dumps({"lab": lab, "fabric": plan.fabric, "changes": changes.as_dict(),
-                          "rules": {"mode": applied.mode, "chains": s.get("chains"),
-                                    "rules": s.get("rules"), "set_elements": s.get("set_elements")},
+                          "rules": {"mode": applied.mode, "chains": s.chains,
+                                    "rules": s.rules, "set_elements": s.set_elements},
                           "seconds": round(time.monotonic() - t0, 3)}, indent=2))
         return EXIT_OK
     verb = "built" if changes.built else ("updated" if not changes.empty else "unchanged")
@@ -187,8 +187,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                             ("changed", changes.changed)):
             for item in items:
                 print(f"  {what}: {item}")
-    print(f"rules: inet nsg_agent in {plan.fabric} ({applied.mode}: {s.get('chains')} chains, "
-          f"{s.get('rules')} rules, {s.get('set_elements')} set elements)")
+    print(f"rules: inet nsg_agent in {plan.fabric} ({applied.mode}: {s.chains} chains, "
+          f"{s.rules} rules, {s.set_elements} set elements)")
     _print_members(plan)
     print(f"next: nsg-agent lab probe --name {lab}    |    nsg-agent lab exec NIC --name {lab} -- CMD"
           f"    |    nsg-agent lab down --name {lab}")

@@ -31,7 +31,10 @@ collector recomputes the map from the commit's ``rule_index`` without any other 
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from nsg_agent.compiler.results import RuleIndex, RuleRef
 
 NFLOG_GROUP = 3456
 LOG_RATE = 10  # per second, per deny rule (nft limit; the kernel drops log messages above it)
@@ -85,16 +88,10 @@ def mark_statement(direction: str, rule_id: int) -> dict:
                        "value": {"|": [{"&": [mark, keep]}, rule_id << SHIFT[direction]]}}}
 
 
-def _triple(ref: Any) -> tuple[str, str, str]:
-    if isinstance(ref, dict):
-        return (str(ref.get("direction") or ""), str(ref.get("nsg") or ""), str(ref.get("rule") or ""))
-    return (str(ref.direction), str(ref.nsg or ""), str(ref.rule))
-
-
-def rule_ids(refs: Iterable[Any]) -> dict[tuple[str, str, str], int]:
+def rule_ids(refs: Iterable["RuleRef"]) -> dict[tuple[str, str, str], int]:
     """(direction, nsg, rule) -> id, 1..4094 per direction, in sorted order; rules beyond
-    get MAX_ID. ``refs`` are the rule index's values (RuleRef objects or their JSON dicts)."""
-    triples = sorted({_triple(r) for r in refs})
+    get MAX_ID. ``refs`` are the rule index's RuleRefs (``RuleIndex.refs()``)."""
+    triples = sorted({(r.direction, r.nsg, r.rule) for r in refs})
     out: dict[tuple[str, str, str], int] = {}
     next_id: dict[str, int] = {}
     for t in triples:
@@ -114,11 +111,11 @@ def decode_mark(mark: int) -> dict[str, int]:
     return out
 
 
-def ids_to_rules(index: dict) -> dict[tuple[str, int], tuple[str, str]]:
-    """(direction, id) -> (nsg, rule) from a commit's rule index (JSON or compiler form);
-    MAX_ID is left out (ambiguous)."""
+def ids_to_rules(index: "RuleIndex") -> dict[tuple[str, int], tuple[str, str]]:
+    """(direction, id) -> (nsg, rule) from a commit's rule index; MAX_ID is left out
+    (ambiguous)."""
     out = {}
-    for (direction, nsg, rule), n in rule_ids(index.values()).items():
+    for (direction, nsg, rule), n in rule_ids(index.refs()).items():
         if n != MAX_ID:
             out[(direction, n)] = (nsg, rule)
     return out

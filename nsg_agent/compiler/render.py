@@ -42,6 +42,7 @@ from nsg_agent.compiler.classify import (
     full_ranges,
 )
 from nsg_agent.compiler.placement import FabricPlacement, HostPlacement
+from nsg_agent.compiler.results import LevelSummary, NicLevel, NicSummary, RuleIndex, RuleRef, Summary
 from nsg_agent.desired.vocabulary import NEIGHBOR_DISCOVERY_TYPES, Access, Direction
 from nsg_agent.semantics.policy import AddressTerm, Level, NicPolicy, Policy, PortTerm, ResolvedRule
 
@@ -60,25 +61,14 @@ EXEMPT_COMMENT = "PlatformRule_PlatformExemption"
 ND_COMMENT = "PlatformRule_AllowNeighborDiscovery"
 
 
-@dataclass(frozen=True)
-class RuleRef:
-    """What one counted nft rule stands for. ``scope`` lists the users as "nic/level-kind"
-    (a shared level chain counts for all of them together)."""
-
-    nsg: str
-    rule: str  # Azure flow-log name: UserRule_x / DefaultRule_x / PlatformRule_x
-    direction: str
-    chain: str
-    scope: tuple[str, ...]
-
-
 @dataclass
 class Ruleset:
-    """The compiled table. ``commands`` replace the table atomically when run as one batch."""
+    """The compiled table. ``commands`` replace the table atomically when run as one batch;
+    ``summary`` and ``rule_index`` describe it (compiler/results.py)."""
 
     commands: list[dict]
-    summary: dict
-    rule_index: dict[tuple[str, str], RuleRef] = field(default_factory=dict)
+    summary: Summary
+    rule_index: RuleIndex = field(default_factory=RuleIndex)
 
     def to_json(self) -> str:
         doc = {"nftables": [{"metainfo": {"json_schema_version": 1}}, *self.commands]}
@@ -155,7 +145,7 @@ class _Builder:
         self.levels: dict[str, _Level] = {}
         self._level_by_key: dict[tuple, str] = {}
         self._level_base: dict[tuple, str] = {}  # (direction, platform, nsg) -> lvl_<h8>
-        self.level_summary: dict[str, dict] = {}
+        self.level_summary: dict[str, LevelSummary] = {}
         self.elements = 0
         self._marks: list[tuple[dict, tuple[str, str, str]]] = []  # ct mark statements, ids set last
 
@@ -218,26 +208,26 @@ class _Builder:
 
     def render_levels(self) -> None:
         for name, lv in self.levels.items():
-            info = {"nsg": lv.nsg, "direction": lv.direction.value, "platform": lv.platform,
-                    "rules": len(lv.rules), "users": list(lv.users)}
             mode = self.mode
+            plan: dict | None = None
+            fallback = None
             if mode == "classify":
                 try:
                     plan = self._classify(lv)
                 except TooLarge as e:
-                    plan = None
-                    info["fallback"] = str(e)
+                    fallback = str(e)
                 if plan is not None:
                     self._emit_classified(lv, plan)
-                    info["elements"] = plan["elements"]
-                    info["classes"] = plan["classes"]
-                    info["orders"] = plan["orders"]
                 else:
                     mode = "simple"
             if mode == "simple":
                 self._emit_simple(lv)
-            info["mode"] = mode
-            self.level_summary[name] = info
+            self.level_summary[name] = LevelSummary(
+                nsg=lv.nsg, direction=lv.direction.value, platform=lv.platform, rules=len(lv.rules),
+                users=tuple(lv.users), mode=mode, fallback=fallback,
+                elements=plan["elements"] if plan is not None else None,
+                classes=plan["classes"] if plan is not None else None,
+                orders=plan["orders"] if plan is not None else None)
 
     def _ref(self, lv: _Level, rule: ResolvedRule, chain: str) -> RuleRef:
         return RuleRef(nsg=rule.nsg, rule=rule.log_name, direction=lv.direction.value,
@@ -852,7 +842,8 @@ def compile_ruleset(policy: Policy, placement: HostPlacement | FabricPlacement, 
     elements.next_compile()
     b = _Builder(policy, mode, max_level_elements, elements, flow_logs)
     table = E.table_obj(TABLE_NAME)
-    nic_summary: dict[str, dict] = {}
+    # NIC -> (interface, addresses, inbound chain, outbound chain); levels are added at the end
+    nic_chains: dict[str, tuple[str | None, tuple[str, ...] | None, str, str]] = {}
 
     if isinstance(placement, HostPlacement):
         chosen: list[tuple[NicPolicy, str]] = []
@@ -872,7 +863,7 @@ def compile_ruleset(policy: Policy, placement: HostPlacement | FabricPlacement, 
             cin, cout = _nic_chains(b, nic, _slug(nic.nic))
             dispatch_in.append([ifname, E.verdict("jump", cin)])
             dispatch_out.append([ifname, E.verdict("jump", cout)])
-            nic_summary[nic.nic] = {"interface": ifname, "inbound": cin, "outbound": cout}
+            nic_chains[nic.nic] = (ifname, None, cin, cout)
         for base, key, dispatch in (("input", "iifname", dispatch_in), ("output", "oifname", dispatch_out)):
             _conntrack(b, base)
             b.rule(base, [E.match(E.meta(key), "lo"), E.verdict("accept")], "loopback")
@@ -896,8 +887,7 @@ def compile_ruleset(policy: Policy, placement: HostPlacement | FabricPlacement, 
                 by_addr[addr] = nic.nic
                 src[addr.version].append([str(addr), E.verdict("jump", cout)])
                 dst[addr.version].append([str(addr), E.verdict("jump", cin)])
-            nic_summary[nic.nic] = {"addresses": [str(a) for a in nic.addresses],
-                                    "inbound": cin, "outbound": cout}
+            nic_chains[nic.nic] = (None, tuple(str(a) for a in nic.addresses), cin, cout)
         _conntrack(b, "forward")
         for field_name, table_ in (("saddr", src), ("daddr", dst)):
             for family in (4, 6):
@@ -912,31 +902,23 @@ def compile_ruleset(policy: Policy, placement: HostPlacement | FabricPlacement, 
 
     b.render_levels()
     b.number_marks()
-    levels_by_nic: dict[str, dict] = {}
+    levels_by_nic: dict[str, dict[str, list[NicLevel]]] = {}
     for name, lv in b.levels.items():
         for user in lv.users:
-            nic_name = user.split("/", 1)[0]
-            levels_by_nic.setdefault(nic_name, {}).setdefault(user.split("/", 1)[1], []).append(
-                {"chain": name, "nsg": lv.nsg, "direction": lv.direction.value,
-                 "mode": b.level_summary[name]["mode"]})
-    for nic_name, info in nic_summary.items():
-        info["levels"] = levels_by_nic.get(nic_name, {})
+            nic_name, _, kind = user.partition("/")
+            levels_by_nic.setdefault(nic_name, {}).setdefault(kind, []).append(
+                NicLevel(chain=name, nsg=lv.nsg, direction=lv.direction.value, mode=b.level_summary[name].mode))
+    nics = {nic_name: NicSummary(inbound=cin, outbound=cout, interface=ifname, addresses=addresses,
+                                 levels={kind: tuple(v) for kind, v in levels_by_nic.get(nic_name, {}).items()})
+            for nic_name, (ifname, addresses, cin, cout) in nic_chains.items()}
 
     commands = [{"add": table}, {"delete": table}, {"add": table}]
     commands += [{"add": c} for c in b.chains]
     commands += [{"add": m} for m in b.maps]
     commands += [{"add": r} for r in b.rules]
-    modes_used = sorted({info["mode"] for info in b.level_summary.values()})
-    summary = {
-        "table": f"inet {TABLE_NAME}",
-        "placement": placement_name,
-        "mode": mode,
-        "modes_used": modes_used,
-        "chains": len(b.chains),
-        "rules": len(b.rules),
-        "sets": len(b.maps),
-        "set_elements": b.elements,
-        "nics": nic_summary,
-        "levels": b.level_summary,
-    }
-    return Ruleset(commands=commands, summary=summary, rule_index=b.rule_index)
+    summary = Summary(
+        table=f"inet {TABLE_NAME}", placement=placement_name, mode=mode,
+        modes_used=tuple(sorted({info.mode for info in b.level_summary.values()})),
+        chains=len(b.chains), rules=len(b.rules), sets=len(b.maps), set_elements=b.elements,
+        nics=nics, levels=b.level_summary)
+    return Ruleset(commands=commands, summary=summary, rule_index=RuleIndex(b.rule_index))

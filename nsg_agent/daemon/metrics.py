@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from nsg_agent.compiler.results import Summary
 from nsg_agent.kernel import counters as counting
 
 OUTCOMES = ("unchanged", "delta", "replace", "invalid", "failed")
@@ -59,12 +60,12 @@ class KernelCollector:
                 nbytes.add_metric(labels, h.bytes)
         yield packets
         yield nbytes
-        summary = commit.summary if commit is not None else {}
-        for name, key, text in (("nsg_agent_enforced_rules", "rules", "nft rules in the agent's table"),
-                                ("nsg_agent_enforced_chains", "chains", "chains in the agent's table"),
-                                ("nsg_agent_enforced_set_elements", "set_elements", "set and map elements")):
+        s = commit.summary if commit is not None else Summary()  # no commit: an empty table's zeros
+        for name, value, text in (("nsg_agent_enforced_rules", s.rules, "nft rules in the agent's table"),
+                                  ("nsg_agent_enforced_chains", s.chains, "chains in the agent's table"),
+                                  ("nsg_agent_enforced_set_elements", s.set_elements, "set and map elements")):
             g = GaugeMetricFamily(name, text)
-            g.add_metric([], float(summary.get(key) or 0))
+            g.add_metric([], float(value))
             yield g
         g = GaugeMetricFamily("nsg_agent_last_apply_timestamp_seconds", "When the enforced commit was applied")
         g.add_metric([], float(commit.applied_at) if commit is not None else 0.0)

@@ -101,8 +101,8 @@ class LogReport:
             s = d.summary
             self.log.info("config.applied", reason=o.reason, how=o.kind, delta_commands=o.delta_commands,
                           file=str(d.loaded.path), sha256=o.sha256, ruleset_sha256=o.ruleset_sha256,
-                          chains=s.get("chains"), rules=s.get("rules"), sets=s.get("sets"),
-                          set_elements=s.get("set_elements"), modes=s.get("modes_used"))
+                          chains=s.chains, rules=s.rules, sets=s.sets, set_elements=s.set_elements,
+                          modes=list(s.modes_used))
         elif o.kind in ("adopted", "unchanged"):
             self.log.info(f"config.{o.kind}", reason=o.reason, file=o.origin, sha256=o.sha256,
                           ruleset_sha256=o.ruleset_sha256)
@@ -140,7 +140,7 @@ class SystemdNotify:
         if o.kind in COMMITTED | {"adopted", "unchanged"}:
             s = d.summary
             self._enforcing(f"enforcing {d.loaded.path.name} sha256={(o.sha256 or '')[:12]} "
-                            f"rules={s.get('rules')} elements={s.get('set_elements')}")
+                            f"rules={s.rules} elements={s.set_elements}")
         elif o.kind == "none":
             self._enforcing(f"enforcing nothing ({d.loaded.path.name} says enforce: none)", log=False)
         else:

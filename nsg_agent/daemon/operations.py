@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nsg_agent.daemon.status import Plan, Status, StatusFileError, StatusStore, make_plan, rule_digests, set_sizes
+
+if TYPE_CHECKING:
+    from nsg_agent.compiler.results import Summary
 
 
 def when(ts: float | None) -> str:
@@ -28,9 +31,9 @@ def read_record(store: StatusStore) -> tuple[Status, str | None]:
 
 
 def build_plan(file: Any, mode: str, store: StatusStore, backend: Any | None,
-               load_options: dict | None = None) -> tuple[Plan, dict]:
+               load_options: dict | None = None) -> tuple[Plan, "Summary"]:
     """Compile ``file`` (one path or several) and diff it against the remembered commit and
-    the kernel."""
+    the kernel; the plan and the new ruleset's summary."""
     from nsg_agent.daemon import pipeline
     from nsg_agent.daemon.targets import HostTarget, host_interfaces
     from nsg_agent.desired import loader
@@ -50,7 +53,7 @@ def build_plan(file: Any, mode: str, store: StatusStore, backend: Any | None,
         plan.drift = commit is not None and not kernel_matches(backend, status, fingerprint)
         if commit is None and fingerprint is None:
             plan.drift = False
-    return plan, dict(rs.summary)
+    return plan, rs.summary
 
 
 def kernel_matches(backend: Any, status: Status, fingerprint: str | None) -> bool:
@@ -102,7 +105,7 @@ def collect_status(store: StatusStore, backend: Any | None) -> dict:
         "source": c.source, "sha256": c.sha256, "files": c.files, "applied_at": c.applied_at,
         "applied": when(c.applied_at), "mode": c.mode, "ruleset_sha256": c.ruleset_sha256,
         "how": c.how, "revision": c.revision, "published_at": c.published_at,
-        "counts": {k: c.summary.get(k) for k in ("chains", "rules", "sets", "set_elements", "modes_used")},
+        "counts": c.summary.counts(),
     }
     out["last_error"] = status.last_error
     from nsg_agent.daemon import confirm, fleet
@@ -114,13 +117,15 @@ def collect_status(store: StatusStore, backend: Any | None) -> dict:
     if backend is not None:
         fingerprint = backend.fingerprint()
         counters = backend.counters() if fingerprint is not None else {}
-        index = c.rule_index if c else {}
+        from nsg_agent.compiler.results import RuleIndex
+
+        index = c.rule_index if c else RuleIndex()
         rules = []
         for (chain, comment), ctr in sorted(counters.items()):
-            ref = index.get(f"{chain}|{comment}", {})
+            ref = index.lookup(chain, comment)  # None: a structural rule (conntrack, dispatch)
             rules.append({"chain": chain, "comment": comment, "packets": ctr.packets, "bytes": ctr.bytes,
-                          **({"nsg": ref.get("nsg"), "rule": ref.get("rule"), "direction": ref.get("direction")}
-                             if isinstance(ref, dict) else {})})
+                          "nsg": ref.nsg if ref else None, "rule": ref.rule if ref else None,
+                          "direction": ref.direction if ref else None})
         stamp = backend.stamp() if hasattr(backend, "stamp") else None
         from nsg_agent.kernel import counters as counting
 

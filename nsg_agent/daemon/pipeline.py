@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nsg_agent.compiler.render import ElementCache
+from nsg_agent.compiler.results import Summary
 from nsg_agent.daemon.targets import CompiledRuleset, Target
 from nsg_agent.desired.loader import LoadedState
 from nsg_agent.semantics import resolver
@@ -41,8 +42,8 @@ class Build:
     ruleset: CompiledRuleset | None  # None: built up to the policy (no target)
 
     @property
-    def summary(self) -> dict[str, Any]:
-        return dict(self.ruleset.summary) if self.ruleset is not None else {}
+    def summary(self) -> Summary | None:
+        return self.ruleset.summary if self.ruleset is not None else None
 
 
 def resolve(loaded: LoadedState, memo: Memo | None = None) -> Policy:

@@ -31,9 +31,10 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import dataclass
 from typing import Any, Callable
 
+from nsg_agent.compiler.results import RuleIndex, Summary
 from nsg_agent.daemon import kernel_view, pipeline
 from nsg_agent.daemon.observers import ConntrackFlush, Flusher, LogReport, StatusFile, SystemdNotify
 from nsg_agent.daemon.outcome import Observer, Outcome
@@ -60,20 +61,6 @@ UNSETTLED_RETRY = 0.25
 
 
 
-def rule_index_json(index: dict) -> dict[str, Any]:
-    """The compiler's rule index in a JSON-friendly shape: "<chain>|<comment>" -> fields."""
-    out: dict[str, Any] = {}
-    for key, ref in index.items():
-        k = "|".join(key) if isinstance(key, tuple) else str(key)
-        if is_dataclass(ref):
-            out[k] = asdict(ref)
-        elif isinstance(ref, tuple):
-            out[k] = list(ref)
-        else:
-            out[k] = ref
-    return out
-
-
 @dataclass
 class Desired:
     """A loaded, resolved and compiled desired state, ready to apply."""
@@ -81,8 +68,8 @@ class Desired:
     loaded: loader.LoadedState
     policy: Policy
     commands: list[dict]
-    summary: dict
-    rule_index: dict
+    summary: Summary
+    rule_index: RuleIndex
     sha256: str  # of the compiled commands
     files: dict[str, str]  # input -> sha256 at load time (the snapshot's inputs)
     payload: bytes | None = None  # the batch as handed to libnftables (sha256 is its digest)
@@ -334,8 +321,8 @@ class Reconciler:
         assert rs is not None  # built with a target
         # Serialized later, and only when needed: before a full replace, or after a delta
         # is in force (so the JSON of the whole table is off the edit's critical path).
-        return Desired(loaded, built.policy, list(rs.commands), dict(rs.summary),
-                       rule_index_json(rs.rule_index), "", dict(snapshot.inputs), snapshot=snapshot)
+        return Desired(loaded, built.policy, list(rs.commands), rs.summary,
+                       rs.rule_index, "", dict(snapshot.inputs), snapshot=snapshot)
 
     def reconcile(self, reason: str) -> Outcome:
         """One full load + resolve + compile + apply, and its Outcome (true when the kernel
@@ -541,7 +528,7 @@ class Reconciler:
             return ("the file describes nothing (empty, null or only whitespace): not enforced; "
                     "to stop enforcing use 'nsg-agent remove' or 'enforce: none'")
         had = (host_interfaces(self.last_good.policy) if self.last_good is not None
-               else (self.status.commit.summary.get("nics") if self.status.commit is not None else None))
+               else (self.status.commit.summary.nics if self.status.commit is not None else None))
         if had and not host_interfaces(desired.policy):
             return (f"the file puts none of this host's NICs under enforcement where the enforced "
                     f"state has {len(had)} ({', '.join(sorted(had))}): not enforced; to stop "

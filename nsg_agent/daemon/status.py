@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from nsg_agent.compiler.results import RuleIndex, Summary
     from nsg_agent.semantics.policy import AddressTerm, Policy, ResolvedRule
 
 DEFAULT_STATE_DIR = "/run/nsg-agent"
@@ -51,8 +52,8 @@ class Commit:
     applied_at: float  # unix time
     mode: str
     ruleset_sha256: str  # of the compiled JSON
-    summary: dict[str, Any]
-    rule_index: dict[str, Any]  # nft comment -> what the compiler says it is
+    summary: Summary  # what the compiler says of the table (status file: its to_json())
+    rule_index: RuleIndex  # (chain, nft comment) -> what the compiler says the rule is
     rules: dict[str, str]  # "<nsg>: UserRule_<name>" -> digest of the resolved rule
     sets: dict[str, int]  # set/map name -> element count
     kernel_fingerprint: str | None = None  # digest of the table listing (taken after the apply)
@@ -83,11 +84,14 @@ class Status:
         return self.pending is not None
 
     def to_json(self) -> str:
-        # Shallow: the commit's fields are plain dicts, lists and strings already, and
-        # dataclasses.asdict's deep copy of a maximum-size rule index cost 0.16 s.
+        # Shallow: the commit's fields are plain dicts, lists and strings already but for the
+        # summary and the rule index, which give their JSON shape (dataclasses.asdict's deep
+        # copy of a maximum-size rule index cost 0.16 s).
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "pending"}
         if self.commit is not None:
             data["commit"] = {f.name: getattr(self.commit, f.name) for f in fields(self.commit)}
+            data["commit"]["summary"] = self.commit.summary.to_json()
+            data["commit"]["rule_index"] = self.commit.rule_index.to_json()
         return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
 
     @classmethod
@@ -105,6 +109,13 @@ class Status:
             for name, kind in _COMMIT_TYPES.items():
                 if name in commit and not isinstance(commit[name], kind):
                     raise StatusFileError(f"commit.{name} has the wrong type ({type(commit[name]).__name__})")
+            from nsg_agent.compiler.results import ResultError, RuleIndex, Summary
+
+            try:
+                commit = {**commit, "summary": Summary.from_json(commit["summary"], "commit.summary"),
+                          "rule_index": RuleIndex.from_json(commit["rule_index"], "commit.rule_index")}
+            except ResultError as e:
+                raise StatusFileError(str(e)) from None
         for name in ("last_error", "pending"):
             if data.get(name) is not None and not isinstance(data[name], dict):
                 raise StatusFileError(f"{name} is a JSON {type(data[name]).__name__}, not an object")

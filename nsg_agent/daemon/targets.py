@@ -16,14 +16,15 @@ from nsg_agent.semantics.policy import Policy
 
 if TYPE_CHECKING:
     from nsg_agent.compiler.render import ElementCache
+    from nsg_agent.compiler.results import RuleIndex, Summary
     from nsg_agent.daemon.reconciler import Desired, Reconciler
     from nsg_agent.desired.loader import LoadedState
 
 
 class CompiledRuleset(Protocol):
     commands: list[dict]
-    summary: dict
-    rule_index: dict
+    summary: "Summary"
+    rule_index: "RuleIndex"
 
 
 CompileFn = Callable[[Policy, dict[str, str], str], CompiledRuleset]

@@ -28,6 +28,7 @@ from functools import cached_property
 from typing import Any, Callable
 
 from nsg_agent.compiler import flowmark
+from nsg_agent.compiler.results import RuleIndex
 from nsg_agent.flowlogs import netlink
 from nsg_agent.flowlogs.format import NO_MAC, FlowEvent
 from nsg_agent.flowlogs.writer import Writer
@@ -50,7 +51,7 @@ class NicInfo:
 class FlowContext:
     """What attribution needs: the enforced commit's rule index and the enforced NICs."""
 
-    index: dict  # "chain|comment" -> {nsg, rule, direction, ...} (status file form)
+    index: RuleIndex = field(default_factory=RuleIndex)  # the commit's
     nics: dict[str, NicInfo] = field(default_factory=dict)
 
     @cached_property
@@ -64,10 +65,8 @@ class FlowContext:
     @cached_property
     def by_comment(self) -> dict[str, tuple[str, str]]:
         out = {}
-        for key, ref in self.index.items():
-            comment = str(key).partition("|")[2]
-            if isinstance(ref, dict):
-                out[comment] = (str(ref.get("nsg") or ""), str(ref.get("rule") or comment))
+        for (_, comment), ref in self.index.items():
+            out[comment] = (ref.nsg, ref.rule or comment)
         return out
 
     @cached_property
@@ -135,7 +134,7 @@ class Collector:
         if parsed is None or pkt is None:
             return None
         direction, comment = parsed
-        ctx = self.context() or FlowContext({})
+        ctx = self.context() or FlowContext()
         nsg, rule = ctx.by_comment.get(comment) or flowmark.split_comment(comment)
         nic = ctx.by_address.get(pkt.dst if direction == "Inbound" else pkt.src)
         if nic is None:
@@ -180,7 +179,7 @@ class Collector:
                 self._ended.pop(entry.id, None)  # an id the kernel gives again: a new flow
                 if flow is not None or not flowmark.decode_mark(entry.mark):
                     return []
-                ctx = self.context() or FlowContext({})
+                ctx = self.context() or FlowContext()
                 flow = self.flows[entry.id] = _Flow(self._sides(entry, ctx), entry.orig)
                 return self._emit(flow, "B", (0, 0, 0, 0), now)
             if entry.kind == "destroy":
@@ -188,7 +187,7 @@ class Collector:
                 if flow is None:
                     if not flowmark.decode_mark(entry.mark):
                         return []
-                    flow = _Flow(self._sides(entry, self.context() or FlowContext({})), entry.orig)
+                    flow = _Flow(self._sides(entry, self.context() or FlowContext()), entry.orig)
                 else:
                     del self.flows[entry.id]
                 return self._emit(flow, "E", _minus(totals, flow.reported), now)
@@ -198,7 +197,7 @@ class Collector:
                     # a flow whose end was already written (its DESTROY event overtook the
                     # dump that still listed it): counting it again would count it twice
                     return []
-                flow = self.flows[entry.id] = _Flow(self._sides(entry, self.context() or FlowContext({})),
+                flow = self.flows[entry.id] = _Flow(self._sides(entry, self.context() or FlowContext()),
                                                     entry.orig)
             delta = _minus(totals, flow.reported)
             if not any(delta):

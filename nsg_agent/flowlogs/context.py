@@ -4,30 +4,33 @@ status store; this module holds the pure mapping and the interface read."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nsg_agent.flowlogs.collector import FlowContext, NicInfo
 from nsg_agent.flowlogs.format import NO_MAC, normalize_mac
 
+if TYPE_CHECKING:
+    from nsg_agent.compiler.results import RuleIndex, Summary
 
-def context_from(rule_index: dict, summary: dict, interfaces: dict[str, dict] | None = None,
+
+def context_from(rule_index: "RuleIndex", summary: "Summary", interfaces: dict[str, dict] | None = None,
                  macs: dict[str, str] | None = None) -> FlowContext:
-    """``summary["nics"]`` names each NIC's interface (host) or addresses (fabric);
+    """``summary.nics`` names each NIC's interface (host) or addresses (fabric);
     ``interfaces``: ifname -> {"index", "mac", "addresses"} as :func:`read_interfaces` gives."""
     nics = {}
     interfaces = interfaces or {}
     macs = {k.lower(): v for k, v in (macs or {}).items()}
-    for name, info in (summary.get("nics") or {}).items():
-        addresses = set(info.get("addresses") or ())
+    for name, info in summary.nics.items():
+        addresses = set(info.addresses or ())
         ifindexes: set[int] = set()
         mac = macs.get(name.lower(), NO_MAC)
-        link = interfaces.get(info.get("interface") or "")
+        link = interfaces.get(info.interface or "")
         if link:
             addresses |= set(link.get("addresses") or ())
             ifindexes.add(int(link["index"]))
             mac = link.get("mac") or mac
         nics[name] = NicInfo(name, frozenset(addresses), normalize_mac(mac), frozenset(ifindexes))
-    return FlowContext(dict(rule_index), nics)
+    return FlowContext(rule_index, nics)
 
 
 def read_interfaces() -> dict[str, dict[str, Any]]:

@@ -13,7 +13,10 @@ exact only for a NIC whose chains it uses alone; ``nics`` says who shares.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    from nsg_agent.compiler.results import RuleIndex
 
 
 @dataclass
@@ -31,44 +34,40 @@ class RuleHits:
                 "bytes": self.bytes, "nics": sorted(self.nics), "levels": sorted(self.levels)}
 
 
-def _ref(index: dict, chain: str, comment: str) -> dict | None:
-    ref = index.get(f"{chain}|{comment}")
-    return ref if isinstance(ref, dict) else None
-
-
-def by_rule(counters: dict, index: dict) -> list[RuleHits]:
+def by_rule(counters: dict, index: "RuleIndex") -> list[RuleHits]:
     """Kernel counters ({(chain, comment): RuleCounter}) summed per NSG, direction and rule,
-    using the commit's rule index ("chain|comment" -> {nsg, rule, direction, scope})."""
+    using the commit's rule index ((chain, comment) -> RuleRef: nsg, rule, direction, scope)."""
     out: dict[tuple[str, str, str], RuleHits] = {}
     for (chain, comment), ctr in counters.items():
-        ref = _ref(index, chain, comment)
+        ref = index.lookup(chain, comment)
         if ref is None:
             continue  # structural rules (conntrack, loopback) and rules of no NSG
-        key = (ref.get("nsg") or "", ref.get("direction") or "", ref.get("rule") or comment)
+        key = (ref.nsg, ref.direction, ref.rule or comment)
         hits = out.setdefault(key, RuleHits(*key))
         hits.packets += int(getattr(ctr, "packets", 0))
         hits.bytes += int(getattr(ctr, "bytes", 0))
-        for user in ref.get("scope") or ():
-            nic, _, level = str(user).partition("/")
+        for user in ref.scope:
+            nic, _, level = user.partition("/")
             hits.nics.add(nic)
             hits.levels.add(level.replace("-platform", "") or "platform")
     return sorted(out.values(), key=lambda h: (h.nsg.lower(), h.direction, h.rule))
 
 
-def for_nic(counters: dict, index: dict, nic: str) -> dict[tuple[str, str, str, str], tuple[int, int, tuple[str, ...]]]:
+def for_nic(counters: dict, index: "RuleIndex",
+            nic: str) -> dict[tuple[str, str, str, str], tuple[int, int, tuple[str, ...]]]:
     """The counters a NIC's rules met: (level kind, nsg, direction, rule) -> (packets, bytes,
     the NICs sharing those chains), for ``effective-rules --live``."""
     out: dict[tuple[str, str, str, str], list] = {}
     for (chain, comment), ctr in counters.items():
-        ref = _ref(index, chain, comment)
+        ref = index.lookup(chain, comment)
         if ref is None:
             continue
-        users = [str(u) for u in ref.get("scope") or ()]
+        users = ref.scope
         for user in users:
             name, _, level = user.partition("/")
             if name.lower() != nic.lower():
                 continue
-            key = (level, ref.get("nsg") or "", ref.get("direction") or "", ref.get("rule") or comment)
+            key = (level, ref.nsg, ref.direction, ref.rule or comment)
             acc = out.setdefault(key, [0, 0, set()])
             acc[0] += int(getattr(ctr, "packets", 0))
             acc[1] += int(getattr(ctr, "bytes", 0))

@@ -19,13 +19,16 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nsg_agent.desired.model import DesiredState
 from nsg_agent.errors import OperationFailed
 from nsg_agent.lab import build, labrules, naming
 from nsg_agent.lab.build import TopologyChanges
 from nsg_agent.lab.topology import LabPlan, plan_lab
+
+if TYPE_CHECKING:
+    from nsg_agent.compiler.results import Summary
 
 
 class LabApplyError(OperationFailed, RuntimeError):
@@ -86,7 +89,7 @@ def reconcile_topology(state: Any, lab: str, *, source: str | Path | None = None
 class RulesApplied:
     fabric: str
     mode: str
-    summary: dict
+    summary: Summary
 
 
 def apply_rules(policy: Any, fabric: str, *, mode: str = "classify", backend: Any = None) -> RulesApplied:
@@ -103,7 +106,7 @@ def apply_rules(policy: Any, fabric: str, *, mode: str = "classify", backend: An
     finally:
         if own:
             be.close()
-    return RulesApplied(fabric=fabric, mode=mode, summary=getattr(ruleset, "summary", {}) or {})
+    return RulesApplied(fabric=fabric, mode=mode, summary=ruleset.summary)
 
 
 def record_rules(lab: str, loaded: Any, applied: RulesApplied,
@@ -112,13 +115,12 @@ def record_rules(lab: str, loaded: Any, applied: RulesApplied,
     record_rules_raw(lab, getattr(loaded, "sha256", None), applied.mode, applied.summary, state_dir)
 
 
-def record_rules_raw(lab: str, sha256: str | None, mode: str, summary: dict,
+def record_rules_raw(lab: str, sha256: str | None, mode: str, summary: Summary,
                      state_dir: Path = naming.STATE_DIR) -> None:
     record = build.read_state(lab, state_dir) or {}
     record["rules"] = {
         "time": time.time(), "mode": mode, "sha256": sha256,
-        "chains": summary.get("chains"), "rules": summary.get("rules"),
-        "set_elements": summary.get("set_elements"),
+        "chains": summary.chains, "rules": summary.rules, "set_elements": summary.set_elements,
     }
     build.write_state(lab, record, state_dir)
 
