@@ -224,7 +224,7 @@ def run_dataplane(lab, rep, cmp_gen, large_gen, max_gen, tmpdir, cfg) -> None:
             rep.findings.append(
                 f"- **classify mode at the maximum size is not classified**: the compiler fell back to the "
                 f"simple rendering for the inbound level ({fb[0]['fallback']}; limits MAX_LEVEL_ELEMENTS / "
-                "MAX_LEVEL_WORK in nsg_agent/compiler/render.py). So the 'classify, maximum policy' row measures "
+                "MAX_LEVEL_WORK in nsg_agent/compiler/classified.py). So the 'classify, maximum policy' row measures "
                 "one nft rule per NSG rule with anonymous sets, whose per-packet cost grows with the rule count.")
     else:
         rep.targets += [Target("new conns/s at the maximum NSG", "≥ 0.9× no fw, ≥ 5× naive", "n/a", None),

@@ -14,7 +14,7 @@ import pytest
 
 from compiler_helpers import big_policy, host_placement
 from nsg_agent.compiler import FabricPlacement, HostPlacement, compile_ruleset
-from nsg_agent.compiler.render import TABLE_NAME
+from nsg_agent.compiler.naming import TABLE_NAME
 from nsg_agent.compiler.results import (
     DEFAULT_TABLE,
     LevelSummary,

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from compiler_helpers import JUNK_PORTS, expected_fabric, host_packet, host_placement, policy_from_dict
 from nsg_agent.compiler import FabricPlacement, compile_ruleset, flowmark
-from nsg_agent.compiler.render import rule_comment
+from nsg_agent.compiler.naming import rule_comment
 from nsg_agent.desired.vocabulary import Direction
 from nsg_agent.kernel.tracer import Packet, Ruleset, trace
 from nsg_agent.semantics.policy import Flow

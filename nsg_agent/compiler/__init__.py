@@ -10,8 +10,9 @@ Pure: no nftables, pyroute2 or watchdog import here (a test proves it). See READ
     rs.rule_index # RuleIndex: (chain, comment) -> RuleRef(nsg, rule, direction, chain, scope)
 """
 
+from nsg_agent.compiler.naming import TABLE_NAME
 from nsg_agent.compiler.placement import FabricPlacement, HostPlacement
-from nsg_agent.compiler.render import MAX_LEVEL_ELEMENTS, MODES, TABLE_NAME, Ruleset, compile_ruleset
+from nsg_agent.compiler.render import MAX_LEVEL_ELEMENTS, MODES, Ruleset, compile_ruleset
 from nsg_agent.compiler.results import RuleIndex, RuleRef, Summary
 
 __all__ = [

@@ -14,7 +14,7 @@ shared. This is the two-stage class lookup of design.md, cut after the first ``k
 dimensions of the order (``stop``):
 
 - stage 1: the tree over the first ``k`` dimensions, ending in classes (interned sub-trees),
-- stage 2: per class, the rest of its sub-tree (rendered by nsg_agent/compiler/render.py).
+- stage 2: per class, the rest of its sub-tree (rendered by nsg_agent/compiler/classified.py).
 
 Two orders are used (``ORDERS``): *remote first* (stage 1 = the remote address alone, stage 2
 = local . proto . sport . dport) and *ports first* (stage 1 = local . proto . sport . dport,

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from nsg_agent.compiler.render import ElementCache
+from nsg_agent.compiler.classified import ElementCache
 from nsg_agent.compiler.results import Summary
 from nsg_agent.daemon.targets import CompiledRuleset, Target
 from nsg_agent.desired.loader import LoadedState

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from nsg_agent.compiler.classify import LEAF, NODE, Decomposer, TooLarge
-from nsg_agent.compiler.render import project
+from nsg_agent.compiler.matches import project
 from nsg_agent.desired.model import DesiredState, SecurityRule
 from nsg_agent.desired.vocabulary import Direction
 from nsg_agent.host.conntrack import CtFlow, denied_entries

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from nsg_agent.semantics.policy import Policy
 
 if TYPE_CHECKING:
-    from nsg_agent.compiler.render import ElementCache
+    from nsg_agent.compiler.classified import ElementCache
     from nsg_agent.compiler.results import RuleIndex, Summary
     from nsg_agent.daemon.reconciler import Desired, Reconciler
     from nsg_agent.desired.loader import LoadedState

@@ -24,7 +24,7 @@ replaces the table.
 
 from __future__ import annotations
 
-from nsg_agent.compiler.render import TABLE_NAME
+from nsg_agent.compiler.naming import TABLE_NAME
 from nsg_agent.kernel.errors import NftError
 from nsg_agent.kernel.state import NftRuleset, NftTable
 

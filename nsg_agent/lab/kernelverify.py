@@ -29,7 +29,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from nsg_agent.compiler.render import TABLE_NAME, rule_comment
+from nsg_agent.compiler.naming import TABLE_NAME, rule_comment
 from nsg_agent.desired.vocabulary import Direction
 from nsg_agent.errors import InvalidInput, OperationFailed
 from nsg_agent.semantics.policy import Flow, Verdict
