@@ -16,6 +16,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_addoption(parser):
-    """``--long``: the fault suite (integration/faults) runs many more iterations."""
+    """``--long``: the fault suite (integration/faults) runs many more iterations.
+    ``--update-goldens``: the golden tests write what the compiler produces instead of
+    comparing (review the diff like code)."""
     parser.addoption("--long", action="store_true", default=False,
                      help="fault suite: many more iterations of every fault (minutes to hours)")
+    parser.addoption("--update-goldens", action="store_true", default=False,
+                     help="tests/test_compiler_golden.py: rewrite the golden files from the compiler's output")

@@ -399,7 +399,7 @@ def run_control(lab, rep, cmp_gen, max_gen, tmpdir, cfg, quick) -> None:
     timing_rows: list[str] = []
     runs: dict[str, control.DaemonRun] = {}
     timing_keys = ("load", "resolve", "compile", "serialize", "diff", "transact", "replace", "generation",
-                   "status", "flush")
+                   "commit", "status", "flush")
     for gen, name, edits, idx in ((cmp_gen, "comparison", cfg["edits_cmp"], 20), (max_gen, "maximum", cfg["edits_max"], 21)):
         try:
             r = control.save_to_enforced(lab, gen, tmpdir, edits, idx, "classify", log)

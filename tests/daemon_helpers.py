@@ -5,12 +5,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nsg_agent.compiler.results import NicSummary, RuleIndex, RuleRef, Summary
 from nsg_agent.kernel.backend import TABLE_FAMILY, TABLE_NAME
 from nsg_agent.semantics.policy import Policy
 
 TABLE = {"family": TABLE_FAMILY, "name": TABLE_NAME}
+
+
+@dataclass
+class Env:
+    """What a reconcile test works with: the desired-state file, the fake kernel, the status
+    store, the clock, the reconciler (and the notifier it tells)."""
+
+    config: Path
+    backend: Any
+    store: Any
+    clock: Any
+    rec: Any
+    notifier: Any = None
 
 
 @dataclass

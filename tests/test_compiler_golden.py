@@ -2,8 +2,9 @@
 and beside each the same table as sorted nft text (``*.nft``, the table model's dump: what a
 reviewer reads; ``ip saddr @set goto chain`` instead of nested JSON).
 
-Regenerate after an intended change with ``NSG_UPDATE_GOLDEN=1 pytest tests/test_compiler_golden.py``
-and review the diff like code (the .nft diff shows what changed in the table).
+Regenerate after an intended change with ``pytest tests/test_compiler_golden.py --update-goldens``
+(or ``NSG_UPDATE_GOLDEN=1``) and review the diff like code (the .nft diff shows what changed
+in the table).
 """
 
 from __future__ import annotations
@@ -48,12 +49,17 @@ def render(path: Path, placement: str, mode: str) -> str:
     return '{"nftables":[\n' + lines + "\n]}\n"
 
 
-def assert_golden(actual: str, target: Path) -> None:
+@pytest.fixture
+def update_goldens(pytestconfig) -> bool:
+    return bool(pytestconfig.getoption("update_goldens")) or os.environ.get("NSG_UPDATE_GOLDEN") == "1"
+
+
+def assert_golden(actual: str, target: Path, update: bool = False) -> None:
     """``actual`` equals the reviewed golden file ``target`` (written instead with
-    NSG_UPDATE_GOLDEN=1); a mismatch fails with a unified diff."""
-    if os.environ.get("NSG_UPDATE_GOLDEN") == "1":
+    ``update``: --update-goldens); a mismatch fails with a unified diff."""
+    if update:
         target.write_text(actual)
-    assert target.exists(), f"no golden file {target.name}: run with NSG_UPDATE_GOLDEN=1 and review it"
+    assert target.exists(), f"no golden file {target.name}: run with --update-goldens and review it"
     expected = target.read_text()
     if actual != expected:
         diff = "".join(difflib.unified_diff(expected.splitlines(True), actual.splitlines(True),
@@ -67,10 +73,10 @@ def golden_path(path: Path, placement: str, mode: str) -> Path:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
-def test_golden(case):
+def test_golden(case, update_goldens):
     """The compiled ruleset equals the reviewed golden file (unified diff on mismatch)."""
     path, placement, mode = case
-    assert_golden(render(path, placement, mode), golden_path(path, placement, mode))
+    assert_golden(render(path, placement, mode), golden_path(path, placement, mode), update_goldens)
 
 
 def test_golden_renders_are_valid_json_and_stable():
@@ -87,10 +93,10 @@ def nft_text(json_text: str) -> str:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
-def test_golden_nft_text(case):
+def test_golden_nft_text(case, update_goldens):
     """The compiled table as nft text equals the reviewed .nft golden, and the JSON golden
     describes the very same table (its model dumps to the same text)."""
     path, placement, mode = case
     target = golden_path(path, placement, mode).with_suffix(".nft")
-    assert_golden(nft_text(render(path, placement, mode)), target)
+    assert_golden(nft_text(render(path, placement, mode)), target, update_goldens)
     assert nft_text(golden_path(path, placement, mode).read_text()) == target.read_text()

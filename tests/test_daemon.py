@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon_helpers import BAD_PRIORITY, DENY_SSH, fake_compile, policy_text, write
+from daemon_helpers import BAD_PRIORITY, DENY_SSH, Env, fake_compile, policy_text, write
 from nsg_agent.daemon.reconciler import Daemon, Reconciler
 from nsg_agent.daemon.status import StatusStore
 from nsg_agent.daemon.targets import compile_host
@@ -31,12 +31,7 @@ def env(tmp_path: Path):
     rec = Reconciler(config, backend, store, clock=clock, wall=lambda: 1_700_000_000.0,
                      compile_fn=fake_compile, debounce=0.15, resync=2.0, notifier=notifier)
 
-    class Env:
-        pass
-
-    e = Env()
-    e.config, e.backend, e.store, e.clock, e.rec, e.notifier = config, backend, store, clock, rec, notifier
-    return e
+    return Env(config, backend, store, clock, rec, notifier)
 
 
 def comments(backend: FakeBackend) -> set[str]:

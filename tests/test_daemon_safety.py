@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon_helpers import fake_compile, policy_text, write
+from daemon_helpers import Env, fake_compile, policy_text, write
 from nsg_agent.daemon import confirm
 from nsg_agent.daemon.reconciler import Reconciler
 from nsg_agent.daemon.status import StatusStore
@@ -44,12 +44,7 @@ def env(tmp_path: Path):
     rec = Reconciler(config, backend, store, clock=clock, compile_fn=fake_compile, debounce=0.1, resync=100.0)
     rec.host_reader = lambda: (LINKS, SSH)
 
-    class Env:
-        pass
-
-    e = Env()
-    e.config, e.backend, e.store, e.clock, e.rec = config, backend, store, clock, rec
-    return e
+    return Env(config, backend, store, clock, rec)
 
 
 def _events(logs) -> list[str]:
