@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 DEFAULT_TABLE = "inet nsg_agent"  # compiler.render's table (render passes it explicitly)
 
@@ -61,22 +61,21 @@ def _object(value: Any, where: str, required: tuple[str, ...], optional: tuple[s
     return value
 
 
-def _str(value: Any, where: str) -> str:
-    if type(value) is not str:
-        raise ResultError(f"{where} is {_kind(value)}, not a string")
-    return value
+_T = TypeVar("_T")
 
 
-def _int(value: Any, where: str) -> int:
-    if type(value) is not int:  # bool is no count
-        raise ResultError(f"{where} is {_kind(value)}, not an integer")
-    return value
+def _exactly(kind: type[_T], noun: str) -> Callable[[Any, str], _T]:
+    """A reader of one JSON scalar type, exactly (``type(x) is int``: a bool is no count)."""
+    def read(value: Any, where: str) -> _T:
+        if type(value) is not kind:
+            raise ResultError(f"{where} is {_kind(value)}, not {noun}")
+        return value
+    return read
 
 
-def _bool(value: Any, where: str) -> bool:
-    if type(value) is not bool:
-        raise ResultError(f"{where} is {_kind(value)}, not a boolean")
-    return value
+_str = _exactly(str, "a string")
+_int = _exactly(int, "an integer")
+_bool = _exactly(bool, "a boolean")
 
 
 def _strs(value: Any, where: str) -> tuple[str, ...]:
