@@ -1,13 +1,15 @@
 """Throwaway network namespaces for the benchmarks, always removed.
 
-Every namespace and interface is named ``nsgb-...``. Interfaces are created directly inside
-their namespaces (``ip link add ... netns``), so nothing is ever added to the root namespace.
-The ``Lab`` context manager removes what it created on exit, on exceptions, on SIGINT/SIGTERM
-and at interpreter exit; processes it started inside a namespace are stopped by pid first.
-``sweep()`` removes ``nsgb-`` namespaces left over by a crashed run (our prefix only).
+Every namespace and interface is named ``nsgb-...``. The namespaces and veths are made by
+nsg_agent.testing.Namespaces (a registry: each end of a veth is created directly inside its
+namespace, so nothing is ever added to the root namespace). The ``Lab`` context manager
+removes what it created on exit, on exceptions, on SIGINT/SIGTERM and at interpreter exit:
+processes it started are stopped by pid first, then the registry kills whatever still runs in
+its namespaces and deletes them. ``sweep()`` removes ``nsgb-`` namespaces left over by a
+crashed run (our prefix only).
 
-This module uses the ``ip`` command rather than netlink: it is a harness at the edge, and the
-commands printed on failure are easy to replay by hand.
+This module, like the registry, uses the ``ip`` command rather than netlink: it is a harness at
+the edge, and the commands printed on failure are easy to replay by hand.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nsg_agent.host import netns as host_netns
+from nsg_agent.testing import Namespaces
+
 PREFIX = "nsgb-"
+_REGISTRY_PREFIX = PREFIX.rstrip("-")  # Namespaces takes the prefix without its dash
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -41,20 +47,20 @@ def in_ns(ns: str, *args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def namespaces() -> list[str]:
-    out = run("ip", "netns", "list").stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
+    return host_netns.list_netns()
 
 
 def _kill_ns_pids(ns: str) -> None:
-    pids = run("ip", "netns", "pids", ns, check=False).stdout.split()
-    for pid in pids:
+    for pid in host_netns.pids_in(ns, descendants=True):
         try:
-            os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
 
 
 def delete_ns(ns: str) -> None:
+    """Delete one benchmark namespace that no ``Lab`` of this process made (a leftover); a
+    Lab removes its own on close."""
     if not ns.startswith(PREFIX):
         raise HarnessError(f"refusing to delete {ns!r}: not a benchmark namespace")
     _kill_ns_pids(ns)
@@ -63,10 +69,7 @@ def delete_ns(ns: str) -> None:
 
 def sweep() -> list[str]:
     """Remove benchmark namespaces left behind by an earlier, crashed run."""
-    stale = [ns for ns in namespaces() if ns.startswith(PREFIX)]
-    for ns in stale:
-        delete_ns(ns)
-    return stale
+    return Namespaces.sweep(_REGISTRY_PREFIX)
 
 
 @dataclass
@@ -86,9 +89,14 @@ class Pair:
 class Lab:
     """Owns namespaces and background processes; cleans up whatever happens."""
 
-    namespaces: list[str] = field(default_factory=list)
     processes: list[subprocess.Popen] = field(default_factory=list)
+    spaces: Namespaces = field(default_factory=lambda: Namespaces(prefix=_REGISTRY_PREFIX))
     _closed: bool = False
+
+    @property
+    def namespaces(self) -> list[str]:
+        """The namespaces this lab made and has not removed yet, oldest first."""
+        return list(self.spaces.names)
 
     def __enter__(self) -> "Lab":
         atexit.register(self.close)
@@ -110,46 +118,46 @@ class Lab:
         if self._closed:
             return
         self._closed = True
-        for p in self.processes:
-            if p.poll() is None:
+        try:
+            for p in self.processes:
+                if p.poll() is None:
+                    try:
+                        p.kill()
+                    except ProcessLookupError:
+                        pass
+            for p in self.processes:
                 try:
-                    p.kill()
-                except ProcessLookupError:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
                     pass
-        for p in self.processes:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        for ns in reversed(self.namespaces):
-            delete_ns(ns)
-        self.namespaces.clear()
+        finally:
+            self.spaces.teardown()  # whatever still runs inside is killed, then the namespaces go
 
     # --- building ---------------------------------------------------------------------
-    def netns(self, name: str) -> str:
+    def netns(self, name: str, sysctls: dict[str, str] | None = None) -> str:
+        """A fresh ``nsgb-<name>`` namespace (``lo`` up, ``sysctls`` set); one of the same name
+        is replaced (made earlier by this lab, or left by a crashed run)."""
         ns = PREFIX + name
         if len(ns) > 15:
             raise HarnessError(f"namespace name {ns!r} longer than 15 characters")
-        if ns in namespaces():
+        if ns in self.spaces:
+            self.spaces.remove(ns)
+        elif host_netns.exists(ns):
             delete_ns(ns)
-        run("ip", "netns", "add", ns)
-        self.namespaces.append(ns)
-        in_ns(ns, "ip", "link", "set", "lo", "up")
-        return ns
+        return self.spaces.add(ns, sysctls=sysctls)
 
     def pair(self, index: int, client_addr: str, server_addr: str, prefixlen: int) -> Pair:
-        c, s = self.netns(f"c{index}"), self.netns(f"s{index}")
-        cif, sif = f"{PREFIX}c{index}", f"{PREFIX}s{index}"
-        run("ip", "link", "add", cif, "netns", c, "type", "veth", "peer", "name", sif, "netns", s)
-        for ns, ifname, addr in ((c, cif, client_addr), (s, sif, server_addr)):
-            in_ns(ns, "ip", "addr", "add", f"{addr}/{prefixlen}", "dev", ifname)
-            in_ns(ns, "ip", "link", "set", ifname, "up")
         # Many short connections from one client: use every ephemeral port and reuse
         # TIME_WAIT ports (the server closes first, so TIME_WAIT mostly sits there).
-        in_ns(c, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000")
-        in_ns(c, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
-        for ns in (c, s):
-            in_ns(ns, "sysctl", "-qw", "net.core.somaxconn=4096")
+        somaxconn = {"net.core.somaxconn": "4096"}
+        c = self.netns(f"c{index}", sysctls={"net.ipv4.ip_local_port_range": "1024 65000",
+                                             "net.ipv4.tcp_tw_reuse": "1", **somaxconn})
+        s = self.netns(f"s{index}", sysctls=somaxconn)
+        cif, sif = f"{PREFIX}c{index}", f"{PREFIX}s{index}"
+        self.spaces.veth(c, cif, s, sif)
+        for ns, ifname, addr in ((c, cif, client_addr), (s, sif, server_addr)):
+            self.spaces.addr(ns, ifname, f"{addr}/{prefixlen}")
+            self.spaces.up(ns, ifname)
         _wait_link(s, sif)
         return Pair(index, c, s, cif, sif, client_addr, server_addr)
 

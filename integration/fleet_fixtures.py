@@ -2,9 +2,10 @@
 
 Network safety (see ../shared/docs/design.md): etcd listens only on 127.0.0.1 (a free
 port, its data in a temporary directory) and is stopped afterwards; every namespace is named
-``nsgfe-<tag>-*`` and deleted in teardown whatever happened. The agents are processes in the
-root namespace (to reach etcd on loopback) acting only through ``--netns nsgfe-...``: nothing
-is added to the root namespace's firewall, addresses or routes.
+``nsgfe-<tag>-*`` and deleted in teardown whatever happened (nsg_agent.testing.Namespaces,
+which kills what still runs inside first). The agents are processes in the root namespace (to
+reach etcd on loopback) acting only through ``--netns nsgfe-...``: nothing is added to the
+root namespace's firewall, addresses or routes.
 
 Topology: a switch namespace (``nsgfe-<tag>-sw``, one bridge), one namespace per host
 (``nsgfe-<tag>-h<N>``, its NIC ``eth0`` at 10.77.1.<10+N>/24 on the bridge), and a client
@@ -31,7 +32,8 @@ from typing import Iterator
 
 import pytest
 
-from host_helpers import NSG_AGENT, PYTHON, SERVER, AgentProcess, run, stop_process
+from host_helpers import NSG_AGENT, PYTHON, SERVER, AgentProcess, stop_process
+from nsg_agent.testing import Namespaces
 
 ETCD = "/usr/bin/etcd"
 CLIENT_VNET = "10.77.1.99"
@@ -202,28 +204,26 @@ def make_fleet(n_hosts: int, *, tcp_ports: tuple[int, ...] = (8080, 5432), start
     base.mkdir(parents=True, exist_ok=True)
     data = base / "etcd"
     fleet = Fleet(tag, EtcdServer(data, base / "etcd.log"), [f"h{i}" for i in range(1, n_hosts + 1)], base)
-    created: list[str] = []
+    spaces = Namespaces(prefix="nsgfe")
     try:
         fleet.switch_ns = f"nsgfe-{tag}-sw"
         fleet.client_ns = f"nsgfe-{tag}-c"
         for ns in [fleet.switch_ns, fleet.client_ns] + [f"nsgfe-{tag}-{h}" for h in fleet.hosts]:
-            run("ip", "netns", "add", ns)
-            created.append(ns)
-            run("ip", "-n", ns, "link", "set", "lo", "up")
+            spaces.add(ns)
         sw = fleet.switch_ns
-        run("ip", "-n", sw, "link", "add", "br0", "type", "bridge")
-        run("ip", "-n", sw, "link", "set", "br0", "up")
+        spaces.ip(sw, "link", "add", "br0", "type", "bridge")
+        spaces.up(sw, "br0")
 
         def attach(ns: str, port: str, addrs: list[str], routes: list[str]) -> None:
-            # created inside the switch namespace, the peer moved: nothing in the root namespace
-            run("ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            run("ip", "-n", sw, "link", "set", port, "master", "br0")
-            run("ip", "-n", sw, "link", "set", port, "up")
+            # created inside the switch namespace, the peer in ns: nothing in the root namespace
+            spaces.veth(sw, port, ns, "eth0")
+            spaces.ip(sw, "link", "set", port, "master", "br0")
+            spaces.up(sw, port)
             for a in addrs:
-                run("ip", "-n", ns, "addr", "add", a, "dev", "eth0")
-            run("ip", "-n", ns, "link", "set", "eth0", "up")
+                spaces.addr(ns, "eth0", a)
+            spaces.up(ns, "eth0")
             for r in routes:
-                run("ip", "-n", ns, "route", "add", r, "dev", "eth0")
+                spaces.route(ns, r, "eth0")
 
         for i, h in enumerate(fleet.hosts, 1):
             fleet.ns[h] = f"nsgfe-{tag}-{h}"
@@ -239,7 +239,7 @@ def make_fleet(n_hosts: int, *, tcp_ports: tuple[int, ...] = (8080, 5432), start
         # Ctrl-C during the teardown must not leave agents, etcd or namespaces behind
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
         try:
-            _teardown(fleet, created, base, tmp is None)
+            _teardown(fleet, spaces, base, tmp is None)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
@@ -251,7 +251,7 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _teardown(fleet: Fleet, created: list[str], base: Path, own_tmp: bool) -> None:
+def _teardown(fleet: Fleet, spaces: Namespaces, base: Path, own_tmp: bool) -> None:
     try:
         fleet.stop_agents()
         fleet.etcd.stop()
@@ -263,10 +263,11 @@ def _teardown(fleet: Fleet, created: list[str], base: Path, own_tmp: bool) -> No
                     pass
             stop_process(p, grace=5)
     finally:
-        for ns in created:
-            run("ip", "netns", "delete", ns, check=False)
-        if own_tmp and not os.environ.get("NSGFE_KEEP"):
-            subprocess.run(["rm", "-rf", str(base)], check=False)
+        try:
+            spaces.teardown()  # the namespaces, after killing whatever still runs in them
+        finally:
+            if own_tmp and not os.environ.get("NSGFE_KEEP"):
+                subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 Network safety (see ../shared/docs/design.md): every namespace and veth created here is
 named ``nsgh-*`` / ``nsgh*`` (host-mode tests), lives only inside those namespaces, and is
-deleted in teardown whatever happened. Nothing is added to the root namespace; the
+deleted in teardown whatever happened (nsg_agent.testing.Namespaces, which also kills the
+processes still running inside). Nothing is added to the root namespace; the
 ``root_nft_guard`` fixture proves no nftables table appears there.
 
 Addresses: the enforced NIC ("srv") is 10.50.1.4/24; the peer namespace ("cli") holds
@@ -30,6 +31,7 @@ from typing import Callable, Iterator
 import pytest
 
 from nsg_agent.lab.probe import icmp_checksum
+from nsg_agent.testing import Namespaces
 
 REPO = Path(__file__).resolve().parent.parent
 VENV = REPO / ".venv"
@@ -100,29 +102,23 @@ def make_host_pair(prefix: str = "nsgh", **addresses: str) -> Iterator[HostPair]
     """The context manager behind ``host_pair`` (for module-scoped fixtures). ``prefix``
     names the namespaces (``<prefix>-s<id>``) and interfaces (``<prefix>s<id>``): the fault
     suite uses its own, ``nsgf``. ``addresses``: srv_addr, cli_vnet, cli_internet, when a
-    suite needs its own plan."""
+    suite needs its own plan. Processes still running in the namespaces at exit are killed."""
     tag = secrets.token_hex(3)
     pair = HostPair(srv=f"{prefix}-s{tag}", cli=f"{prefix}-c{tag}", srv_if=f"{prefix}s{tag}",
                     cli_if=f"{prefix}c{tag}", **addresses)
-    created: list[str] = []
-    try:
-        for ns in (pair.srv, pair.cli):
-            run("ip", "netns", "add", ns)
-            created.append(ns)
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        # Create the veth inside srv, then move the peer: nothing ever exists in the root ns.
-        run("ip", "-n", pair.srv, "link", "add", pair.srv_if, "type", "veth", "peer", "name", pair.cli_if)
-        run("ip", "-n", pair.srv, "link", "set", pair.cli_if, "netns", pair.cli)
-        run("ip", "-n", pair.srv, "addr", "add", f"{pair.srv_addr}/24", "dev", pair.srv_if)
-        run("ip", "-n", pair.cli, "addr", "add", f"{pair.cli_vnet}/24", "dev", pair.cli_if)
-        run("ip", "-n", pair.cli, "addr", "add", f"{pair.cli_internet}/32", "dev", pair.cli_if)
-        run("ip", "-n", pair.srv, "link", "set", pair.srv_if, "up")
-        run("ip", "-n", pair.cli, "link", "set", pair.cli_if, "up")
-        run("ip", "-n", pair.srv, "route", "add", f"{pair.cli_internet}/32", "dev", pair.srv_if)
+    # The registry removes both namespaces (and kills what still runs in them) whatever happens,
+    # and makes the veth inside srv with its peer in cli: nothing ever exists in the root ns.
+    with Namespaces(prefix=prefix) as ns:
+        ns.add(pair.srv)
+        ns.add(pair.cli)
+        ns.veth(pair.srv, pair.srv_if, pair.cli, pair.cli_if)
+        ns.addr(pair.srv, pair.srv_if, f"{pair.srv_addr}/24")
+        ns.addr(pair.cli, pair.cli_if, f"{pair.cli_vnet}/24")
+        ns.addr(pair.cli, pair.cli_if, f"{pair.cli_internet}/32")
+        ns.up(pair.srv, pair.srv_if)
+        ns.up(pair.cli, pair.cli_if)
+        ns.route(pair.srv, f"{pair.cli_internet}/32", pair.srv_if)
         yield pair
-    finally:
-        for ns in created:
-            run("ip", "netns", "delete", ns, check=False)
 
 
 # --- servers and probes ------------------------------------------------------------------------

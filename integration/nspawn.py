@@ -17,7 +17,8 @@ What this module does, in order (see docs/systemd.md):
    namespace has a route out.
 4. Commands run inside with ``nsenter -t <container PID 1> -a``. Teardown kills the container's
    PID 1 and the nspawn process by pid (the host has no machined and no systemd: nothing is
-   ever killed by name), removes the cgroups nspawn made, deletes both namespaces and the tree.
+   ever killed by name), removes the cgroups nspawn made, deletes both namespaces (made and
+   removed by nsg_agent.testing.Namespaces) and the tree.
 
 Network safety: every namespace and veth is named ``nsgs-*`` / ``nsgs*``; the root namespace
 gets no rule, address or route; addresses are 10.61.x.
@@ -42,6 +43,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
+
+from nsg_agent.testing import NamespaceError, Namespaces
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("NSG_TEST_CACHE", "/var/cache/nsg-agent-test"))
@@ -352,6 +355,7 @@ class Container:
     init_pid: int | None = None
     cgroup: Cgroup | None = None
     console_log: Path | None = None
+    spaces: Namespaces = field(default_factory=lambda: Namespaces(prefix=PREFIX))
 
     # names (<= 15 characters for interfaces)
     @property
@@ -399,15 +403,18 @@ class Container:
         sh("cp", "-a", "--reflink=auto", str(self.rootfs), str(self.tree), timeout=300)
         log(f"copied rootfs to {self.tree} in {time.monotonic() - t0:.1f} s")
         self.cgroup = Cgroup(f"{PREFIX}-{self.ident}")
+        self._make_network()
+
+    def _make_network(self) -> None:
+        """The container's namespace and its peer, joined by a veth (each end made directly
+        inside its namespace); recorded in ``self.spaces``, which teardown empties."""
         for ns in (self.netns, self.peer_netns):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "link", "add", self.ifname, "netns", self.netns, "type", "veth",
-           "peer", "name", self.peer_ifname, "netns", self.peer_netns)
+            self.spaces.add(ns)
+        self.spaces.veth(self.netns, self.ifname, self.peer_netns, self.peer_ifname)
         for ns, dev, addr in ((self.netns, self.ifname, CONTAINER_ADDR),
                               (self.peer_netns, self.peer_ifname, PEER_ADDR)):
-            sh("ip", "-n", ns, "addr", "add", f"{addr}/{PREFIXLEN}", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
+            self.spaces.addr(ns, dev, f"{addr}/{PREFIXLEN}")
+            self.spaces.up(ns, dev)
 
     def run_offline(self, *cmd: str, binds_ro: Sequence[tuple[Path, str]] = (),
                     setenv: dict[str, str] | None = None, timeout: float = 300.0) -> RunResult:
@@ -523,9 +530,10 @@ class Container:
         if self.cgroup is not None:
             self.cgroup.kill_all()
             self.cgroup.remove()
-        for ns in (self.netns, self.peer_netns):
-            if os.path.exists(f"/run/netns/{ns}"):
-                sh("ip", "netns", "delete", ns, check=False)
+        try:
+            self.spaces.teardown()  # only the namespaces this container made; what runs inside is killed
+        except NamespaceError as e:
+            log(f"{e}")
         if self.workdir is not None and self.workdir.exists():
             leftover = _mounts_under(self.workdir)
             for mp in sorted(leftover, key=len, reverse=True):

@@ -98,3 +98,35 @@ def test_someone_elses_commit_in_the_window_after_ours(tmp_path):
         clock.advance(2.0)
         rec.tick()
     assert backend.calls.count("replace") == replaces and rec.kernel_fingerprint == backend.fingerprint()
+
+
+# --- Namespaces: the name checks (no root needed: they refuse before any command runs) -----------
+
+
+def test_namespaces_refuse_a_prefix_outside_nsg():
+    from nsg_agent.testing import Namespaces
+
+    for bad in ("tn", "", "nsgh-", "nsg/h", "nsg h"):
+        with pytest.raises(ValueError):
+            Namespaces(prefix=bad)
+    for bad in ("tn", "nsgh-"):
+        with pytest.raises(ValueError):
+            Namespaces.sweep(bad)
+
+
+def test_namespaces_refuse_names_outside_their_prefix_and_namespaces_they_did_not_make():
+    from nsg_agent.testing import Namespaces
+
+    ns = Namespaces(prefix="nsgt")
+    for bad in ("nsgtx-a", "nsgt", "nsgt-", "other-a", "nsgt-a/b", "nsgh-a"):
+        with pytest.raises(ValueError, match="does not start with|invalid"):
+            ns.add(bad)
+    with pytest.raises(ValueError, match="not made by this registry"):
+        ns.veth("nsgt-a", "a", "nsgt-b", "b")
+    with pytest.raises(ValueError, match="not made by this registry"):
+        ns.addr("nsgt-a", "eth0", "10.0.0.1/24")
+    with pytest.raises(ValueError, match="not made by this registry"):
+        ns.remove("nsgt-a")
+    assert ns.names == () and ns.veths == ()
+    ns.teardown()  # nothing recorded: nothing run
+    ns.teardown()

@@ -248,8 +248,12 @@ def list_netns() -> list[str]:
         return []
 
 
-def pids_in(name: str) -> list[int]:
-    """Processes whose network namespace is ``name``."""
+def pids_in(name: str, *, descendants: bool = False) -> list[int]:
+    """Processes whose network namespace is ``name``.
+
+    This process and its descendants are left out (see :func:`_ours`) unless ``descendants``:
+    a test harness tearing down namespaces it made counts the processes it started in them
+    (``ip netns exec`` children), but never itself."""
     try:
         st = os.stat(netns_path(name))
     except FileNotFoundError:
@@ -262,8 +266,11 @@ def pids_in(name: str) -> list[int]:
             s = os.stat(f"/proc/{entry}/ns/net")
         except OSError:
             continue
-        if (s.st_ino, s.st_dev) == (st.st_ino, st.st_dev) and not _ours(int(entry)):
-            out.append(int(entry))
+        pid = int(entry)
+        if (s.st_ino, s.st_dev) != (st.st_ino, st.st_dev) or pid == os.getpid():
+            continue
+        if descendants or not _ours(pid):
+            out.append(pid)
     return out
 
 
