@@ -133,12 +133,10 @@ _counter = itertools.count()
 @contextlib.contextmanager
 def throwaway_netns(tag: str = "t") -> Iterator[str]:
     """A fresh network namespace named nsgc-<tag><pid>-<n>, always deleted afterwards."""
-    name = f"nsgc-{tag}{os.getpid()}-{next(_counter)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+    from nsg_agent.testing import Namespaces
+
+    with Namespaces("nsgc") as spaces:
+        yield spaces.add(f"nsgc-{tag}{os.getpid()}-{next(_counter)}", lo_up=False)
 
 
 def nft_in_netns(netns: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -116,32 +116,34 @@ def _host_len(addr: ipaddress._BaseAddress) -> str:
 
 
 class Scratch:
-    """Throwaway namespaces, removed on exit whatever happened."""
+    """Throwaway namespaces ``nsgv-<tag>-<role>``, removed on exit whatever happened (the
+    agent's one registry of throwaway namespaces, nsg_agent.host.namespaces)."""
 
     def __init__(self) -> None:
+        from nsg_agent.host.namespaces import Namespaces
+
         self.tag = secrets.token_hex(3)
-        self.names: list[str] = []
+        self.spaces = Namespaces("nsgv")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.spaces.names
 
     def ns(self, role: str) -> str:
-        name = f"nsgv-{self.tag}-{role}"
-        _ip("netns", "add", name)
-        self.names.append(name)
-        _ip("link", "set", "lo", "up", ns=name)
-        for key in ("net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"):
-            subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", key], capture_output=True)
+        name = self.spaces.add(f"nsgv-{self.tag}-{role}")
+        try:  # addresses usable at once: no duplicate address detection to wait for
+            self.spaces.sysctl(name, {"net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0"})
+        except OSError:
+            pass  # a kernel without IPv6: nothing to wait for either
         return name
 
     def veth(self, ns_a: str, if_a: str, ns_b: str, if_b: str) -> None:
-        _ip("link", "add", if_a, "type", "veth", "peer", "name", if_b, ns=ns_a)
-        _ip("link", "set", if_b, "netns", ns_b, ns=ns_a)
-        _ip("link", "set", if_a, "up", ns=ns_a)
-        _ip("link", "set", if_b, "up", ns=ns_b)
+        self.spaces.veth(ns_a, if_a, ns_b, if_b)
+        self.spaces.up(ns_a, if_a)
+        self.spaces.up(ns_b, if_b)
 
     def close(self) -> None:
-        from nsg_agent.lab.build import remove_netns
-
-        for name in reversed(self.names):
-            remove_netns(name)
+        self.spaces.teardown()
 
     def __enter__(self) -> "Scratch":
         return self

@@ -1,4 +1,9 @@
-"""Throwaway network namespaces for tests and harnesses, always removed: :class:`Namespaces`.
+"""Throwaway network namespaces, always removed: :class:`Namespaces` (the tests, the benchmarks
+and the lab's kernel check; ``nsg_agent.testing`` re-exports it).
+
+The lab's own namespaces are not made here: they outlive the process that builds them (``lab
+up`` in one, ``lab down`` in another) and are recorded in the lab's state file instead
+(nsg_agent.lab.build).
 
 ::
 
@@ -50,12 +55,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Iterable, Mapping
 
+from nsg_agent.errors import OperationFailed
 from nsg_agent.host import netns as host_netns
 
 KILL_WAIT = 2.0  # seconds to wait for killed processes to leave their namespace
 
 
-class NamespaceError(RuntimeError):
+class NamespaceError(OperationFailed, RuntimeError):
     """An ``ip`` command failed, or a namespace survived its deletion."""
 
 
