@@ -19,9 +19,10 @@ already take ATTEMPT_TIMEOUT each, so the resolution stays about 10 ms.
 
 from __future__ import annotations
 
-import socket
 import sys
 import time
+
+from nsg_agent.host import packets
 
 ATTEMPT_TIMEOUT = 0.01
 DENY_CONFIRM = 3
@@ -29,18 +30,9 @@ PAUSE = 0.005  # seconds between attempts that got through (bounded polling)
 
 
 def attempt(host: str, port: int) -> bool:
-    """True if the connection got through (open or refused), False if it timed out."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.settimeout(ATTEMPT_TIMEOUT)
-    try:
-        s.connect((host, port))
-        return True
-    except ConnectionRefusedError:
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
+    """True if the connection got through (open or refused), False if it timed out
+    (nsg_agent.host.packets, the lab probe's own TCP exchange)."""
+    return packets.tcp(None, host, port, timeout=ATTEMPT_TIMEOUT, reset=False).through
 
 
 def wait_for(host: str, port: int, verdict: str, timeout: float) -> float | None:

@@ -20,7 +20,6 @@ import contextlib
 import os
 import secrets
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from nsg_agent.lab.probe import icmp_checksum
+from nsg_agent.host import packets
 from nsg_agent.testing import Namespaces
 
 REPO = Path(__file__).resolve().parent.parent
@@ -143,10 +142,16 @@ def serve_tcp(s):
     while True:
         c, _ = s.accept()
         threading.Thread(target=serve_conn, args=(c,), daemon=True).start()
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # linux/in.h; Python 3.11 does not name it
 def serve_udp(s):
+    # Answer from the address the datagram was sent to (as a connected client expects, and
+    # as conntrack sees one flow), not from whichever address routing would pick.
+    s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
     while True:
-        data, addr = s.recvfrom(4096)
-        s.sendto(data, addr)
+        data, anc, _, addr = s.recvmsg(4096, socket.CMSG_SPACE(12))
+        info = [c for lvl, kind, c in anc if lvl == socket.IPPROTO_IP and kind == IP_PKTINFO]
+        to = info[0][8:12] if info else bytes(4)  # struct in_pktinfo: ifindex, spec_dst, addr
+        s.sendmsg([data], [(socket.IPPROTO_IP, IP_PKTINFO, bytes(4) + to + bytes(4))], 0, addr)
 for p in tcp:
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", p)); s.listen(64)
@@ -188,19 +193,12 @@ def echo_server() -> Iterator[Callable[..., subprocess.Popen]]:
 def tcp_echo(src: str, dst: str, port: int, timeout: float) -> bool:
     """Connect from src to dst:port (in the calling thread's namespace), send one request and
     read the echo: True when it all worked."""
-    with socket.socket() as s:
-        s.settimeout(timeout)
-        s.bind((src, 0))
-        try:
-            s.connect((dst, port))
-            s.sendall(b"ping")
-            return s.recv(16) == b"ping"
-        except OSError:
-            return False
+    return bool(packets.tcp(src, dst, port, timeout=timeout, echo=b"ping", reset=False))
 
 
 class Prober:
-    """Real packets from inside one namespace: sockets made in a thread that entered it."""
+    """Real packets from inside one namespace (nsg_agent.host.packets, the lab probe's own):
+    sockets made in a thread that entered it."""
 
     def __init__(self, ns: str):
         from nsg_agent.host.netns import NetnsRunner
@@ -216,43 +214,13 @@ class Prober:
         return self.runner.call(tcp_echo, src, dst, port, timeout, timeout=timeout * 4 + 5)
 
     def udp(self, src: str, dst: str, port: int, timeout: float = 0.6) -> bool:
-        def go() -> bool:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.settimeout(timeout)
-                s.bind((src, 0))
-                try:
-                    s.sendto(b"ping", (dst, port))
-                    data, _ = s.recvfrom(16)
-                    return data == b"ping"
-                except OSError:
-                    return False
-        return self.runner.call(go, timeout=timeout * 4 + 5)
+        """One datagram from src to dst:port, echoed back."""
+        return bool(self.runner.call(lambda: packets.udp(src, dst, port, timeout=timeout, payload=b"ping"),
+                                     timeout=timeout * 4 + 5))
 
     def icmp(self, src: str, dst: str, timeout: float = 0.6) -> bool:
-        """One ICMP echo request from src to dst; True if the matching reply arrives.
-        (A raw socket, like ping -c1 -W1, without needing the ping binary.)"""
-        def go() -> bool:
-            ident = secrets.randbits(16)
-            header = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
-            payload = b"nsg-agent-probe"
-            packet = struct.pack("!BBHHH", 8, 0, icmp_checksum(header + payload), ident, 1) + payload
-            with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
-                s.bind((src, 0))
-                s.settimeout(timeout)
-                s.sendto(packet, (dst, 0))
-                deadline = time.monotonic() + timeout
-                while time.monotonic() < deadline:
-                    s.settimeout(max(0.01, deadline - time.monotonic()))
-                    try:
-                        data, addr = s.recvfrom(2048)
-                    except OSError:
-                        return False
-                    ihl = (data[0] & 0x0F) * 4
-                    icmp_type, _, _, rid, _ = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-                    if icmp_type == 0 and rid == ident and addr[0] == dst:
-                        return True
-                return False
-        return self.runner.call(go, timeout=timeout * 4 + 5)
+        """One ICMP echo request from src to dst; True if the matching reply arrives."""
+        return bool(self.runner.call(lambda: packets.icmp(src, dst, timeout=timeout), timeout=timeout * 4 + 5))
 
     def open_tcp(self, src: str, dst: str, port: int, timeout: float = 1.0) -> socket.socket:
         """An established connection (created in the namespace, usable from any thread)."""

@@ -12,7 +12,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon_helpers import BAD_PRIORITY, DENY_SSH, Env, fake_compile, policy_text, write
-from nsg_agent.daemon.reconciler import Daemon, Reconciler
+from nsg_agent.daemon.reconciler import Reconciler
+from nsg_agent.daemon.shell import Daemon
 from nsg_agent.daemon.status import StatusStore
 from nsg_agent.daemon.targets import compile_host
 from nsg_agent.testing import FakeBackend, FakeClock, RecordingNotifier

@@ -496,7 +496,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from nsg_agent.daemon.reconciler import Daemon, FatalError
+    from nsg_agent.daemon.reconciler import FatalError
+    from nsg_agent.daemon.shell import Daemon
     from nsg_agent.host.notify import Notifier
     from nsg_agent.logging import configure
 

@@ -2,6 +2,7 @@
 
 Two layers, so the logic is testable without root, threads or a real clock:
 
+
 - :class:`Reconciler` holds the state machine. Events only mark it *dirty*; ``tick()`` (called
   by the loop with the current time) does at most one full load + resolve + compile + apply
   once the debounce delay has passed, re-applies the last good ruleset when the periodic
@@ -14,10 +15,8 @@ Two layers, so the logic is testable without root, threads or a real clock:
   an :class:`~nsg_agent.daemon.outcome.Outcome`; every observer then gets it
   (nsg_agent.daemon.observers: status file, log, sd_notify, conntrack flush, then metrics
   and the fleet report). When to reconcile is the pure nsg_agent.daemon.scheduler's call.
-- :class:`Daemon` is the I/O shell: watchdog observers on the directories of the config file
-  and of every service-tag file (editors replace files by rename, so the directory is
-  watched, not the file), a pyroute2 link monitor, signal handlers (SIGHUP reload, SIGTERM
-  stop), systemd notifications, and the loop that calls ``tick()``.
+- :class:`~nsg_agent.daemon.shell.Daemon` (daemon/shell.py) is the I/O shell around it:
+  file and link events, signals, the systemd watchdog, the loop that calls ``tick()``.
 
 Event names are stable and documented in docs/daemon.md.
 """
@@ -28,7 +27,6 @@ import errno
 import gc
 import hashlib
 import os
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -780,144 +778,3 @@ class Reconciler:
     def _source_of(desired: Desired) -> str:
         snap = desired.snapshot
         return snap.origin if snap is not None else str(desired.loaded.path.absolute())
-
-
-# --- the I/O shell ----------------------------------------------------------------------------
-
-BASELINE_DELAY = 1.0  # seconds of quiet after an apply before the listing baseline is taken
-
-
-class Daemon:
-    """Runs a Reconciler until SIGTERM/SIGINT. See the module docstring."""
-
-    def __init__(self, reconciler: Reconciler, *, netns: str | None = None,
-                 notifier: Notifier | None = None, remove_on_exit: bool = False,
-                 watch_links: bool = True, watch_files: bool = True, log: Any = None):
-        self.reconciler = reconciler
-        # The daemon takes the listing fingerprint off the edit path (see step()).
-        reconciler.defer_fingerprint = True
-        self.netns = netns
-        self.notifier = notifier or reconciler.notifier
-        self.remove_on_exit = remove_on_exit
-        self.watch_links = watch_links
-        self.watch_files = watch_files
-        self.log = log or reconciler.log
-        self._wake = threading.Event()
-        self._owner_pid = os.getpid()
-        self._stop = False
-        self._stop_watch: Any = None
-        self._links = None
-        self.next_watchdog: float | None = None
-
-    # callbacks (any thread) ------------------------------------------------------------------
-    def on_source_change(self, reason: str, complete: bool = False) -> None:
-        """The source says it may have changed. ``complete``: a whole new version is there
-        (a file renamed into place or closed after writing): no debounce needed."""
-        self.reconciler.mark_dirty(reason, complete=complete)
-        self._wake.set()
-
-    def on_link(self, event: str, ifname: str) -> None:
-        self.log.info(f"link.{event}", interface=ifname, netns=self.netns or "host")
-        self.reconciler.mark_dirty(f"link:{event}:{ifname}")
-        self._wake.set()
-
-    def on_link_error(self, error: BaseException) -> None:
-        self.log.error("link.monitor_failed", error=str(error))
-
-    def _in_forked_child(self, signum: int) -> bool:
-        """pyroute2 forks short-lived helpers (e.g. to open a socket in a namespace) and ends
-        them with SIGTERM. A fork inherits these handlers; if it ran them it would ignore the
-        signal and its parent would wait for it forever. A child takes the default action."""
-        if os.getpid() == self._owner_pid:
-            return False
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        return True
-
-    def handle_sighup(self, signum: int = signal.SIGHUP, frame: Any = None) -> None:
-        if self._in_forked_child(signum):
-            return
-        self.log.info("signal.reload", signal="SIGHUP")
-        self.reconciler.mark_dirty("sighup", immediate=True)
-        self._wake.set()
-
-    def handle_stop(self, signum: int = signal.SIGTERM, frame: Any = None) -> None:
-        if self._in_forked_child(signum):
-            return
-        self.log.info("signal.stop", signal=signal.Signals(signum).name)
-        self._stop = True
-        self._wake.set()
-
-    # lifecycle -------------------------------------------------------------------------------
-    def start(self) -> None:
-        self.log.info("agent.starting", config=self.reconciler.origin, netns=self.netns or "host",
-                      mode=self.reconciler.mode, resync=self.reconciler.resync_interval, pid=os.getpid())
-        if self.watch_files:
-            self._stop_watch = self.reconciler.source.watch(self.on_source_change)
-        if self.watch_links:
-            from nsg_agent.host.links import LinkMonitor
-
-            self._links = LinkMonitor(self.netns, self.on_link, self.on_link_error).start()
-        if self.notifier.watchdog_interval:
-            self.next_watchdog = self.reconciler.clock()
-        self.reconciler.mark_dirty("startup", immediate=True)
-
-    def step(self, max_wait: float = 1.0) -> None:
-        """Wait until something is due (or an event arrives), then do it."""
-        now = self.reconciler.clock()
-        deadline = self.reconciler.next_deadline()
-        if self.next_watchdog is not None:
-            deadline = min(deadline, self.next_watchdog)
-        timeout = max(0.0, min(deadline - now, max_wait))
-        if timeout > 0:
-            self._wake.wait(timeout)
-        self._wake.clear()
-        if self._stop:
-            return
-        self.reconciler.tick()
-        now = self.reconciler.clock()
-        self._maybe_baseline(now)
-        if self.next_watchdog is not None and now >= self.next_watchdog:
-            self.notifier.watchdog()
-            self.next_watchdog = now + (self.notifier.watchdog_interval or 1.0)
-
-    def _maybe_baseline(self, now: float) -> None:
-        """Once the table has been quiet for BASELINE_DELAY after an apply, take its listing
-        fingerprint in the background (needed to tell our table from others' when the nft
-        generation moves)."""
-        rec = self.reconciler
-        if (rec.defer_fingerprint and rec.kernel_fingerprint is None and rec.applied_clock is not None
-                and rec.kernel_generation is not None and rec.dirty_at is None
-                and rec.retry_at is None and now - rec.applied_clock >= BASELINE_DELAY):
-            rec.start_baseline()
-
-    def stop(self) -> None:
-        self.notifier.stopping()
-        if self._links is not None:
-            self._links.stop()
-        if self._stop_watch is not None:
-            self._stop_watch()
-        if self.remove_on_exit:
-            try:
-                self.reconciler.remove()
-            except Exception as e:  # noqa: BLE001
-                self.log.error("table.remove_failed", error=str(e))
-        else:
-            self.log.info("table.kept", reason="rules stay in force after exit (use --remove-on-exit to remove)")
-        self.log.info("agent.stopped")
-
-    def run(self) -> int:
-        previous = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
-        signal.signal(signal.SIGHUP, self.handle_sighup)
-        signal.signal(signal.SIGTERM, self.handle_stop)
-        signal.signal(signal.SIGINT, self.handle_stop)
-        try:
-            self.start()
-            while not self._stop:
-                # Short waits keep signal handling prompt (handlers run between bytecodes).
-                self.step(max_wait=0.2)
-        finally:
-            self.stop()
-            for s, h in previous.items():
-                signal.signal(s, h)
-        return 0

@@ -187,7 +187,7 @@ def _send(ns: str, src, dst, protocol: int, sport: int | None, dport: int | None
 
 def _send_one(ns: str, src, dst, protocol: int, sport: int | None, dport: int | None) -> None:
     from nsg_agent.host import netns as host_netns
-    from nsg_agent.lab.probe import icmp_checksum
+    from nsg_agent.host.packets import icmp_checksum
 
     family = socket.AF_INET if src.version == 4 else socket.AF_INET6
     if protocol == 6:

@@ -1,9 +1,10 @@
 """The lab daemon (``nsg-agent lab run FILE``): the agent's own reconciling daemon
 (``nsg_agent.daemon.reconciler``), pointed at a lab.
 
-It runs ``nsg_agent.daemon.reconciler.Reconciler`` and ``Daemon`` unchanged (watchdog on the file and the
-service-tag files with debounce, periodic resync that repairs a deleted or edited table, bad
-input keeps the last good state, retries with backoff, SIGHUP/SIGTERM, status file), given a
+It runs ``nsg_agent.daemon.reconciler.Reconciler`` and ``nsg_agent.daemon.shell.Daemon``
+unchanged (watchdog on the file and the service-tag files with debounce, periodic resync that
+repairs a deleted or edited table, bad input keeps the last good state, retries with backoff,
+SIGHUP/SIGTERM, status file), given a
 :class:`LabTarget` instead of the host's: before each compile it makes the lab's topology match the file
 (``reconcile_topology``: add, remove or move NICs, readdress, change hosts; incremental, so
 unchanged namespaces keep their identity) and then compiles for the fabric
@@ -18,7 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from nsg_agent.daemon.reconciler import Daemon, Desired, Reconciler
+from nsg_agent.daemon.reconciler import Desired, Reconciler
+from nsg_agent.daemon.shell import Daemon
 from nsg_agent.daemon.status import StatusStore
 from nsg_agent.desired import loader
 from nsg_agent.lab import naming

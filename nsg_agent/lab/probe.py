@@ -45,6 +45,7 @@ from typing import Iterable
 
 from nsg_agent.desired.vocabulary import Direction
 from nsg_agent.host import netns as host_netns
+from nsg_agent.host import packets
 from nsg_agent.lab.topology import LabPlan
 from nsg_agent.semantics.policy import Flow, LevelDecision, Policy, Verdict
 from nsg_agent.semantics.resolver import evaluate, find_nic
@@ -398,83 +399,19 @@ class Listeners:
         self.close()
 
 
-def icmp_checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071) of an ICMP message."""
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
-
-
 def _probe_icmp(src: Endpoint, dst: Endpoint, timeout: float) -> tuple[str, int | None, str]:
-    ident = int.from_bytes(os.urandom(2), "big")
-    payload = b"nsg-lab-probe" + os.urandom(8)
-    hdr = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
-    pkt = struct.pack("!BBHHH", 8, 0, icmp_checksum(hdr + payload), ident, 1) + payload
-    with host_netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
-        s.bind((src.address, 0))
-        s.sendto(pkt, (dst.address, 0))
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return "denied", None, "no echo reply"
-            s.settimeout(left)
-            try:
-                data, addr = s.recvfrom(2048)
-            except socket.timeout:
-                return "denied", None, "no echo reply"
-            ihl = (data[0] & 0x0F) * 4
-            if len(data) < ihl + 8 or addr[0] != dst.address:
-                continue
-            typ, _, _, rid, _ = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-            if typ == 0 and rid == ident and data[ihl + 8:] == payload:
-                return "allowed", None, ""
+    a = packets.icmp(src.address, dst.address, timeout=timeout, netns=src.netns)
+    return a.verdict, a.sport, a.detail
 
 
 def _probe_tcp(src: Endpoint, dst: Endpoint, port: int, timeout: float) -> tuple[str, int | None, str]:
-    with host_netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((src.address, 0))
-        sport = s.getsockname()[1]
-        s.settimeout(timeout)
-        try:
-            s.connect((dst.address, port))
-        except socket.timeout:
-            return "denied", sport, "connect timed out"
-        except ConnectionRefusedError:
-            return "refused", sport, "connection refused (a reset came back)"
-        except OSError as e:
-            return "error", sport, f"connect: {e.strerror or e}"
-        # close with a reset: no TIME_WAIT, so the next run may reuse any port freely
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        return "allowed", sport, ""
+    a = packets.tcp(src.address, dst.address, port, timeout=timeout, netns=src.netns)
+    return a.verdict, a.sport, a.detail
 
 
 def _probe_udp(src: Endpoint, dst: Endpoint, port: int, timeout: float) -> tuple[str, int | None, str]:
-    with host_netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((src.address, 0))
-        sport = s.getsockname()[1]
-        s.connect((dst.address, port))
-        nonce = b"nsg-lab-probe " + os.urandom(8).hex().encode()
-        s.settimeout(timeout)
-        deadline = time.monotonic() + timeout
-        try:
-            s.send(nonce)
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return "denied", sport, "no answer"
-                s.settimeout(left)
-                if s.recv(2048) == nonce:
-                    return "allowed", sport, ""
-        except socket.timeout:
-            return "denied", sport, "no answer"
-        except ConnectionRefusedError:
-            return "refused", sport, "port unreachable came back"
-        except OSError as e:
-            return "error", sport, f"udp: {e.strerror or e}"
+    a = packets.udp(src.address, dst.address, port, timeout=timeout, netns=src.netns)
+    return a.verdict, a.sport, a.detail
 
 
 def _probe_gre(src: Endpoint, dst: Endpoint, timeout: float,
