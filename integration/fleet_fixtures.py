@@ -32,7 +32,7 @@ from typing import Iterator
 
 import pytest
 
-from host_helpers import NSG_AGENT, PYTHON, SERVER, AgentProcess, stop_process
+from host_helpers import NSG_AGENT, PYTHON, SERVER, AgentProcess, free_port, stop_process
 from nsg_agent.testing import Namespaces
 
 ETCD = "/usr/bin/etcd"
@@ -42,12 +42,6 @@ CLIENT_INTERNET = "203.0.113.10"
 
 def host_addr(i: int) -> str:
     return f"10.77.1.{10 + i}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class EtcdServer:

@@ -377,3 +377,21 @@ def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.swp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a test's metrics or etcd listener)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict:
+    """The agent's /metrics on loopback: (sample name, sorted labels) -> value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}

@@ -20,14 +20,12 @@ import re
 import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from host_helpers import NSG_AGENT, HostPair, echo, host_policy, make_host_pair, poll, run
+from host_helpers import NSG_AGENT, HostPair, echo, free_port, host_policy, make_host_pair, poll, run, scrape
 from nsg_agent.compiler import flowmark
 from nsg_agent.flowlogs import reader
 from nsg_agent.flowlogs.format import parse_tuple
@@ -65,18 +63,6 @@ def fl_pair() -> Iterator[HostPair]:
 def policy(pair: HostPair) -> str:
     """The host suite's policy (host_helpers.host_policy) on this pair's 10.88 plan."""
     return host_policy(pair)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scrape(port: int) -> dict:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
 def tuples(directory: Path) -> list:
@@ -118,7 +104,7 @@ def test_host_mode_flow_tuples_states_counts_and_rules(fl_pair, echo_server, pro
     config = tmp_path / "desired-state.yaml"
     config.write_text(policy(pair))
     logs = tmp_path / "flowlogs"
-    port = _free_port()
+    port = free_port()
     agent = agent_daemon(config, pair.srv, "--flow-logs", str(logs), "--flow-logs-flush", "0.3",
                          "--flow-logs-interval", "1", "--metrics", f"127.0.0.1:{port}")
     agent.wait_for("agent.ready")
@@ -241,7 +227,7 @@ def test_denied_flood_is_rate_limited_and_bounded_on_disk(fl_pair, prober, agent
     config = tmp_path / "desired-state.yaml"
     config.write_text(policy(pair))
     logs = tmp_path / "flowlogs"
-    port = _free_port()
+    port = free_port()
     bound = 4096
     agent = agent_daemon(config, pair.srv, "--flow-logs", str(logs), "--flow-logs-flush", "0.2",
                          "--flow-logs-max-size", str(bound), "--metrics", f"127.0.0.1:{port}")

@@ -3,30 +3,11 @@ kernel counters rising by the connections sent, and the reconcile outcomes."""
 
 from __future__ import annotations
 
-import socket
-import urllib.request
-
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from host_helpers import host_policy, poll, write_atomically
+from host_helpers import free_port, host_policy, poll, scrape, write_atomically
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root_nft_guard")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scrape(port: int) -> dict:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def rule_packets(m: dict, rule: str) -> float:
@@ -40,7 +21,7 @@ def test_metrics_endpoint_counts_rule_hits_and_outcomes(host_pair, echo_server, 
     cli = prober(pair.cli)
     config = tmp_path / "desired-state.yaml"
     config.write_text(host_policy(pair))
-    port = _free_port()
+    port = free_port()
     agent = agent_daemon(config, pair.srv, "--metrics", f"127.0.0.1:{port}")
     agent.wait_for("agent.ready")
     before = scrape(port)

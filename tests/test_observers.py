@@ -91,7 +91,7 @@ def test_ready_once_then_status_lines(env):  # noqa: F811
     write(env.config, policy_text(extra_rule=BAD_PRIORITY))
     env.rec.reconcile("file:edit")
     sent = env.notifier.sent
-    assert [m[0] for m in sent].count("READY=1") == 1 and sent[0][0] == "READY=1"
+    assert env.notifier.states.count("READY=1") == 1 and sent[0][0] == "READY=1"
     assert sent[1][0].startswith("STATUS=enforcing ")
     assert sent[2] == ("STATUS=config invalid (1 problems); enforcing the last good state",)
 

@@ -125,10 +125,6 @@ class Scratch:
         self.tag = secrets.token_hex(3)
         self.spaces = Namespaces("nsgv")
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return self.spaces.names
-
     def ns(self, role: str) -> str:
         name = self.spaces.add(f"nsgv-{self.tag}-{role}")
         try:  # addresses usable at once: no duplicate address detection to wait for
